@@ -1,0 +1,9 @@
+"""Architectures, shared networks, likelihoods and metrics.
+
+A new architecture: a module (or package) here with a BaseModel subclass
+decorated with `@ARCHITECTURES.register("Name")`, imported below.
+"""
+from model import vae  # noqa: F401  (registers the architectures)
+from model.registry import ARCHITECTURES
+
+__all__ = ["ARCHITECTURES"]

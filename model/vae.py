@@ -1,0 +1,140 @@
+"""The plain VAE baseline: MLP encoder q(z | x) = N(mu, diag sigma^2), prior N(0, I),
+MLP decoder with a Bernoulli or Gaussian likelihood."""
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+
+from base.base_model import BaseModel
+from model.importance import iw_log_likelihood
+from model.likelihoods import LIKELIHOODS
+from model.networks import mlp
+from model.registry import ARCHITECTURES
+from model.visualization import log_scatter, log_image_grids
+
+
+def gaussian_kl_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag exp(logvar)) || N(0, I)) summed over the last dim: (..., d) -> (...)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
+
+
+def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I) summed over the last dim."""
+    return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
+
+
+@ARCHITECTURES.register("VAE")
+class VAE(BaseModel):
+    """Variational autoencoder with a diagonal Gaussian posterior.
+
+    Batches: {"x": (B, *data_shape)}; x is flattened to (B, P).
+
+    Args:
+        data_shape: shape of one example (set by the framework from the data loader).
+        latent_dim: d.
+        hidden_dims: widths of the encoder's hidden layers (the decoder mirrors them).
+        likelihood: "bernoulli" (binary data, logits) or "gaussian" (mean and bounded log-variance).
+        activation: hidden activation ("relu", "tanh", "softplus", "elu").
+        dropout: dropout probability after every hidden layer.
+        kl_warmup_epochs: the KL term's weight in the loss rises linearly from 0 to 1 over this
+            many epochs (0: always 1); `elbo` is always the true bound.
+    """
+
+    eval_metrics = ("elbo", "iw_nll")
+
+    def __init__(self, data_shape: tuple[int, ...], latent_dim: int = 16, hidden_dims: list[int] = (512, 256),
+                 likelihood: Literal["bernoulli", "gaussian"] = "bernoulli", activation: str = "relu",
+                 dropout: float = 0.0, kl_warmup_epochs: int = 0):
+        super().__init__()
+        if kl_warmup_epochs < 0:
+            raise ValueError(f"kl_warmup_epochs must be >= 0, got {kl_warmup_epochs}")
+        self.kl_warmup_epochs = kl_warmup_epochs
+        self.epochs_done = 0
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {sorted(LIKELIHOODS)}, got {likelihood!r}")
+        self.data_shape = tuple(data_shape)
+        self.latent_dim = latent_dim
+        self.likelihood = LIKELIHOODS[likelihood]
+        obs_dim = math.prod(self.data_shape)
+        hidden_dims = list(hidden_dims)
+        self.encoder = mlp(obs_dim, hidden_dims, 2 * latent_dim, activation, dropout)
+        self.decoder = mlp(latent_dim, hidden_dims[::-1], obs_dim * self.likelihood.num_params, activation, dropout)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, P) -> posterior mean and log-variance, each (B, d)."""
+        mu, logvar = self.encoder(x).chunk(2, dim=-1)
+        return mu, logvar
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = batch["x"].flatten(1)
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        log_px = self.likelihood.log_prob(self.decoder(z), x)  # (B,)
+        kl = gaussian_kl_standard(mu, logvar)  # (B,)
+        elbo = (log_px - kl).mean()
+        loss = -(log_px.mean() - self.kl_weight * kl.mean()) if self.training else -elbo
+        return {"loss": loss, "elbo": elbo, "recon": log_px.mean(), "kl": kl.mean()}
+
+    @property
+    def kl_weight(self) -> float:
+        if self.kl_warmup_epochs == 0:
+            return 1.0
+        return min(1.0, self.epochs_done / self.kl_warmup_epochs)
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.epochs_done = epoch
+
+    def schedule_state(self) -> dict[str, Any]:
+        return {"epochs_done": self.epochs_done}
+
+    def load_schedule_state(self, state: dict[str, Any]) -> None:
+        self.epochs_done = state.get("epochs_done", 0)
+
+    def iw_log_likelihood(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Importance-weighted estimate of log p(x) with q(z | x) as proposal: (B, P) -> (B,)."""
+        mu, logvar = self.encode(x)
+        std = torch.exp(0.5 * logvar)
+
+        def log_weights(n: int) -> torch.Tensor:
+            eps = torch.randn(n, *mu.shape, device=mu.device, dtype=mu.dtype)
+            z = mu + std * eps  # (n, B, d)
+            log_q = (-0.5 * eps.pow(2) - 0.5 * math.log(2 * math.pi) - 0.5 * logvar).sum(-1)
+            log_px = self.likelihood.log_prob(self.decoder(z), x)  # (n, B)
+            return log_px + standard_normal_log_prob(z) - log_q
+
+        return iw_log_likelihood(log_weights, num_samples, len(x))
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch: dict[str, torch.Tensor], metrics: tuple[str, ...],
+                       iw_samples: int) -> dict[str, torch.Tensor]:
+        x = batch["x"].flatten(1)
+        out = {}
+        if "elbo" in metrics:
+            mu, logvar = self.encode(x)
+            z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+            out["elbo"] = self.likelihood.log_prob(self.decoder(z), x) - gaussian_kl_standard(mu, logvar)
+        if "iw_nll" in metrics:
+            out["iw_nll"] = -self.iw_log_likelihood(x, iw_samples)
+        return out
+
+    @torch.no_grad()
+    def sample(self, num_samples: int) -> torch.Tensor:
+        """Means of p(x | z) for z ~ N(0, I): (num_samples, *data_shape)."""
+        device = next(self.parameters()).device
+        z = torch.randn(num_samples, self.latent_dim, device=device)
+        return self.likelihood.mean(self.decoder(z)).view(num_samples, *self.data_shape)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder means at the posterior means: (B, *data_shape) -> same shape."""
+        mu, _ = self.encode(x.flatten(1))
+        return self.likelihood.mean(self.decoder(mu)).view_as(x)
+
+    def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
+        x = batch["x"][:32]
+        if len(self.data_shape) == 3:
+            log_image_grids(writer, tag, step, reconstructions=(x, self.reconstruct(x)), samples=self.sample(64))
+        elif self.data_shape == (2,):
+            log_scatter(writer, f"{tag}/data_vs_samples", step, data=batch["x"], samples=self.sample(len(batch["x"])))

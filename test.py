@@ -1,0 +1,112 @@
+"""Evaluate a checkpoint on the test split and write test_metrics.json into its run folder.
+
+    python test.py -r saved/<name>/<run>/checkpoints/model_best.pt [--iw-samples 100] [--device cpu] [--bs N]
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from base.base_trainer import load_model_weights
+from logger import TensorboardWriter
+from trainer.build import build_data, build_model, eval_metric_names, load_and_check
+from utils.checkpoint import load_checkpoint, run_dir_of
+from utils.cli import ArgumentParser, run_main
+from utils.device import move_to
+from utils.errors import ConfigError
+from utils.seeding import seed_everything
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {spec!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {spec}: no GPU is available; use --device cpu")
+    return device
+
+
+def evaluate(checkpoint_path: str | Path, device: str = "auto", batch_size: int | None = None,
+             overrides: list[str] = (), iw_samples: int = 100, progress: bool | None = None) -> dict[str, Any]:
+    """Rebuild the model from the checkpoint's config, evaluate it on the test split and
+    write `test_metrics.json` into the run folder. Returns the metrics."""
+    if iw_samples < 1:
+        raise ConfigError(f"--iw-samples must be >= 1, got {iw_samples}")
+    checkpoint = load_checkpoint(checkpoint_path)
+    config = load_and_check(base=checkpoint["config"], overrides=overrides)
+    torch_device = resolve_device(device)
+    data = build_data(config)
+    model = build_model(config, data.data_shape)
+    load_model_weights(model, checkpoint)
+    model.to(torch_device).eval()
+    metrics = eval_metric_names(config, model)
+    seed_everything(config["seed"])
+
+    loader = data.test_loader(batch_size)
+    show = progress if progress is not None else sys.stderr.isatty()
+    per_example: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for batch in tqdm(loader, desc=f"evaluating {', '.join(metrics)}", disable=not show, dynamic_ncols=True):
+        out = model.evaluate_batch(move_to(batch, torch_device), metrics, iw_samples)
+        for name, values in out.items():
+            per_example[name].append(values.detach().cpu())
+    results = model.summarize_evaluation({k: torch.cat(v) for k, v in per_example.items()})
+    results.update({"num_examples": len(loader.dataset), "iw_samples": iw_samples,
+                    "epoch": checkpoint["epoch"], "checkpoint": str(Path(checkpoint_path).resolve())})
+
+    run_dir = run_dir_of(checkpoint_path) or Path(checkpoint_path).resolve().parent
+    _write_json(run_dir / "test_metrics.json", results)
+    if config["trainer"]["tensorboard"]:
+        writer = TensorboardWriter(run_dir, enabled=True)
+        for name, value in results.items():
+            if isinstance(value, (int, float)):
+                writer.val.add_scalar(f"test/{name}", value, checkpoint["global_step"])
+        vis = loader.dataset.__getitems__(list(range(min(64, len(loader.dataset)))))
+        with torch.no_grad():
+            model.visualize(writer.train, move_to(vis, torch_device), checkpoint["global_step"], "test")
+        writer.close()
+    return results
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in results.items()
+            if isinstance(v, (int, float, str))]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-r", "--resume", required=True, help="checkpoint to evaluate")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--bs", type=int, help="evaluation batch size (default: the training batch size)")
+    parser.add_argument("--iw-samples", type=int, default=100, help="importance samples K for iw_nll")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        results = evaluate(args.resume, args.device, args.bs, args.set, args.iw_samples)
+        print(format_table(results))
+        run_dir = run_dir_of(args.resume) or Path(args.resume).resolve().parent
+        print(f"wrote {run_dir / 'test_metrics.json'}")
+
+    return run_main(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Shared fixtures: the shipped configs shrunk to tiny runs under tmp_path."""
+from __future__ import annotations
+
+import copy
+import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import tests.fakes  # noqa: F401  (registers the test models and data)
+from utils.config import read_config_file
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MNIST = ROOT.parent / "shared" / "data"
+
+
+def run_cli(*args: str, timeout: float = 240, cwd: Path = ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python <args>` from the project root; returns the finished process."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                          env=full_env)
+
+
+@pytest.fixture
+def pinwheel_config(tmp_path: Path) -> dict:
+    """configs/vae_pinwheel.yaml as a 3-epoch run under tmp_path, with dropout and a scheduler."""
+    config = read_config_file(ROOT / "configs" / "vae_pinwheel.yaml")
+    config["arch"]["args"].update(hidden_dims=[16, 16], dropout=0.1, kl_warmup_epochs=2)
+    config["data_loader"]["args"].update(points_per_class=20, batch_size=10, validation_split=0.2)
+    config["lr_scheduler"] = {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.7}}
+    config["trainer"].update(epochs=3, save_dir=str(tmp_path / "saved"), save_period=1, keep_last=0,
+                             verbosity=0, tensorboard=False, visualize_every=1)
+    return config
+
+
+@pytest.fixture
+def regression_config(tmp_path: Path) -> dict:
+    """The deterministic LinearTest model on 64 regression points, SGD, no validation."""
+    return {
+        "name": "regression",
+        "seed": 0,
+        "n_gpu": 0,
+        "arch": {"type": "LinearTest", "args": {}},
+        "data_loader": {"type": "Regression", "args": {"batch_size": 16, "num_examples": 64}},
+        "optimizer": {"type": "SGD", "args": {"lr": 0.05}},
+        "trainer": {"epochs": 3, "save_dir": str(tmp_path / "saved"), "monitor": "min loss",
+                    "verbosity": 0, "tensorboard": False},
+    }
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an IDX file (gzipped when the name ends in .gz)."""
+    codes = {np.uint8: 0x08}
+    header = bytes([0, 0, codes[array.dtype.type], array.ndim])
+    header += b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.tobytes()
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(data))
+    else:
+        path.write_bytes(data)
+
+
+@pytest.fixture
+def mnist_root(tmp_path: Path) -> Path:
+    """A tiny MNIST in torchvision's raw layout: 60 train and 30 test images (gzipped test split)."""
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n, gz in (("train", 60, ""), ("t10k", 30, ".gz")):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte{gz}", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte{gz}", rng.integers(0, 10, n, dtype=np.uint8))
+    return tmp_path / "mnist"
+
+
+@pytest.fixture
+def mnist_config(tmp_path: Path, mnist_root: Path) -> dict:
+    config = read_config_file(ROOT / "configs" / "vae_mnist.yaml")
+    config["arch"]["args"].update(latent_dim=4, hidden_dims=[32])
+    config["data_loader"]["args"].update(root=str(mnist_root), download=False, batch_size=16,
+                                         validation_split=12, num_workers=0)
+    config["trainer"].update(epochs=2, save_dir=str(tmp_path / "saved"), verbosity=0, early_stop=0)
+    config["n_gpu"] = 0
+    return copy.deepcopy(config)
+
+
+def final_state(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)

@@ -1,0 +1,107 @@
+"""Small deterministic models and data for framework tests.
+
+Run as a script it is train.py with these registered, e.g. under torchrun:
+    python -m torch.distributed.run --standalone --nproc_per_node 2 tests/fakes.py -c CFG
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from base.base_data_loader import BaseDataLoader, TensorDictDataset  # noqa: E402
+from base.base_model import BaseModel  # noqa: E402
+from data_loader.registry import DATA_LOADERS  # noqa: E402
+from model.registry import ARCHITECTURES  # noqa: E402
+
+
+@DATA_LOADERS.register("Regression")
+class RegressionDataLoader(BaseDataLoader):
+    """{"x": (B, in_dim), "y": (B, 1)} with y = x @ w + noise, fixed by data_seed."""
+
+    def __init__(self, batch_size: int = 16, shuffle: bool = True, validation_split: float = 0.0,
+                 num_workers: int = 0, split_seed: int = 0, num_examples: int = 64, in_dim: int = 4,
+                 data_seed: int = 0):
+        super().__init__(batch_size, shuffle, validation_split, num_workers, split_seed)
+        self.data_shape = (in_dim,)
+        gen = torch.Generator().manual_seed(data_seed)
+
+        def make(n: int) -> TensorDictDataset:
+            x = torch.randn(n, in_dim, generator=gen)
+            y = x @ torch.arange(1.0, in_dim + 1).unsqueeze(1) + 0.1 * torch.randn(n, 1, generator=gen)
+            return TensorDictDataset({"x": x, "y": y})
+
+        self.train_set, self.test_set = make(num_examples), make(num_examples // 2)
+        self.split_validation()
+
+
+@ARCHITECTURES.register("LinearTest")
+class LinearTest(BaseModel):
+    """Deterministic linear regression (mean squared error per point).
+
+    nan_at_call: the forward call (1-based, training mode) whose loss is NaN.
+    """
+
+    eval_metrics = ("mse",)
+
+    def __init__(self, data_shape: tuple[int, ...], nan_at_call: int | None = None):
+        super().__init__()
+        self.linear = nn.Linear(data_shape[0], 1)
+        self.nan_at_call = nan_at_call
+        self.calls = 0
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mse = (self.linear(batch["x"]) - batch["y"]).pow(2).mean()
+        if self.training:
+            self.calls += 1
+            if self.calls == self.nan_at_call:
+                mse = mse * math.nan
+        return {"loss": mse, "mse": mse}
+
+    def evaluate_batch(self, batch, metrics, iw_samples):
+        return {"mse": (self.linear(batch["x"]) - batch["y"]).pow(2).squeeze(1)}
+
+
+@ARCHITECTURES.register("HookProbe")
+class HookProbe(BaseModel):
+    """Records the Trainer's hook calls; has parameter groups 'weight' and 'bias' and a
+    temperature `tau` halved at every epoch end (schedule state)."""
+
+    def __init__(self, data_shape: tuple[int, ...], tau: float = 1.0):
+        super().__init__()
+        self.linear = nn.Linear(data_shape[0], 1)
+        self.register_buffer("optimizer_steps", torch.zeros((), dtype=torch.long))
+        self.tau = tau
+        self.epochs_seen: list[int] = []
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mse = (self.linear(batch["x"]) - batch["y"]).pow(2).mean()
+        return {"loss": mse, "tau": torch.tensor(self.tau)}
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        return {"weight": [self.linear.weight], "bias": [self.linear.bias]}
+
+    def after_optimizer_step(self) -> None:
+        self.optimizer_steps += 1
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.epochs_seen.append(epoch)
+        self.tau *= 0.5
+
+    def schedule_state(self) -> dict[str, Any]:
+        return {"tau": self.tau}
+
+    def load_schedule_state(self, state: dict[str, Any]) -> None:
+        self.tau = state["tau"]
+
+
+if __name__ == "__main__":
+    import train
+
+    sys.exit(train.main())

@@ -1,0 +1,113 @@
+"""Train an architecture from a config.
+
+    python train.py -c configs/vae_pinwheel.yaml [--set key.path=value ...] [--lr --bs --epochs --seed]
+    python train.py -r saved/<name>/<run>/checkpoints/last.pt [--set trainer.epochs=N]   # resume / extend
+    python train.py -r CKPT -c CONFIG      # fine-tune: CKPT's weights, CONFIG's everything else, new run
+    python train.py -d 2,3 -c CONFIG       # GPUs 2 and 3 (DataParallel); torchrun ... train.py for DDP
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from base.base_trainer import load_model_weights
+from logger import TensorboardWriter, setup_logging
+from trainer import Trainer
+from trainer.build import build_data, build_model, load_and_check
+from trainer.optim import build_optimizers
+from utils.checkpoint import load_checkpoint, run_dir_of
+from utils.cli import ArgumentParser, run_main, short_flag_overrides
+from utils.device import prepare_device, set_visible_devices
+from utils.distributed import broadcast_object, init_distributed, shutdown_distributed
+from utils.errors import CheckpointError, ConfigError
+from utils.run_dir import new_run_dir, write_run_files
+from utils.seeding import seed_everything
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path | None
+    metrics: dict[str, float]
+
+
+def train(config: dict, checkpoint: dict | None = None, checkpoint_path: str | Path | None = None,
+          finetune: bool = False) -> TrainResult:
+    """Train as `config` says. With a checkpoint: resume its run (same folder, full state),
+    or with `finetune` start a new run from its weights only."""
+    resume = checkpoint is not None and not finetune
+    dist_info = init_distributed()
+    try:
+        seed_everything(config["seed"] + dist_info.rank)
+        run_dir = run_dir_of(checkpoint_path) if resume else None
+        if run_dir is None and dist_info.is_main:
+            run_dir = new_run_dir(config["trainer"]["save_dir"], config["name"])
+        run_dir = broadcast_object(run_dir)
+        logger = setup_logging(run_dir / "train.log", config["trainer"]["verbosity"], dist_info.is_main)
+        if dist_info.is_main:
+            write_run_files(run_dir, config, keep_environment=resume)
+            logger.info("%s run %s", "resuming" if resume else "starting", run_dir)
+
+        data = build_data(config)
+        model = build_model(config, data.data_shape)
+        device, device_ids = prepare_device(config["n_gpu"], dist_info, logger)
+        model.to(device)
+        if finetune:
+            load_model_weights(model, checkpoint)
+            logger.info("fine-tuning from the weights of %s", checkpoint_path)
+        logger.debug("%s", model)
+        optimizers, schedulers = build_optimizers(model, config)
+        writer = TensorboardWriter(run_dir, config["trainer"]["tensorboard"] and dist_info.is_main)
+        trainer = Trainer(model, optimizers, schedulers, config, data, device, device_ids, run_dir, dist_info,
+                          logger, writer)
+        if resume:
+            trainer.load_state_dict(checkpoint)
+            logger.info("resumed at epoch %d (global step %d)", checkpoint["epoch"], checkpoint["global_step"])
+        metrics = trainer.fit()
+        return TrainResult(run_dir, metrics)
+    finally:
+        shutdown_distributed()
+
+
+def config_from_args(args) -> tuple[dict, dict | None]:
+    """The config to train with and the checkpoint (None without -r)."""
+    overrides = list(args.set) + short_flag_overrides(args)
+    if args.resume is None and args.config is None:
+        raise ConfigError("give a config (-c CONFIG) or a checkpoint to resume (-r CHECKPOINT)")
+    checkpoint = load_checkpoint(args.resume) if args.resume is not None else None
+    if args.config is not None:
+        config = load_and_check(args.config, overrides)
+        if checkpoint is not None and checkpoint["arch"] != config["arch"]["type"]:
+            raise CheckpointError(
+                f"checkpoint {args.resume} is from architecture {checkpoint['arch']!r}, the config asks "
+                f"for {config['arch']['type']!r}"
+            )
+    else:
+        config = load_and_check(base=checkpoint["config"], overrides=overrides)
+    return config, checkpoint
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", help="config file (.json or .yaml)")
+    parser.add_argument("-r", "--resume", help="checkpoint to resume (alone) or fine-tune from (with -c)")
+    parser.add_argument("-d", "--device", help="GPUs to use, e.g. 2,3 (sets CUDA_VISIBLE_DEVICES), or cpu")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set optimizer.args.lr=3e-4 (value parsed as YAML)")
+    parser.add_argument("--lr", type=float, help="learning rate (optimizer.args.lr)")
+    parser.add_argument("--bs", type=int, help="batch size (data_loader.args.batch_size)")
+    parser.add_argument("--epochs", type=int, help="number of epochs (trainer.epochs)")
+    parser.add_argument("--seed", type=int, help="random seed")
+    args = parser.parse_args(argv)
+    if args.device is not None:  # before anything initialises CUDA
+        args.set.append(f"n_gpu={set_visible_devices(args.device)}")
+
+    def run() -> None:
+        config, checkpoint = config_from_args(args)
+        train(config, checkpoint, args.resume, finetune=args.config is not None and checkpoint is not None)
+
+    return run_main(run)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""The one Trainer used by every architecture."""
+from trainer.trainer import Trainer
+
+__all__ = ["Trainer"]

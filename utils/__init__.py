@@ -1,0 +1,1 @@
+"""Config loading and validation, checkpoint io, seeding, devices, errors."""

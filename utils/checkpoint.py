@@ -1,0 +1,90 @@
+"""Checkpoint files: atomic writes and weights-only loads with clear errors.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (the
+config included), so `torch.load(path, weights_only=True)` reads it. Writes go
+to a temporary file in the same folder and are moved into place with
+`os.replace`, so a reader never sees a half-written file, even after SIGKILL.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from utils.errors import CheckpointError
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "config", "arch", "epoch", "global_step", "model")
+
+
+def _replace_atomically(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def save_atomic(state: dict, path: str | Path) -> None:
+    """Write `state` to `path` through a temporary file and os.replace."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        torch.save(state, tmp)
+        _replace_atomically(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def copy_atomic(src: str | Path, dst: str | Path) -> None:
+    """Copy a finished checkpoint file to `dst` atomically."""
+    dst = Path(dst)
+    tmp = _tmp_path(dst)
+    try:
+        shutil.copyfile(src, tmp)
+        _replace_atomically(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint written by this framework, or raise CheckpointError saying why not."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint path is not a file: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # truncated zip, wrong format, pickled objects: all mean 'unusable'
+        detail = " ".join(str(err).split())[:200]
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read (truncated, corrupt or not written by this framework): {detail}"
+        ) from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not a training checkpoint of this framework (missing {missing})")
+    if state["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {state['format_version']}, this code reads {FORMAT_VERSION}"
+        )
+    return state
+
+
+def run_dir_of(checkpoint_path: str | Path) -> Path | None:
+    """saved/<name>/<run>/checkpoints/last.pt -> saved/<name>/<run>; None outside a run folder."""
+    parent = Path(checkpoint_path).resolve().parent
+    return parent.parent if parent.name == "checkpoints" else None
