@@ -12,13 +12,13 @@ import torch.nn.functional as F
 
 
 class BernoulliLikelihood:
-    """Binary data; params are logits (..., P)."""
+    """Binary data; params are logits (..., P) (x broadcasts, e.g. over importance samples)."""
 
     num_params = 1
 
     @staticmethod
     def log_prob(params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return -F.binary_cross_entropy_with_logits(params, x, reduction="none").sum(-1)
+        return (x * params - F.softplus(params)).sum(-1)
 
     @staticmethod
     def mean(params: torch.Tensor) -> torch.Tensor:

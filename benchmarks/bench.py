@@ -1,0 +1,246 @@
+"""Training throughput of configs through the real Trainer: steps/s, examples/s, peak memory.
+
+    python benchmarks/bench.py -c configs/bench/vae_mnist.json --steps 50
+    python benchmarks/bench.py -c A.json -c B.json --steps 50 --bs 128 1024 --json out.json
+    taskset -c 0 python benchmarks/bench.py -c configs/bench/vae_mnist.json --steps 50 --threads 1
+    options: --repeats R (5)  --warmup W (10 steps)  --device cpu|cuda  --set key.path=value ...
+
+Each config, or each (config, batch size) pair with --bs, is one entry (labelled
+`vae_mnist@bs1024`), run in its own long-lived worker process (spawn) that builds the data,
+model, optimizers and Trainer once (TensorBoard off, no run folder) and warms up. Then, for
+--repeats rounds, the entries take turns, one at a time, running --steps optimizer steps
+through Trainer.train_epoch; each entry reports its median round. Peak memory (MiB) is the
+worker's peak RSS on the CPU (the whole process: Python, torch, data and model) and
+torch.cuda.max_memory_allocated over the timed rounds on CUDA; `base MB` is the same measure
+before the worker built anything (on the CPU: Python and the imports). `ratio` is an entry's median
+time over the first entry's; `spread` is (slowest - fastest round) / median.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import traceback
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from benchmarks.common import (build_trainer, examples_in, load_bench_config, non_negative_int,  # noqa: E402
+                               positive_int, set_threads, time_call)
+from utils.cli import ArgumentParser, run_main  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+
+
+# ------------------------------------------------------------------ worker process
+def worker_main(conn: Connection, config: dict, device_name: str, threads: int | None, warmup: int) -> None:
+    """Entry point of a worker: serve rounds until told to stop; report failures on the pipe."""
+    try:
+        serve(conn, config, torch.device(device_name), threads, warmup)
+    except UserError as err:
+        conn.send(("user_error", str(err)))
+    except Exception:  # noqa: BLE001  (the parent re-raises it with the traceback)
+        conn.send(("crash", traceback.format_exc()))
+
+
+def serve(conn: Connection, config: dict, device: torch.device, threads: int | None, warmup: int) -> None:
+    """Build and warm up, say "ready", then answer every "run" with one timed epoch."""
+    threads = set_threads(threads)
+    base_mem_mb = peak_mem_mb(device)
+    trainer = build_trainer(config, device)
+    steps, loader = trainer.len_epoch, trainer.train_loader
+    if warmup:
+        trainer.len_epoch = warmup
+        trainer.train_epoch(1)
+        trainer.len_epoch = steps
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    conn.send(("ready", {"threads": threads, "batch_size": loader.batch_size, "base_mem_mb": base_mem_mb,
+                         "examples": examples_in(steps, len(loader.sampler), loader.batch_size)}))
+    epoch = 1
+    while conn.recv() == "run":
+        epoch += 1
+        seconds = time_call(partial(trainer.train_epoch, epoch), device)
+        conn.send(("done", {"seconds": seconds, "peak_mem_mb": peak_mem_mb(device)}))
+
+
+def peak_mem_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated since the last reset, or this process's peak RSS (MiB)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# ------------------------------------------------------------------ parent process
+@dataclass
+class Entry:
+    label: str
+    path: str
+    config: dict
+
+
+@dataclass
+class Worker:
+    """The parent's handle on one entry's worker process."""
+
+    entry: Entry
+    conn: Connection
+    process: mp.process.BaseProcess
+    info: dict = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+    peak_mem_mb: float = 0.0
+
+    @classmethod
+    def start(cls, ctx: mp.context.SpawnContext, entry: Entry, device: str, threads: int | None,
+              warmup: int) -> "Worker":
+        conn, child = ctx.Pipe()
+        process = ctx.Process(target=worker_main, args=(child, entry.config, device, threads, warmup),
+                              name=f"bench {entry.label}", daemon=True)
+        process.start()
+        child.close()
+        return cls(entry, conn, process)
+
+    def receive(self) -> dict:
+        try:
+            kind, payload = self.conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the worker of {self.entry.label} died (exit code {self.process.exitcode})") from None
+        if kind == "user_error":
+            raise UserError(f"{self.entry.label}: {payload}")
+        if kind == "crash":
+            raise RuntimeError(f"the worker of {self.entry.label} failed:\n{payload}")
+        return payload
+
+    def wait_ready(self) -> None:
+        self.info = self.receive()
+
+    def run_round(self) -> None:
+        self.conn.send("run")
+        done = self.receive()
+        self.seconds.append(done["seconds"])
+        self.peak_mem_mb = done["peak_mem_mb"]
+
+    def stop(self) -> None:
+        try:
+            self.conn.send("stop")
+        except OSError:  # the worker is gone already
+            pass
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join()
+
+
+def unique_labels(labels: list[str]) -> list[str]:
+    """Number repeated labels (`a#1`, `a#2`) so that every entry can be told apart."""
+    counts, seen = Counter(labels), Counter()
+    out = []
+    for label in labels:
+        seen[label] += 1
+        out.append(label if counts[label] == 1 else f"{label}#{seen[label]}")
+    return out
+
+
+def make_entries(paths: list[str], batch_sizes: list[int] | None, overrides: list[str], steps: int) -> list[Entry]:
+    """One validated config per (config, batch size); a bad config raises ConfigError here."""
+    pairs = [(path, bs) for path in paths for bs in (batch_sizes or [None])]
+    configs = [load_bench_config(path, overrides, steps, bs) for path, bs in pairs]
+    labels = unique_labels([Path(path).stem + (f"@bs{bs}" if bs else "") for path, bs in pairs])
+    return [Entry(label, path, config) for label, (path, _), config in zip(labels, pairs, configs)]
+
+
+def run_rounds(workers: list[Worker], repeats: int) -> None:
+    """`repeats` rounds; each round every worker runs once, the starting one rotating."""
+    for r in range(repeats):
+        start = r % len(workers)
+        for worker in workers[start:] + workers[:start]:
+            worker.run_round()
+
+
+def summarize(workers: list[Worker], device: str, steps: int, repeats: int, warmup: int) -> list[dict]:
+    base = statistics.median(workers[0].seconds)
+    rows = []
+    for w in workers:
+        seconds = statistics.median(w.seconds)
+        rows.append({
+            "config": w.entry.label, "config_path": w.entry.path, "batch_size": w.info["batch_size"],
+            "steps_per_s": steps / seconds, "examples_per_s": w.info["examples"] / seconds,
+            "peak_mem_mb": w.peak_mem_mb, "base_mem_mb": w.info["base_mem_mb"], "ratio_to_first": seconds / base,
+            "spread": (max(w.seconds) - min(w.seconds)) / seconds, "seconds": w.seconds,
+            "device": device, "threads": w.info["threads"], "steps": steps, "repeats": repeats, "warmup": warmup,
+        })
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    first = rows[0]
+    print(f"device {first['device']}, {first['threads']} thread(s), {first['steps']} steps x "
+          f"{first['repeats']} repeats (median), warm-up {first['warmup']} steps")
+    width = max(len("config"), *(len(row["config"]) for row in rows))
+    print(f"{'config':<{width}}  {'batch':>6}  {'steps/s':>9}  {'examples/s':>11}  {'peak MB':>9}  "
+          f"{'base MB':>8}  {'ratio':>6}  {'spread':>6}")
+    for row in rows:
+        print(f"{row['config']:<{width}}  {row['batch_size']:>6}  {row['steps_per_s']:>9.2f}  "
+              f"{row['examples_per_s']:>11.0f}  {row['peak_mem_mb']:>9.1f}  "
+              f"{row['base_mem_mb']:>8.1f}  {row['ratio_to_first']:>6.3f}  "
+              f"{row['spread']:>6.1%}")
+
+
+def resolve_device(name: str | None) -> str:
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available")
+    return name
+
+
+def benchmark(args) -> None:
+    device = resolve_device(args.device)
+    entries = make_entries(args.config, args.bs, args.set, args.steps)
+    ctx = mp.get_context("spawn")
+    workers = [Worker.start(ctx, entry, device, args.threads, args.warmup) for entry in entries]
+    try:
+        for worker in workers:
+            worker.wait_ready()
+        run_rounds(workers, args.repeats)
+    finally:
+        for worker in workers:
+            worker.stop()
+    rows = summarize(workers, device, args.steps, args.repeats, args.warmup)
+    print_table(rows)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+def parse_args(argv: list[str] | None):
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", action="append", required=True, help="config file (repeatable)")
+    parser.add_argument("--steps", type=positive_int, required=True, help="optimizer steps per timed round")
+    parser.add_argument("--bs", type=positive_int, nargs="+", help="batch sizes to sweep (default: the config's)")
+    parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads in every worker")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed rounds per entry (default 5)")
+    parser.add_argument("--warmup", type=non_negative_int, default=10, help="untimed steps first (default 10)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a value in every config, e.g. --set arch.args.latent_dim=32")
+    parser.add_argument("--json", metavar="OUT", help="also write the results as a JSON list")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return run_main(partial(benchmark, args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Helpers shared by the benchmark scripts: bench configs, a Trainer built as train.py
+builds it (no run folder, TensorBoard off), timing and argument types."""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+import torch
+
+from logger import TensorboardWriter, setup_logging
+from trainer import Trainer
+from trainer.build import build_data, build_model, load_and_check
+from trainer.optim import build_optimizers
+from utils.distributed import DistInfo
+from utils.seeding import seed_everything
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def load_bench_config(path: str, overrides: list[str], steps: int, batch_size: int | None = None) -> dict:
+    """The validated config of `path` with the user's overrides, then the benchmark's own:
+    `steps` steps per epoch, no TensorBoard, no progress bar, optionally another batch size."""
+    forced = ["trainer.tensorboard=false", "trainer.verbosity=0", f"trainer.len_epoch={steps}"]
+    if batch_size is not None:
+        forced.append(f"data_loader.args.batch_size={batch_size}")
+    return load_and_check(path, [*overrides, *forced])
+
+
+def build_trainer(config: dict, device: torch.device) -> Trainer:
+    """Data, model, optimizers and Trainer as train.py builds them, without a run folder."""
+    seed_everything(config["seed"])
+    data = build_data(config)
+    model = build_model(config, data.data_shape)
+    optimizers, schedulers = build_optimizers(model.to(device), config)
+    return Trainer(model, optimizers, schedulers, config, data, device, [], None, DistInfo(),
+                   setup_logging(None, 0), TensorboardWriter(None, enabled=False))
+
+
+def set_threads(threads: int | None) -> int:
+    """Apply --threads (None: torch's default) and return the intra-op thread count in effect."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall-clock seconds of `fn()`, with queued device work finished before and after."""
+    synchronize(device)
+    started = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def examples_in(steps: int, num_examples: int, batch_size: int) -> int:
+    """Examples in `steps` batches taken pass after pass over `num_examples` (the last
+    batch of a pass may be short), as Trainer.train_epoch takes them."""
+    per_pass = [batch_size] * (num_examples // batch_size)
+    if num_examples % batch_size:
+        per_pass.append(num_examples % batch_size)
+    full, rest = divmod(steps, len(per_pass))
+    return full * num_examples + sum(per_pass[:rest])

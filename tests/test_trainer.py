@@ -1,0 +1,169 @@
+"""The Trainer: checkpoints, early stopping, epochs, non-finite losses, hooks, groups, TensorBoard."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import final_state
+from train import train
+from trainer.build import load_and_check
+from utils.checkpoint import load_checkpoint
+from utils.errors import NonFiniteLossError
+from utils.run_dir import new_run_dir
+
+
+def _run(config: dict, *overrides: str):
+    return train(load_and_check(base=config, overrides=list(overrides)))
+
+
+def test_checkpoint_files_and_contents(regression_config):
+    run = _run(regression_config, "trainer.epochs=5", "trainer.save_period=2", "trainer.keep_last=1")
+    ckpt = run.run_dir / "checkpoints"
+    names = sorted(p.name for p in ckpt.iterdir())
+    assert names == ["checkpoint-epoch4.pt", "last.pt", "model_best.pt"]  # epoch 2 pruned by keep_last
+    state = torch.load(ckpt / "last.pt", weights_only=True)
+    for key in ("model", "optimizers", "schedulers", "epoch", "global_step", "monitor_best", "not_improved_count",
+                "schedule", "rng", "config", "grad_scaler"):
+        assert key in state, key
+    assert state["epoch"] == 5 and state["global_step"] == 20
+    assert isinstance(state["config"], dict) and state["config"]["trainer"]["epochs"] == 5
+    assert set(state["rng"][0]) == {"python", "numpy", "torch", "cuda"}
+    assert not list(ckpt.glob(".*tmp*")), "temporary files are cleaned up"
+
+
+def test_model_best_is_written_on_epochs_that_are_not_save_epochs(regression_config):
+    run = _run(regression_config, "trainer.epochs=3", "trainer.save_period=10")
+    best = load_checkpoint(run.run_dir / "checkpoints" / "model_best.pt")
+    assert best["epoch"] == 3  # the loss falls every epoch
+    assert not list((run.run_dir / "checkpoints").glob("checkpoint-epoch*.pt"))
+
+
+def test_early_stopping_counts_exactly(regression_config):
+    """lr 0: the loss never changes after epoch 1, so exactly k epochs without improvement follow."""
+    run = _run(regression_config, "trainer.epochs=20", "trainer.early_stop=3", "optimizer.args.lr=0.0",
+               "data_loader.args.shuffle=false")
+    state = final_state(run.run_dir)
+    assert state["epoch"] == 1 + 3 and state["not_improved_count"] == 3
+    assert load_checkpoint(run.run_dir / "checkpoints" / "model_best.pt")["epoch"] == 1
+
+
+def test_min_delta_and_max_mode(regression_config):
+    run = _run(regression_config, "trainer.epochs=20", "trainer.early_stop=2", "trainer.min_delta=1e9")
+    assert final_state(run.run_dir)["epoch"] == 3  # epoch 1 improves on inf, then never by 1e9
+    run = _run(regression_config, "trainer.epochs=20", "trainer.early_stop=2", "trainer.monitor=max loss")
+    assert final_state(run.run_dir)["epoch"] == 3  # the loss falls: never an improvement for 'max'
+
+
+def test_len_epoch_runs_exactly_that_many_steps(regression_config):
+    run = _run(regression_config, "trainer.epochs=2", "trainer.len_epoch=7")  # 4 batches per pass
+    state = final_state(run.run_dir)
+    assert state["global_step"] == 14
+
+
+def test_monitor_of_a_metric_that_is_not_logged(regression_config):
+    with pytest.raises(Exception, match="val_\\* needs data_loader.args.validation_split"):
+        _run(regression_config, "trainer.monitor=min val_loss")
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(regression_config):
+    regression_config["arch"]["args"]["nan_at_call"] = 10  # epoch 3 (4 steps per epoch)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss .* epoch 3, step 10.*last good checkpoint"):
+        _run(regression_config)
+    [last] = Path(regression_config["trainer"]["save_dir"]).glob("*/*/checkpoints/last.pt")
+    state = load_checkpoint(last)
+    assert state["epoch"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_non_finite_loss_is_skipped_with_nan_policy_skip(regression_config):
+    regression_config["arch"]["args"]["nan_at_call"] = 2
+    run = _run(regression_config, "trainer.nan_policy=skip")
+    state = final_state(run.run_dir)
+    assert state["global_step"] == 12
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert math.isfinite(run.metrics["loss"])
+
+
+def test_hooks_parameter_groups_and_schedule_state(regression_config):
+    config = dict(regression_config, arch={"type": "HookProbe", "args": {"tau": 1.0}})
+    config["optimizer"] = {
+        "weight": {"type": "SGD", "args": {"lr": 0.05},
+                   "lr_scheduler": {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.5}}},
+        "bias": {"type": "Adam", "args": {"lr": 0.01}},
+    }
+    run = _run(config, "trainer.epochs=3")
+    state = final_state(run.run_dir)
+    assert set(state["optimizers"]) == {"weight", "bias"} and set(state["schedulers"]) == {"weight"}
+    assert int(state["model"]["optimizer_steps"]) == 12  # after_optimizer_step once per step
+    assert state["schedule"] == {"tau": 0.125}  # on_epoch_end once per epoch, saved
+    assert state["optimizers"]["weight"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.5 ** 3)
+    assert "exp_avg" in state["optimizers"]["bias"]["state"][0]
+
+    # resume restores the schedule state: 2 more epochs halve tau twice more
+    path = run.run_dir / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(path)
+    train(load_and_check(base=checkpoint["config"], overrides=["trainer.epochs=5"]), checkpoint, path)
+    assert final_state(run.run_dir)["schedule"] == {"tau": 0.125 / 4}
+
+
+def test_parameter_groups_must_match_the_model(regression_config):
+    config = dict(regression_config, arch={"type": "HookProbe", "args": {}})
+    config["optimizer"] = {"weights": {"type": "SGD", "args": {"lr": 0.1}}}
+    with pytest.raises(Exception, match="has groups \\['bias', 'weight'\\]"):
+        _run(config)
+
+
+def test_gradient_clipping_bounds_the_update(regression_config):
+    """With lr 1 and clip c, one SGD step moves the parameters by a vector of norm <= c."""
+    config = load_and_check(base=regression_config, overrides=[
+        "trainer.epochs=1", "trainer.len_epoch=1", "optimizer.args.lr=1.0", "trainer.grad_clip=0.01"])
+    torch.manual_seed(config["seed"])
+    from model.registry import ARCHITECTURES
+
+    initial = ARCHITECTURES.build(config["arch"], "arch", data_shape=(4,)).state_dict()
+    run = train(config)
+    moved = torch.cat([(final_state(run.run_dir)["model"][k] - initial[k]).flatten() for k in initial])
+    assert 0 < moved.norm() <= 0.01 + 1e-6
+
+
+def test_amp_on_cpu_warns_and_trains_in_full_precision(regression_config, caplog):
+    run = _run(regression_config, "trainer.amp=bf16", "trainer.epochs=1", "trainer.verbosity=1")
+    assert "needs CUDA" in (run.run_dir / "train.log").read_text()
+
+
+def test_run_folders_never_collide(tmp_path):
+    paths = {new_run_dir(tmp_path, "x") for _ in range(50)}
+    assert len(paths) == 50
+    assert all(p.parent == tmp_path / "x" and len(p.name.split("-")) == 3 for p in paths)
+
+
+def test_run_folder_contents(regression_config):
+    run = _run(regression_config, "trainer.epochs=1", "trainer.verbosity=1")
+    env = json.loads((run.run_dir / "environment.json").read_text())
+    assert {"python", "torch", "torchvision", "git_commit"} <= set(env)
+    assert "epoch 1/1" in (run.run_dir / "train.log").read_text()
+    assert (run.run_dir / "config.yaml").exists()
+
+
+def test_tensorboard_tags(pinwheel_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    pinwheel_config["trainer"].update(tensorboard=True, log_every=1)
+    run = _run(pinwheel_config, "trainer.epochs=2")
+    tb = run.run_dir / "tensorboard"
+    train_events = EventAccumulator(str(tb / "train")).Reload()
+    val_events = EventAccumulator(str(tb / "val")).Reload()
+    scalars = set(train_events.Tags()["scalars"])
+    assert {"step/loss", "step/elbo", "epoch/loss", "epoch/kl", "lr/all"} <= scalars
+    assert {"epoch/loss", "epoch/elbo"} <= set(val_events.Tags()["scalars"])
+    assert "val/data_vs_samples" in train_events.Tags()["images"]  # a matplotlib figure for 2-D data
+    assert any(tag.startswith("config") for tag in train_events.Tags()["tensors"])
+    steps = [e.step for e in train_events.Scalars("epoch/loss")]
+    assert steps == [e.step for e in val_events.Scalars("epoch/loss")] == [8, 16]  # shared global-step axis
+    assert (tb / "train" / "hparams").is_dir()
+    hparam_events = EventAccumulator(str(tb / "train" / "hparams")).Reload()
+    assert "hparam/val_loss" in hparam_events.Tags()["scalars"]
