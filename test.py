@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -17,7 +16,7 @@ from tqdm import tqdm
 from base.base_trainer import load_model_weights
 from logger import TensorboardWriter
 from trainer.build import build_data, build_model, eval_metric_names, load_and_check
-from utils.checkpoint import load_checkpoint, run_dir_of
+from utils.checkpoint import load_checkpoint, run_dir_of, write_atomic
 from utils.cli import ArgumentParser, run_main
 from utils.device import move_to
 from utils.errors import ConfigError
@@ -64,7 +63,7 @@ def evaluate(checkpoint_path: str | Path, device: str = "auto", batch_size: int 
                     "epoch": checkpoint["epoch"], "checkpoint": str(Path(checkpoint_path).resolve())})
 
     run_dir = run_dir_of(checkpoint_path) or Path(checkpoint_path).resolve().parent
-    _write_json(run_dir / "test_metrics.json", results)
+    write_atomic(run_dir / "test_metrics.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
     if config["trainer"]["tensorboard"]:
         writer = TensorboardWriter(run_dir, enabled=True)
         for name, value in results.items():
@@ -75,12 +74,6 @@ def evaluate(checkpoint_path: str | Path, device: str = "auto", batch_size: int 
             model.visualize(writer.train, move_to(vis, torch_device), checkpoint["global_step"], "test")
         writer.close()
     return results
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def format_table(results: dict[str, Any]) -> str:

@@ -27,6 +27,8 @@ def _one_line_error(capsys) -> str:
     (["-c", "configs/vae_pinwheel.yaml", "--set", "seed=x"], "'seed' must be int"),
     (["-r", "nowhere/last.pt"], "checkpoint not found: nowhere/last.pt"),
     ([], "give a config (-c CONFIG) or a checkpoint"),
+    (["-c", "configs/vae_mnist.yaml", "--set", "data_loader.args.root=/nonexistent/data", "--set",
+      "data_loader.args.download=false"], "MNIST train split not found: looked for /nonexistent/data/MNIST/raw/"),
 ])
 def test_train_bad_input(argv, message, capsys):
     assert train.main(argv) == 2
@@ -61,3 +63,12 @@ def test_cli_subprocess_reports_one_line(tmp_path):
     assert len(proc.stderr.strip().splitlines()) == 1
     proc = run_cli("test.py")
     assert proc.returncode == 2 and "-r/--resume" in proc.stderr
+
+
+def test_finetune_from_a_checkpoint_of_another_architecture(regression_config, tmp_path, capsys):
+    from trainer.build import load_and_check
+
+    run = train.train(load_and_check(base=regression_config))
+    code = train.main(["-r", str(run.run_dir / "checkpoints" / "last.pt"), "-c", "configs/vae_pinwheel.yaml"])
+    assert code == 2
+    assert "is from architecture 'LinearTest', the config asks for 'VAE'" in _one_line_error(capsys)

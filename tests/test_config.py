@@ -61,6 +61,7 @@ def test_overrides_set_nested_and_free_form_keys():
     ("lr_scheduler={type: StepLR}", "misses required argument(s) step_size"),
     ("metrics=[elbo, fid]", "names 'fid'"),
     ("trainer.epochs", "must look like key.path=value"),
+    ("optimizer.lr_scheduler={type: StepLR}", "unknown config key 'optimizer.lr_scheduler'"),
 ])
 def test_bad_configs_name_the_key(override, message):
     with pytest.raises(ConfigError, match=None) as info:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -34,30 +34,25 @@ def _replace_atomically(tmp: Path, path: Path) -> None:
         pass
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def save_atomic(state: dict, path: str | Path) -> None:
-    """Write `state` to `path` through a temporary file and os.replace."""
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then move it into place."""
     path = Path(path)
-    tmp = _tmp_path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        torch.save(state, tmp)
+        write(tmp)
         _replace_atomically(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def save_atomic(state: dict, path: str | Path) -> None:
+    """torch.save `state` to `path` atomically."""
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
 def copy_atomic(src: str | Path, dst: str | Path) -> None:
     """Copy a finished checkpoint file to `dst` atomically."""
-    dst = Path(dst)
-    tmp = _tmp_path(dst)
-    try:
-        shutil.copyfile(src, tmp)
-        _replace_atomically(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:

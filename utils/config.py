@@ -216,6 +216,7 @@ def optimizer_groups(config: dict) -> dict[str, dict]:
     """
     spec = config["optimizer"]
     if "type" in spec:
+        _check_spec(spec, "optimizer")  # its scheduler is the top-level `lr_scheduler`
         groups = {"all": {**spec, "lr_scheduler": config["lr_scheduler"]}}
         prefixes = {"all": "optimizer"}
     else:
@@ -231,27 +232,22 @@ def optimizer_groups(config: dict) -> dict[str, dict]:
     out = {}
     for name, group in groups.items():
         path = prefixes[name]
-        if not isinstance(group, dict) or "type" not in group:
-            raise ConfigError(f"config key '{path}' must be a mapping with 'type' (and optional 'args')")
-        allowed = {"type", "args", "lr_scheduler"}
-        for key in group:
-            if key not in allowed:
-                raise ConfigError(_unknown_key_message(f"{path}.{key}", dict.fromkeys(allowed)))
+        _check_spec(group, path, allowed=("type", "args", "lr_scheduler"))
         scheduler = group.get("lr_scheduler")
         if scheduler is not None:
             _check_spec(scheduler, f"{path}.lr_scheduler" if name != "all" else "lr_scheduler")
-        _check_spec(group, path)
-        out[name] = {"type": group["type"], "args": group.get("args", {}) or {}, "lr_scheduler": scheduler}
+        out[name] = {"type": group["type"], "args": group.get("args") or {}, "lr_scheduler": scheduler}
     return out
 
 
-def _check_spec(spec: Any, path: str) -> None:
+def _check_spec(spec: Any, path: str, allowed: tuple[str, ...] = ("type", "args")) -> None:
+    """A `{type, args}` mapping (plus the `allowed` extra keys)."""
     if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
         raise ConfigError(f"config key '{path}' must be a mapping with a string 'type' and optional 'args'")
     for key in spec:
-        if key not in ("type", "args", "lr_scheduler"):
-            raise ConfigError(f"unknown config key '{path}.{key}'; allowed here: args, type")
-    if not isinstance(spec.get("args", {}) or {}, dict):
+        if key not in allowed:
+            raise ConfigError(_unknown_key_message(f"{path}.{key}", dict.fromkeys(allowed)))
+    if not isinstance(spec.get("args") or {}, dict):
         raise ConfigError(f"config key '{path}.args' must be a mapping")
 
 
