@@ -7,13 +7,18 @@
 
 Each config, or each (config, batch size) pair with --bs, is one entry (labelled
 `vae_mnist@bs1024`), run in its own long-lived worker process (spawn) that builds the data,
-model, optimizers and Trainer once (TensorBoard off, no run folder) and warms up. Then, for
---repeats rounds, the entries take turns, one at a time, running --steps optimizer steps
-through Trainer.train_epoch; each entry reports its median round. Peak memory (MiB) is the
-worker's peak RSS on the CPU (the whole process: Python, torch, data and model) and
-torch.cuda.max_memory_allocated over the timed rounds on CUDA; `base MB` is the same measure
-before the worker built anything (on the CPU: Python and the imports). `ratio` is an entry's median
-time over the first entry's; `spread` is (slowest - fastest round) / median.
+model, optimizers and Trainer once (TensorBoard off, no run folder) and trains --warmup steps.
+Then, for --repeats rounds, the entries take turns, one at a time, running --steps optimizer
+steps through Trainer.train_epoch; every round starts from the state the warm-up left (weights,
+optimizer, RNG, batches), so the rounds of an entry do the same work. Each entry reports its
+median round; `ratio` is its median time over the first entry's and `spread` is
+(slowest - fastest round) / median.
+
+Peak memory (MiB) is measured over building and warm-up, which run the same steps as the timed
+rounds (afterwards the worker holds a saved copy of the training state): the worker's peak RSS
+on the CPU (the whole process: Python, torch, data, model) and torch.cuda.max_memory_allocated
+on CUDA. `base MB` is the same measure before the worker built anything (on the CPU: Python and
+the imports).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -35,8 +41,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.common import (build_trainer, examples_in, load_bench_config, non_negative_int,  # noqa: E402
-                               positive_int, set_threads, time_call)
+from benchmarks.common import (build_trainer, examples_in, load_bench_config, positive_int, restore,  # noqa: E402
+                               set_threads, snapshot, synchronize, time_call)
 from utils.cli import ArgumentParser, run_main  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
@@ -53,28 +59,28 @@ def worker_main(conn: Connection, config: dict, device_name: str, threads: int |
 
 
 def serve(conn: Connection, config: dict, device: torch.device, threads: int | None, warmup: int) -> None:
-    """Build and warm up, say "ready", then answer every "run" with one timed epoch."""
+    """Build, warm up and say "ready"; then answer every "run" with the seconds of one round,
+    each round starting from the state the warm-up left."""
     threads = set_threads(threads)
     base_mem_mb = peak_mem_mb(device)
     trainer = build_trainer(config, device)
     steps, loader = trainer.len_epoch, trainer.train_loader
-    if warmup:
-        trainer.len_epoch = warmup
-        trainer.train_epoch(1)
-        trainer.len_epoch = steps
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    conn.send(("ready", {"threads": threads, "batch_size": loader.batch_size, "base_mem_mb": base_mem_mb,
-                         "examples": examples_in(steps, len(loader.sampler), loader.batch_size)}))
-    epoch = 1
+    trainer.len_epoch = warmup
+    trainer.train_epoch(1)
+    trainer.len_epoch = steps
+    synchronize(device)
+    ready = {"threads": threads, "batch_size": loader.batch_size, "base_mem_mb": base_mem_mb,
+             "peak_mem_mb": peak_mem_mb(device),
+             "examples": examples_in(steps, len(loader.sampler), loader.batch_size)}
+    start = snapshot(trainer)
+    conn.send(("ready", ready))
     while conn.recv() == "run":
-        epoch += 1
-        seconds = time_call(partial(trainer.train_epoch, epoch), device)
-        conn.send(("done", {"seconds": seconds, "peak_mem_mb": peak_mem_mb(device)}))
+        restore(trainer, start)
+        conn.send(("done", time_call(partial(trainer.train_epoch, 2), device)))
 
 
 def peak_mem_mb(device: torch.device) -> float:
-    """Peak CUDA memory allocated since the last reset, or this process's peak RSS (MiB)."""
+    """This process's peak CUDA memory allocated, or its peak RSS (MiB)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -97,7 +103,6 @@ class Worker:
     process: mp.process.BaseProcess
     info: dict = field(default_factory=dict)
     seconds: list[float] = field(default_factory=list)
-    peak_mem_mb: float = 0.0
 
     @classmethod
     def start(cls, ctx: mp.context.SpawnContext, entry: Entry, device: str, threads: int | None,
@@ -109,7 +114,7 @@ class Worker:
         child.close()
         return cls(entry, conn, process)
 
-    def receive(self) -> dict:
+    def receive(self) -> Any:
         try:
             kind, payload = self.conn.recv()
         except EOFError:
@@ -125,9 +130,7 @@ class Worker:
 
     def run_round(self) -> None:
         self.conn.send("run")
-        done = self.receive()
-        self.seconds.append(done["seconds"])
-        self.peak_mem_mb = done["peak_mem_mb"]
+        self.seconds.append(self.receive())
 
     def stop(self) -> None:
         try:
@@ -174,9 +177,10 @@ def summarize(workers: list[Worker], device: str, steps: int, repeats: int, warm
         rows.append({
             "config": w.entry.label, "config_path": w.entry.path, "batch_size": w.info["batch_size"],
             "steps_per_s": steps / seconds, "examples_per_s": w.info["examples"] / seconds,
-            "peak_mem_mb": w.peak_mem_mb, "base_mem_mb": w.info["base_mem_mb"], "ratio_to_first": seconds / base,
-            "spread": (max(w.seconds) - min(w.seconds)) / seconds, "seconds": w.seconds,
-            "device": device, "threads": w.info["threads"], "steps": steps, "repeats": repeats, "warmup": warmup,
+            "peak_mem_mb": w.info["peak_mem_mb"], "base_mem_mb": w.info["base_mem_mb"],
+            "ratio_to_first": seconds / base, "spread": (max(w.seconds) - min(w.seconds)) / seconds,
+            "seconds": w.seconds, "device": device, "threads": w.info["threads"], "steps": steps,
+            "repeats": repeats, "warmup": warmup,
         })
     return rows
 
@@ -191,8 +195,7 @@ def print_table(rows: list[dict]) -> None:
     for row in rows:
         print(f"{row['config']:<{width}}  {row['batch_size']:>6}  {row['steps_per_s']:>9.2f}  "
               f"{row['examples_per_s']:>11.0f}  {row['peak_mem_mb']:>9.1f}  "
-              f"{row['base_mem_mb']:>8.1f}  {row['ratio_to_first']:>6.3f}  "
-              f"{row['spread']:>6.1%}")
+              f"{row['base_mem_mb']:>8.1f}  {row['ratio_to_first']:>6.3f}  {row['spread']:>6.1%}")
 
 
 def resolve_device(name: str | None) -> str:
@@ -229,7 +232,7 @@ def parse_args(argv: list[str] | None):
     parser.add_argument("--bs", type=positive_int, nargs="+", help="batch sizes to sweep (default: the config's)")
     parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads in every worker")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed rounds per entry (default 5)")
-    parser.add_argument("--warmup", type=non_negative_int, default=10, help="untimed steps first (default 10)")
+    parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps first (default 10)")
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value in every config, e.g. --set arch.args.latent_dim=32")

@@ -3,6 +3,7 @@ builds it (no run folder, TensorBoard off), timing and argument types."""
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from typing import Callable
 
@@ -27,17 +28,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def load_bench_config(path: str, overrides: list[str], steps: int, batch_size: int | None = None) -> dict:
     """The validated config of `path` with the user's overrides, then the benchmark's own:
     `steps` steps per epoch, no TensorBoard, no progress bar, optionally another batch size."""
@@ -55,6 +45,19 @@ def build_trainer(config: dict, device: torch.device) -> Trainer:
     optimizers, schedulers = build_optimizers(model.to(device), config)
     return Trainer(model, optimizers, schedulers, config, data, device, [], None, DistInfo(),
                    setup_logging(None, 0), TensorboardWriter(None, enabled=False))
+
+
+def snapshot(trainer: Trainer) -> dict:
+    """A copy of the full training state: weights, optimizer state, RNG states, step counters."""
+    return copy.deepcopy(trainer.state_dict(epoch=1))
+
+
+def restore(trainer: Trainer, state: dict) -> None:
+    """Put the trainer back into a `snapshot` (loads a copy: the snapshot can be restored again).
+
+    Timed rounds start from the same state so that they do the same work: on the CPU a
+    longer-trained model can be slower per step (subnormal floats)."""
+    trainer.load_state_dict(copy.deepcopy(state))
 
 
 def set_threads(threads: int | None) -> int:
