@@ -22,6 +22,7 @@ the imports).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing as mp
 import resource
@@ -206,7 +207,7 @@ def resolve_device(name: str | None) -> str:
     return name
 
 
-def benchmark(args) -> None:
+def benchmark(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     entries = make_entries(args.config, args.bs, args.set, args.steps)
     ctx = mp.get_context("spawn")
@@ -225,7 +226,7 @@ def benchmark(args) -> None:
         print(f"wrote {args.json}")
 
 
-def parse_args(argv: list[str] | None):
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", action="append", required=True, help="config file (repeatable)")
     parser.add_argument("--steps", type=positive_int, required=True, help="optimizer steps per timed round")

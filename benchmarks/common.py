@@ -68,6 +68,7 @@ def set_threads(threads: int | None) -> int:
 
 
 def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

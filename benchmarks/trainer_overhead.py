@@ -19,6 +19,7 @@ speed drifts.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import sys
@@ -103,7 +104,7 @@ def print_report(result: dict) -> None:
     print(f"  median of the per-round ratios {result['paired_ratio']:.3f} (rounds run back to back)")
 
 
-def benchmark(args) -> None:
+def benchmark(args: argparse.Namespace) -> None:
     config = load_bench_config(args.config, [], args.steps, args.bs)
     threads = set_threads(args.threads)
     trainer = build_trainer(config, CPU)
@@ -115,12 +116,12 @@ def benchmark(args) -> None:
         print(f"wrote {args.json}")
 
 
-def parse_args(argv: list[str] | None):
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", required=True, help="config file")
     parser.add_argument("--steps", type=positive_int, required=True, help="optimizer steps per round")
     parser.add_argument("--repeats", type=positive_int, default=5, help="rounds of each loop (default 5)")
-    parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps of each loop first")
+    parser.add_argument("--warmup", type=positive_int, default=10, help="untimed steps of each loop first (default 10)")
     parser.add_argument("--bs", type=positive_int, help="batch size (default: the config's)")
     parser.add_argument("--threads", type=positive_int, help="torch.set_num_threads")
     parser.add_argument("--json", metavar="OUT", help="also write the result as JSON")
