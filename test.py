@@ -45,7 +45,7 @@ def evaluate(checkpoint_path: str | Path, device: str = "auto", batch_size: int 
     config = load_and_check(base=checkpoint["config"], overrides=overrides)
     torch_device = resolve_device(device)
     data = build_data(config)
-    model = build_model(config, data.data_shape)
+    model = build_model(config, data)
     load_model_weights(model, checkpoint)
     model.to(torch_device).eval()
     metrics = eval_metric_names(config, model)
@@ -69,7 +69,7 @@ def evaluate(checkpoint_path: str | Path, device: str = "auto", batch_size: int 
         for name, value in results.items():
             if isinstance(value, (int, float)):
                 writer.val.add_scalar(f"test/{name}", value, checkpoint["global_step"])
-        vis = loader.dataset.__getitems__(list(range(min(64, len(loader.dataset)))))
+        vis = loader.dataset.__getitems__(list(range(min(model.visualization_size, len(loader.dataset)))))
         with torch.no_grad():
             model.visualize(writer.train, move_to(vis, torch_device), checkpoint["global_step"], "test")
         writer.close()

@@ -49,7 +49,7 @@ def train(config: dict, checkpoint: dict | None = None, checkpoint_path: str | P
             logger.info("%s run %s", "resuming" if resume else "starting", run_dir)
 
         data = build_data(config)
-        model = build_model(config, data.data_shape)
+        model = build_model(config, data)
         device, device_ids = prepare_device(config["n_gpu"], dist_info, logger)
         model.to(device)
         if finetune:

@@ -7,6 +7,7 @@ so that numbers compare across batch sizes. Everything else is logged.
 Optional hooks the Trainer calls (the defaults do nothing):
   parameter_groups()       named groups, each can get its own optimizer
   after_optimizer_step()   e.g. the SVAE natural-gradient step of globals
+  on_step_skipped()        a non-finite loss skipped the step (trainer.nan_policy=skip)
   on_epoch_end(epoch)      e.g. temperature annealing
   schedule_state() / load_schedule_state(state)   saved in checkpoints
   evaluate_batch(batch, iw_samples) -> per-example metrics for test.py
@@ -26,6 +27,8 @@ class BaseModel(nn.Module):
 
     #: names of the metrics `evaluate_batch` can return (for config `metrics`)
     eval_metrics: tuple[str, ...] = ()
+    #: how many validation (or test) examples `visualize` gets
+    visualization_size: int = 64
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -36,6 +39,9 @@ class BaseModel(nn.Module):
 
     def after_optimizer_step(self) -> None:
         """Called after every optimizer step (after all optimizers have stepped)."""
+
+    def on_step_skipped(self) -> None:
+        """Called instead of the optimizer steps when the loss was non-finite and the step is skipped."""
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called once at the end of every training epoch (1-based epoch number)."""

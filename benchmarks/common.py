@@ -41,7 +41,7 @@ def build_trainer(config: dict, device: torch.device) -> Trainer:
     """Data, model, optimizers and Trainer as train.py builds them, without a run folder."""
     seed_everything(config["seed"])
     data = build_data(config)
-    model = build_model(config, data.data_shape)
+    model = build_model(config, data)
     optimizers, schedulers = build_optimizers(model.to(device), config)
     return Trainer(model, optimizers, schedulers, config, data, device, [], None, DistInfo(),
                    setup_logging(None, 0), TensorboardWriter(None, enabled=False))

@@ -1,7 +1,8 @@
 """TensorBoard images and figures shared by the architectures."""
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Callable
 
 import torch
 from torchvision.utils import make_grid
@@ -29,5 +30,37 @@ def log_scatter(writer: Any, tag: str, step: int, **point_sets: torch.Tensor) ->
         ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6, label=name)
     ax.legend(loc="upper right")
     ax.set_aspect("equal")
+    writer.add_figure(tag, fig, step)
+    plt.close(fig)
+
+
+def log_gmm_clusters(writer: Any, tag: str, step: int, latent: torch.Tensor, data: torch.Tensor,
+                     assignments: torch.Tensor, weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor,
+                     decode: Callable[[torch.Tensor], torch.Tensor] | None = None, min_weight: float = 0.02) -> None:
+    """Two panels: latent points (N, 2) coloured by their component with the 2-sigma ellipses of the
+    components whose weight exceeds `min_weight` (means (K, 2), covs (K, 2, 2)); and the data (N, 2)
+    in the same colours, with the ellipses pushed through `decode` (latent (M, 2) -> data (M, 2))."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    angles = torch.linspace(0, 2 * math.pi, 100, dtype=means.dtype, device=means.device)
+    circle = torch.stack([angles.cos(), angles.sin()], -1)  # (100, 2)
+    shown = (weights > min_weight).nonzero().flatten().tolist()
+    ellipses = means[shown, None, :] + 2.0 * circle @ torch.linalg.cholesky(covs[shown]).mT  # (k, 100, 2)
+    colors = plt.get_cmap("tab20")
+    fig, (ax_latent, ax_data) = plt.subplots(1, 2, figsize=(8, 4))
+    for ax, points, curves in [(ax_latent, latent, ellipses),
+                               (ax_data, data, decode(ellipses) if decode is not None else None)]:
+        points = points.detach().float().cpu()
+        ax.scatter(points[:, 0], points[:, 1], s=4, c=[colors(int(k) % 20) for k in assignments.cpu()])
+        if curves is not None:
+            for k, curve in zip(shown, curves.detach().float().cpu()):
+                ax.plot(curve[:, 0], curve[:, 1], color=colors(k % 20), lw=1.5)
+        ax.set_aspect("equal")
+    ax_latent.set_title("latent E[x], 2-sigma ellipses")
+    ax_data.set_title("data by component")
+    fig.tight_layout()
     writer.add_figure(tag, fig, step)
     plt.close(fig)

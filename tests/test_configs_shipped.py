@@ -27,7 +27,7 @@ def test_shipped_config_builds_and_steps(path, mnist_root):
                      "data_loader.args.validation_split=10", "data_loader.args.num_workers=0"]
     config = load_and_check(ROOT / path, overrides)
     data = build_data(config)
-    model = build_model(config, data.data_shape)
+    model = build_model(config, data)
     optimizers, _ = build_optimizers(model, config)
     batch = next(iter(data.train_loader(seed=0)))
     loss = model(batch)["loss"]

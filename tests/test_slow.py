@@ -15,3 +15,12 @@ def test_default_pinwheel_job_learns_a_latent_code(tmp_path):
     assert run.metrics["kl"] > 1.0
     results = test_script.evaluate(run.run_dir / "checkpoints" / "model_best.pt", iw_samples=100, progress=False)
     assert results["iw_nll"] < 6.2 and results["iw_nll"] <= -results["elbo"]
+
+
+@pytest.mark.slow
+def test_default_svae_gmm_job_finds_the_five_arms(tmp_path):
+    """The README's main job: the held-out points fall into the 5 arms (ARI >= 0.9, 5 components)."""
+    run = train(load_and_check("configs/svae_gmm.yaml", [f"trainer.save_dir={tmp_path}", "trainer.verbosity=0"]))
+    results = test_script.evaluate(run.run_dir / "checkpoints" / "model_best.pt", progress=False)
+    assert results["ari"] >= 0.9 and results["components_in_use"] == 5
+    assert results["elbo"] > -6.5

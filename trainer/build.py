@@ -36,8 +36,9 @@ def build_data(config: dict) -> BaseDataLoader:
     return DATA_LOADERS.build(config["data_loader"], "data_loader")
 
 
-def build_model(config: dict, data_shape: tuple[int, ...]) -> BaseModel:
-    return ARCHITECTURES.build(config["arch"], "arch", data_shape=tuple(data_shape))
+def build_model(config: dict, data: BaseDataLoader) -> BaseModel:
+    return ARCHITECTURES.build(config["arch"], "arch", data_shape=tuple(data.data_shape),
+                               num_train=len(data.train_set))
 
 
 def eval_metric_names(config: dict, model: BaseModel) -> tuple[str, ...]:

@@ -57,7 +57,7 @@ class Trainer(BaseTrainer):
         self.val_loader = data.val_loader(seed, dist_info.rank, dist_info.world_size, pin)
         self.len_epoch = cfg["len_epoch"] or len(self.train_loader)
         vis_set = data.val_set if data.val_set is not None else data.test_set
-        self.vis_batch = vis_set.__getitems__(list(range(min(64, len(vis_set)))))
+        self.vis_batch = vis_set.__getitems__(list(range(min(model.visualization_size, len(vis_set)))))
 
         self.writer = writer
         self.grad_clip = cfg["grad_clip"]
@@ -179,6 +179,7 @@ class Trainer(BaseTrainer):
     def _on_non_finite(self, loss: torch.Tensor, epoch: int) -> None:
         where = f"epoch {epoch}, step {self.global_step + 1}"
         if self.nan_policy == "skip":
+            self.model_core.on_step_skipped()
             self.skipped_steps += 1
             if self.skipped_steps <= 10:
                 self.logger.warning("non-finite loss (%s) at %s: step skipped (trainer.nan_policy=skip)",

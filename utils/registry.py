@@ -77,6 +77,9 @@ class Registry:
         self.check(spec, path)
         cls = self.get(spec["type"], f"{path}.type")
         args = dict(spec.get("args") or {})
+        params = inspect.signature(cls).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            injected = {k: v for k, v in injected.items() if k in params}
         try:
             return cls(*positional, **args, **injected)
         except (TypeError, ValueError) as err:

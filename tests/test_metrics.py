@@ -1,0 +1,45 @@
+"""ARI and NMI against hand-computed cases."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from model.metrics import adjusted_rand_index, normalized_mutual_info
+
+
+def t(*labels: int) -> torch.Tensor:
+    return torch.tensor(labels)
+
+
+def test_identical_partitions_up_to_relabelling_score_one():
+    assert adjusted_rand_index(t(0, 0, 1, 1, 2, 2), t(5, 5, 3, 3, 9, 9)) == pytest.approx(1.0)
+    assert normalized_mutual_info(t(0, 0, 1, 1, 2, 2), t(5, 5, 3, 3, 9, 9)) == pytest.approx(1.0)
+
+
+def test_hand_computed_case():
+    # true [0,0,0,1,1,1], pred [0,0,1,1,2,2]: table [[2,1,0],[0,1,2]]
+    # sum C(n_ij,2) = 1+1 = 2; rows C(3,2)*2 = 6; cols C(2,2)*3 = 3; C(6,2) = 15
+    # expected = 6*3/15 = 1.2; max = 4.5; ARI = (2-1.2)/(4.5-1.2) = 0.8/3.3
+    true, pred = t(0, 0, 0, 1, 1, 1), t(0, 0, 1, 1, 2, 2)
+    assert adjusted_rand_index(true, pred) == pytest.approx(0.8 / 3.3)
+    # I = sum p_ij log(p_ij / (p_i p_j)): p = [[2,1,0],[0,1,2]]/6, p_i = 1/2, p_j = 1/3
+    mutual = 2 * (2 / 6) * math.log((2 / 6) / (1 / 6)) + 2 * (1 / 6) * math.log((1 / 6) / (1 / 6))
+    h_true, h_pred = math.log(2), math.log(3)
+    assert normalized_mutual_info(true, pred) == pytest.approx(mutual / ((h_true + h_pred) / 2))
+
+
+def test_independent_partitions_score_zero():
+    true, pred = t(0, 0, 1, 1), t(0, 1, 0, 1)
+    assert normalized_mutual_info(true, pred) == pytest.approx(0.0, abs=1e-12)
+    # sum C(n_ij,2) = 0; rows 2, cols 2, C(4,2) = 6: expected 2/3, max 2: ARI = -2/3 / (4/3) = -0.5
+    assert adjusted_rand_index(true, pred) == pytest.approx(-0.5)
+
+
+def test_symmetric_and_one_cluster_cases():
+    a, b = t(0, 0, 1, 2, 2, 2, 1), t(1, 1, 1, 0, 0, 2, 2)
+    assert adjusted_rand_index(a, b) == pytest.approx(adjusted_rand_index(b, a))
+    assert normalized_mutual_info(a, b) == pytest.approx(normalized_mutual_info(b, a))
+    assert adjusted_rand_index(t(0, 0, 0), t(1, 1, 1)) == 1.0
+    assert normalized_mutual_info(t(0, 0, 1), t(4, 4, 4)) == pytest.approx(0.0)

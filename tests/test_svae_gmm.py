@@ -1,0 +1,227 @@
+"""SVAE-GMM: local mean-field inference, the natural-gradient SVI step, numerical safety, and the
+architecture end to end (train, resume, test.py, TensorBoard figure). float64 for the math."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import distributions as td
+
+import test as test_script
+from model.expfam import dirichlet, niw
+from model.expfam.psd import jitter_retries, psd_cholesky
+from model.svae.gmm import SVAEGMM
+from model.svae.gmm_inference import local_meanfield, meanfield_update, mixture_expectations
+from tests.conftest import ROOT, final_state
+from train import train
+from trainer.build import load_and_check
+from utils.checkpoint import load_checkpoint
+from utils.config import read_config_file
+
+DT = torch.float64
+
+
+def random_globals(K: int, d: int, gen: torch.Generator) -> tuple[torch.Tensor, niw.NIWNatural]:
+    alpha = torch.rand(K, generator=gen, dtype=DT) * 5 + 0.5
+    m = 2 * torch.randn(K, d, generator=gen, dtype=DT)
+    a = torch.randn(K, d, d, generator=gen, dtype=DT)
+    S = a @ a.mT + torch.eye(d, dtype=DT)
+    kappa = torch.rand(K, generator=gen, dtype=DT) + 0.5
+    nu = d + 1 + 5 * torch.rand(K, generator=gen, dtype=DT)
+    return dirichlet.alpha_to_natural(alpha), niw.standard_to_natural(m, kappa, S, nu)
+
+
+def random_potentials(B: int, d: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    node_J = torch.rand(B, d, generator=gen, dtype=DT) * 3 + 0.2
+    return node_J, node_J * 2 * torch.randn(B, d, generator=gen, dtype=DT)
+
+
+@pytest.mark.filterwarnings("ignore:Singular sample detected")
+def test_local_kl_matches_monte_carlo():
+    """KL_local = E_q(theta) q(z) q(x)[log q(z) + log q(x) - log p(z | pi) - log N(x | mu_z, Sigma_z)]."""
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    K, d, B, num = 3, 2, 4, 200_000
+    dir_nat, niw_nat = random_globals(K, d, gen)
+    node_J, node_h = random_potentials(B, d, gen)
+    post, _ = local_meanfield(node_J, node_h, mixture_expectations(dir_nat, niw.expected_stats(niw_nat)), tol=1e-10)
+
+    pi = td.Dirichlet(dirichlet.natural_to_alpha(dir_nat)).sample((num,))  # (S, K)
+    m, kappa, S, nu = niw.natural_to_standard(niw_nat)
+    precision = td.Wishart(df=nu, covariance_matrix=torch.linalg.inv(S)).sample((num,))  # (S, K, d, d)
+    mu = td.MultivariateNormal(m, precision_matrix=kappa[:, None, None] * precision).sample()  # (S, K, d)
+    q_z = td.Categorical(probs=post.responsibilities)
+    z = q_z.sample((num,))  # (S, B)
+    q_x = td.MultivariateNormal(post.mean, precision_matrix=post.J)
+    x = q_x.sample((num,))  # (S, B, d)
+    idx = z[..., None, None].expand(num, B, d, d)
+    p_x = td.MultivariateNormal(torch.gather(mu, 1, z[..., None].expand(num, B, d)),
+                                precision_matrix=torch.gather(precision, 1, idx))
+    log_ratio = q_z.log_prob(z) + q_x.log_prob(x) - torch.gather(pi, 1, z).log() - p_x.log_prob(x)  # (S, B)
+    stderr = log_ratio.std(0) / math.sqrt(num)
+    assert ((log_ratio.mean(0) - post.kl).abs() < 4 * stderr).all(), (log_ratio.mean(0), post.kl, stderr)
+
+
+def test_meanfield_sweeps_never_decrease_the_local_objective():
+    """Coordinate ascent: <psi, E t(x)> - KL_local never falls from one sweep to the next."""
+    gen = torch.Generator().manual_seed(1)
+    dir_nat, niw_nat = random_globals(6, 3, gen)
+    mix = mixture_expectations(dir_nat, niw.expected_stats(niw_nat))
+    node_J, node_h = random_potentials(20, 3, gen)
+    r = torch.full((20, 6), 1 / 6, dtype=DT)
+    previous = torch.full((20,), -math.inf, dtype=DT)
+    for _ in range(30):
+        post = meanfield_update(node_J, node_h, r, mix)
+        node_term = -0.5 * (node_J * post.second.diagonal(dim1=-2, dim2=-1)).sum(-1) + (node_h * post.mean).sum(-1)
+        objective = node_term - post.kl
+        assert (objective >= previous - 1e-9).all()
+        previous, r = objective, post.responsibilities
+    converged, _ = local_meanfield(node_J, node_h, mix, tol=1e-12)
+    again = meanfield_update(node_J, node_h, converged.responsibilities, mix)
+    torch.testing.assert_close(again.responsibilities, converged.responsibilities, atol=1e-6, rtol=0)
+
+
+def test_only_the_last_sweep_is_differentiable():
+    gen = torch.Generator().manual_seed(2)
+    dir_nat, niw_nat = random_globals(4, 2, gen)
+    node_J, node_h = (t.requires_grad_(True) for t in random_potentials(5, 2, gen))
+    post, iterations = local_meanfield(node_J, node_h, mixture_expectations(dir_nat, niw.expected_stats(niw_nat)), max_iter=50)
+    assert 1 <= iterations <= 50
+    grad_J, grad_h = torch.autograd.grad(post.kl.sum(), (node_J, node_h))
+    assert grad_J.abs().sum() > 0 and grad_h.abs().sum() > 0
+
+
+def tiny_model(num_train: int, rho: float, seed: int = 0) -> SVAEGMM:
+    torch.manual_seed(seed)
+    return SVAEGMM((2,), num_train, num_components=4, hidden_dims=[8], rho=rho, max_iter=500, tol=1e-12)
+
+
+@pytest.mark.parametrize("rho,num_train", [(1.0, 6), (0.25, 24)])
+def test_svi_step_equals_the_closed_form_update(rho, num_train):
+    """With rho = 1 and the whole data set as the batch, one step is the conjugate posterior given the
+    soft assignments (standard-parameter formulas); with rho < 1 it is the natural-parameter blend."""
+    model = tiny_model(num_train, rho).train()
+    y = torch.randn(6, 2) * 3
+    dir0, niw0 = model.q_dirichlet.clone(), niw.NIWNatural(*(t.clone() for t in model.q_niw))
+    post, _ = model.infer(y)
+    model({"x": y})
+    model.after_optimizer_step()
+
+    r, ex, exx = post.responsibilities.detach(), post.mean.detach(), post.second.detach()
+    scale = num_train / len(y)
+    counts = scale * r.sum(0)
+    alpha0 = dirichlet.natural_to_alpha(model.prior_dirichlet)
+    m0, kappa0, S0, nu0 = niw.natural_to_standard(model.prior_niw)
+    kappa = kappa0 + counts
+    m = (kappa0[:, None] * m0 + scale * r.mT @ ex) / kappa[:, None]
+    S = (S0 + scale * torch.einsum("bk,bij->kij", r, exx) + kappa0[:, None, None] * m0[:, :, None] * m0[:, None, :]
+         - kappa[:, None, None] * m[:, :, None] * m[:, None, :])
+    target_dir = dirichlet.alpha_to_natural(alpha0 + counts)
+    target_niw = niw.standard_to_natural(m, kappa, S, nu0 + counts)
+    torch.testing.assert_close(model.q_dirichlet, (1 - rho) * dir0 + rho * target_dir)
+    for got, old, target in zip(model.q_niw, niw0, target_niw):
+        torch.testing.assert_close(got, (1 - rho) * old + rho * target)
+
+
+def test_statistics_of_several_forward_passes_add_up_like_one_batch():
+    """What DataParallel replicas (and DDP ranks, via all-reduce) do: halves add to the whole."""
+    y = torch.randn(8, 2) * 3
+    whole, halves = tiny_model(40, 0.5).train(), tiny_model(40, 0.5).train()
+    whole({"x": y})
+    halves({"x": y[:4]})
+    halves({"x": y[4:]})
+    whole.after_optimizer_step()
+    halves.after_optimizer_step()
+    for a, b in zip(whole.buffers(), halves.buffers()):
+        torch.testing.assert_close(a, b)
+
+
+def test_globals_stay_valid_and_the_prior_fixed_during_training():
+    model = tiny_model(100, 0.3).train()
+    prior = [t.clone() for t in (model.prior_dirichlet, *model.prior_niw)]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    data = torch.randn(100, 2) * 4
+    d = model.latent_dim
+    for step in range(60):
+        out = model({"x": data[torch.randint(0, 100, (20,))]})
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        model.after_optimizer_step()
+        _, kappa, S, nu = niw.natural_to_standard(model.q_niw)
+        assert torch.linalg.cholesky_ex(S).info.eq(0).all() and (nu > d - 1).all() and (kappa > 0).all()
+        assert (dirichlet.natural_to_alpha(model.q_dirichlet) > 0).all()
+        assert torch.isfinite(out["loss"])
+    for got, want in zip((model.prior_dirichlet, *model.prior_niw), prior):
+        assert torch.equal(got, want)
+
+
+def test_skipped_step_discards_its_statistics():
+    model = tiny_model(40, 0.5).train()
+    before = [b.clone() for b in model.buffers()]
+    model({"x": torch.randn(5, 2)})
+    model.on_step_skipped()
+    model.after_optimizer_step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
+
+
+def test_extreme_encoder_outputs_stay_finite():
+    model = tiny_model(50, 0.5).train()
+    with torch.no_grad():
+        last = model.encoder.net.net[-1]
+        last.bias[:2] = 1e30  # means
+        last.bias[2:] = torch.tensor([1e30, -1e30])  # raw precisions
+    for y in (torch.randn(10, 2), torch.randn(10, 2) * 1e6):
+        out = model({"x": y})
+        out["loss"].backward()
+        assert all(torch.isfinite(v).all() for v in out.values())
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        model.zero_grad()
+
+
+def test_cholesky_jitter_retry_is_counted():
+    before = jitter_retries()
+    singular = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[2.0, 0.0], [0.0, 1.0]]], dtype=DT)
+    chol = psd_cholesky(singular)
+    assert torch.isfinite(chol).all() and jitter_retries() > before
+    torch.testing.assert_close(chol[1], torch.linalg.cholesky(singular[1]))  # the good one is untouched
+    hopeless = psd_cholesky(-torch.eye(2, dtype=DT))
+    assert torch.isnan(hopeless).all()
+
+
+@pytest.fixture
+def gmm_config(tmp_path) -> dict:
+    """configs/svae_gmm.yaml shrunk: 60 training points, 2 epochs of 6 steps."""
+    config = read_config_file(ROOT / "configs" / "svae_gmm.yaml")
+    config["arch"]["args"].update(num_components=5, hidden_dims=[8, 8], kl_warmup_epochs=1)
+    config["data_loader"]["args"].update(points_per_class=12, batch_size=10, test_points_per_class=8)
+    config["trainer"].update(epochs=2, len_epoch=6, save_dir=str(tmp_path / "saved"), save_period=1,
+                             verbosity=0, tensorboard=True, visualize_every=1)
+    return config
+
+
+def test_train_resume_and_evaluate(gmm_config):
+    full = train(load_and_check(base=gmm_config, overrides=["trainer.epochs=4"]))
+    half = train(load_and_check(base=gmm_config))
+    path = half.run_dir / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(path)
+    train(load_and_check(base=checkpoint["config"], overrides=["trainer.epochs=4"]), checkpoint, path)
+    a, b = final_state(full.run_dir), final_state(half.run_dir)
+    assert {"q_dirichlet", "q_niw_phi", "q_niw_nu"} <= a["model"].keys()
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["schedule"] == b["schedule"] == {"epochs_done": 4}
+
+    results = test_script.evaluate(path, progress=False)
+    assert {"elbo", "ari", "nmi", "components_in_use"} <= results.keys()
+    assert -1 <= results["ari"] <= 1 and 0 <= results["nmi"] <= 1 and results["elbo"] < 0
+    assert 1 <= results["components_in_use"] <= 5 and results["num_examples"] == 40
+    assert json.loads((half.run_dir / "test_metrics.json").read_text())["ari"] == results["ari"]
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    train_events = EventAccumulator(str(half.run_dir / "tensorboard" / "train")).Reload()
+    assert {"val/clusters", "test/clusters"} <= set(train_events.Tags()["images"])
+    assert {"epoch/kl_local", "epoch/kl_global", "epoch/recon", "epoch/jitter_retries"} <= \
+        set(train_events.Tags()["scalars"])
