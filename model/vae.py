@@ -11,6 +11,7 @@ from base.base_model import BaseModel
 from model.importance import iw_log_likelihood
 from model.likelihoods import LIKELIHOODS
 from model.networks import mlp
+from model.kl_warmup import KLWarmup
 from model.registry import ARCHITECTURES
 from model.visualization import log_scatter, log_image_grids
 
@@ -26,7 +27,7 @@ def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
 
 
 @ARCHITECTURES.register("VAE")
-class VAE(BaseModel):
+class VAE(KLWarmup, BaseModel):
     """Variational autoencoder with a diagonal Gaussian posterior.
 
     Batches: {"x": (B, *data_shape)}; x is flattened to (B, P).
@@ -48,10 +49,7 @@ class VAE(BaseModel):
                  likelihood: Literal["bernoulli", "gaussian"] = "bernoulli", activation: str = "relu",
                  dropout: float = 0.0, kl_warmup_epochs: int = 0):
         super().__init__()
-        if kl_warmup_epochs < 0:
-            raise ValueError(f"kl_warmup_epochs must be >= 0, got {kl_warmup_epochs}")
-        self.kl_warmup_epochs = kl_warmup_epochs
-        self.epochs_done = 0
+        self.init_kl_warmup(kl_warmup_epochs)
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {sorted(LIKELIHOODS)}, got {likelihood!r}")
         self.data_shape = tuple(data_shape)
@@ -76,21 +74,6 @@ class VAE(BaseModel):
         elbo = (log_px - kl).mean()
         loss = -(log_px.mean() - self.kl_weight * kl.mean()) if self.training else -elbo
         return {"loss": loss, "elbo": elbo, "recon": log_px.mean(), "kl": kl.mean()}
-
-    @property
-    def kl_weight(self) -> float:
-        if self.kl_warmup_epochs == 0:
-            return 1.0
-        return min(1.0, self.epochs_done / self.kl_warmup_epochs)
-
-    def on_epoch_end(self, epoch: int) -> None:
-        self.epochs_done = epoch
-
-    def schedule_state(self) -> dict[str, Any]:
-        return {"epochs_done": self.epochs_done}
-
-    def load_schedule_state(self, state: dict[str, Any]) -> None:
-        self.epochs_done = state.get("epochs_done", 0)
 
     def iw_log_likelihood(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
         """Importance-weighted estimate of log p(x) with q(z | x) as proposal: (B, P) -> (B,)."""

@@ -14,6 +14,7 @@ from model.expfam.psd import jitter_retries
 from model.likelihoods import GaussianLikelihood
 from model.metrics import adjusted_rand_index, normalized_mutual_info
 from model.networks import GaussianResNet
+from model.kl_warmup import KLWarmup
 from model.registry import ARCHITECTURES
 from model.svae.gmm_inference import LocalPosterior, MixtureExpectations, local_meanfield, mixture_expectations
 from model.svae.recognition import GaussianRecognition
@@ -24,7 +25,7 @@ IN_USE_THRESHOLD = 0.05  # a component is "in use" when its mean responsibility 
 
 
 @ARCHITECTURES.register("SVAE-GMM")
-class SVAEGMM(BaseModel):
+class SVAEGMM(KLWarmup, BaseModel):
     """Structured VAE with a K-component Gaussian mixture over d-dimensional latents.
 
     Globals: q(pi) Dirichlet and q(mu_k, Sigma_k) NIW, in natural parameters (float64 buffers),
@@ -73,8 +74,6 @@ class SVAEGMM(BaseModel):
         for name, value in [("prior_alpha", prior_alpha), ("prior_kappa", prior_kappa), ("tol", tol)]:
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
-        if kl_warmup_epochs < 0:
-            raise ValueError(f"kl_warmup_epochs must be >= 0, got {kl_warmup_epochs}")
         if prior_nu_offset <= -1:
             raise ValueError(f"prior_nu_offset must be > -1 (nu > d - 1), got {prior_nu_offset}")
         self.data_shape = tuple(data_shape)
@@ -88,12 +87,11 @@ class SVAEGMM(BaseModel):
         self.decoder = GaussianResNet(latent_dim, list(hidden_dims), obs_dim, activation, init_scale)
         self.likelihood = GaussianLikelihood
         self.svi = NaturalGradientSVI(num_train, rho)
-        self.kl_warmup_epochs = kl_warmup_epochs
+        self.init_kl_warmup(kl_warmup_epochs)
         if decoder_variance not in ("conditional", "shared"):
             raise ValueError(f"decoder_variance must be 'conditional' or 'shared', got {decoder_variance!r}")
         shared = torch.nn.Parameter(torch.zeros(obs_dim)) if decoder_variance == "shared" else None
         self.register_parameter("decoder_log_variance", shared)
-        self.epochs_done = 0
 
         K, d, f64 = num_components, latent_dim, torch.float64
         nu = torch.full((K,), d + prior_nu_offset, dtype=f64)
@@ -130,21 +128,6 @@ class SVAEGMM(BaseModel):
 
     def on_step_skipped(self) -> None:
         self.svi.clear()
-
-    @property
-    def kl_weight(self) -> float:
-        if self.kl_warmup_epochs == 0:
-            return 1.0
-        return min(1.0, self.epochs_done / self.kl_warmup_epochs)
-
-    def on_epoch_end(self, epoch: int) -> None:
-        self.epochs_done = epoch
-
-    def schedule_state(self) -> dict[str, Any]:
-        return {"epochs_done": self.epochs_done}
-
-    def load_schedule_state(self, state: dict[str, Any]) -> None:
-        self.epochs_done = state.get("epochs_done", 0)
 
     # ---------------------------------------------------------------- inference
     def infer(self, y: torch.Tensor, mix: MixtureExpectations | None = None) -> tuple[LocalPosterior, int]:
