@@ -9,9 +9,9 @@ import torch
 
 from base.base_model import BaseModel
 from model.importance import iw_log_likelihood
+from model.kl_warmup import KLWarmup
 from model.likelihoods import LIKELIHOODS
 from model.networks import mlp
-from model.kl_warmup import KLWarmup
 from model.registry import ARCHITECTURES
 from model.visualization import log_scatter, log_image_grids
 

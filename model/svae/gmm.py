@@ -11,10 +11,10 @@ from base.base_model import BaseModel
 from model.expfam import dirichlet, niw
 from model.expfam.gaussian import sample as gaussian_sample
 from model.expfam.psd import jitter_retries
+from model.kl_warmup import KLWarmup
 from model.likelihoods import GaussianLikelihood
 from model.metrics import adjusted_rand_index, normalized_mutual_info
 from model.networks import GaussianResNet
-from model.kl_warmup import KLWarmup
 from model.registry import ARCHITECTURES
 from model.svae.gmm_inference import LocalPosterior, MixtureExpectations, local_meanfield, mixture_expectations
 from model.svae.recognition import GaussianRecognition
