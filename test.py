@@ -59,8 +59,10 @@ def evaluate(checkpoint_path: str | Path, device: str = "auto", batch_size: int 
         for name, values in out.items():
             per_example[name].append(values.detach().cpu())
     results = model.summarize_evaluation({k: torch.cat(v) for k, v in per_example.items()})
-    results.update({"num_examples": len(loader.dataset), "iw_samples": iw_samples,
-                    "epoch": checkpoint["epoch"], "checkpoint": str(Path(checkpoint_path).resolve())})
+    results["num_examples"] = len(loader.dataset)
+    if "iw_nll" in metrics:
+        results["iw_samples"] = iw_samples
+    results.update({"epoch": checkpoint["epoch"], "checkpoint": str(Path(checkpoint_path).resolve())})
 
     run_dir = run_dir_of(checkpoint_path) or Path(checkpoint_path).resolve().parent
     write_atomic(run_dir / "test_metrics.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2)))

@@ -20,6 +20,7 @@ from model.svae.gmm_inference import LocalPosterior, MixtureExpectations, local_
 from model.svae.recognition import GaussianRecognition
 from model.svae.svi import NaturalGradientSVI
 from model.visualization import log_gmm_clusters
+from utils.errors import DataError
 
 IN_USE_THRESHOLD = 0.05  # a component is "in use" when its mean responsibility exceeds this
 
@@ -187,7 +188,8 @@ class SVAEGMM(KLWarmup, BaseModel):
             out["local_elbo"] = self.reconstruction(y, post, self.eval_samples) - post.kl
         if "ari" in metrics or "nmi" in metrics:
             if "y" not in batch:
-                raise ValueError("ari and nmi need true labels: the data loader gives no 'y'")
+                raise DataError("metrics ari and nmi need true labels, but the data loader's batches have no 'y'; "
+                                "drop them from the config's `metrics`")
             out["labels"] = batch["y"]
         return out
 
