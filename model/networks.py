@@ -22,7 +22,6 @@ def mlp(in_dim: int, hidden_dims: list[int], out_dim: int, activation: str = "re
     return nn.Sequential(*layers)
 
 
-
 class GaussianResNet(nn.Module):
     """x (..., in_dim) -> (mean, raw) each (..., out_dim), the two halves of a Gaussian's parameters:
     mean = mlp_mean(x) + W x and raw = mlp_raw(x) (a raw precision or log-variance, bounded by the caller).

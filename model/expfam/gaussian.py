@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from model.expfam.psd import chol_logdet, psd_cholesky, symmetrize
+from model.expfam.psd import chol_logdet, psd_cholesky, psd_inverse, symmetrize
 
 
 def log_normalizer(J: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -35,8 +35,7 @@ def kl(Jq: torch.Tensor, hq: torch.Tensor, Jp: torch.Tensor, hp: torch.Tensor) -
 
 def mean_cov_to_natural(mean: torch.Tensor, cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean (..., n), covariance (..., n, n)) -> (J, h) = (Sigma^-1, Sigma^-1 mean)."""
-    chol = psd_cholesky(cov)
-    J = symmetrize(torch.cholesky_inverse(chol))
+    J = psd_inverse(cov)
     return J, (J @ mean.unsqueeze(-1)).squeeze(-1)
 
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 
 from model.expfam.niw import expected_logdet_precision
-from model.expfam.psd import chol_logdet, psd_cholesky, symmetrize
+from model.expfam.psd import chol_logdet, psd_cholesky, psd_inverse, symmetrize
 
 
 class MNIWNatural(NamedTuple):
@@ -37,7 +37,7 @@ class MNIWExpectations(NamedTuple):
 
 
 def standard_to_natural(M: torch.Tensor, K: torch.Tensor, S: torch.Tensor, nu: torch.Tensor) -> MNIWNatural:
-    k_inv = symmetrize(torch.cholesky_inverse(psd_cholesky(K)))
+    k_inv = psd_inverse(K)
     k_inv_mt = k_inv @ M.mT
     return MNIWNatural(k_inv, k_inv_mt, S + M @ k_inv_mt, nu)
 

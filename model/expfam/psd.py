@@ -1,5 +1,5 @@
 """Positive-definite linear algebra in one place: symmetrisation, Cholesky with a
-counted jitter retry, solves and log-determinants. Shapes: (..., n, n)."""
+counted jitter retry, inverses and log-determinants. Shapes: (..., n, n)."""
 from __future__ import annotations
 
 import torch
@@ -52,16 +52,7 @@ def chol_logdet(chol: torch.Tensor) -> torch.Tensor:
     return 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
 
 
-def psd_solve(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """A^-1 B for positive-definite A (..., n, n) and B (..., n, k)."""
-    return torch.cholesky_solve(b, psd_cholesky(a))
-
-
 def psd_inverse(a: torch.Tensor) -> torch.Tensor:
     """A^-1 (symmetric) for positive-definite A (..., n, n)."""
     return symmetrize(torch.cholesky_inverse(psd_cholesky(a)))
 
-
-def psd_logdet(a: torch.Tensor) -> torch.Tensor:
-    """log |A| for positive-definite A: (..., n, n) -> (...)."""
-    return chol_logdet(psd_cholesky(a))
