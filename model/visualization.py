@@ -64,3 +64,30 @@ def log_gmm_clusters(writer: Any, tag: str, step: int, latent: torch.Tensor, dat
     fig.tight_layout()
     writer.add_figure(tag, fig, step)
     plt.close(fig)
+
+
+def log_sequence_predictions(writer: Any, tag: str, step: int, data: torch.Tensor, mean: torch.Tensor,
+                             samples: torch.Tensor, prefix_len: int) -> None:
+    """For each sequence, one panel of stacked images over time (time left to right, pixels top to bottom):
+    the data (B, T, P), the predicted mean (B, T, P) and the samples (S, B, T, P), with a red line at the
+    end of the observed prefix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = ["data", "mean"] + [f"sample {i + 1}" for i in range(len(samples))]
+    fig, axes = plt.subplots(len(data), 1, figsize=(8, 1.2 * len(rows) * len(data) / 2 + 0.5), squeeze=False)
+    for b, ax in enumerate(axes[:, 0]):
+        panels = [data[b], mean[b], *samples[:, b]]
+        image = torch.cat([p.detach().float().cpu().T for p in panels], 0)  # (rows * P, T)
+        ax.imshow(image.clamp(0, 1).numpy(), cmap="gray", aspect="auto", interpolation="nearest")
+        ax.axvline(prefix_len - 0.5, color="r", lw=1.5)
+        height = data.shape[-1]
+        ax.set_yticks([height * (i + 0.5) for i in range(len(rows))], rows, fontsize=7)
+        for i in range(1, len(rows)):
+            ax.axhline(height * i - 0.5, color="tab:blue", lw=0.5)
+        ax.set_xlabel("frame", fontsize=7)
+    fig.tight_layout()
+    writer.add_figure(tag, fig, step)
+    plt.close(fig)

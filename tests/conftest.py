@@ -90,3 +90,22 @@ def mnist_config(tmp_path: Path, mnist_root: Path) -> dict:
 
 def final_state(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+
+
+def train_halfway_and_resume(config: dict, epochs: int) -> tuple[Path, dict]:
+    """Train `config` for `epochs` epochs in one run, and for its own (fewer) epochs then resumed from
+    last.pt up to `epochs`; assert that both end with the same model state. Returns the resumed run's
+    folder and final checkpoint."""
+    from train import train
+    from trainer.build import load_and_check
+    from utils.checkpoint import load_checkpoint
+
+    full = train(load_and_check(base=config, overrides=[f"trainer.epochs={epochs}"]))
+    half = train(load_and_check(base=config))
+    path = half.run_dir / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(path)
+    train(load_and_check(base=checkpoint["config"], overrides=[f"trainer.epochs={epochs}"]), checkpoint, path)
+    a, b = final_state(full.run_dir), final_state(half.run_dir)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    return half.run_dir, b

@@ -14,10 +14,7 @@ from model.expfam import dirichlet, niw
 from model.expfam.psd import jitter_retries, psd_cholesky
 from model.svae.gmm import SVAEGMM
 from model.svae.gmm_inference import local_meanfield, meanfield_update, mixture_expectations
-from tests.conftest import ROOT, final_state
-from train import train
-from trainer.build import load_and_check
-from utils.checkpoint import load_checkpoint
+from tests.conftest import ROOT, train_halfway_and_resume
 from utils.config import read_config_file
 
 DT = torch.float64
@@ -203,25 +200,19 @@ def gmm_config(tmp_path) -> dict:
 
 
 def test_train_resume_and_evaluate(gmm_config):
-    full = train(load_and_check(base=gmm_config, overrides=["trainer.epochs=4"]))
-    half = train(load_and_check(base=gmm_config))
-    path = half.run_dir / "checkpoints" / "last.pt"
-    checkpoint = load_checkpoint(path)
-    train(load_and_check(base=checkpoint["config"], overrides=["trainer.epochs=4"]), checkpoint, path)
-    a, b = final_state(full.run_dir), final_state(half.run_dir)
-    assert {"q_dirichlet", "q_niw_phi", "q_niw_nu"} <= a["model"].keys()
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    assert a["schedule"] == b["schedule"] == {"epochs_done": 4}
+    run_dir, state = train_halfway_and_resume(gmm_config, epochs=4)
+    assert {"q_dirichlet", "q_niw_phi", "q_niw_nu"} <= state["model"].keys()
+    assert state["schedule"] == {"epochs_done": 4}
+    path = run_dir / "checkpoints" / "last.pt"
 
     results = test_script.evaluate(path, progress=False)
     assert {"elbo", "ari", "nmi", "components_in_use"} <= results.keys()
     assert -1 <= results["ari"] <= 1 and 0 <= results["nmi"] <= 1 and results["elbo"] < 0
     assert 1 <= results["components_in_use"] <= 5 and results["num_examples"] == 40
-    assert json.loads((half.run_dir / "test_metrics.json").read_text())["ari"] == results["ari"]
+    assert json.loads((run_dir / "test_metrics.json").read_text())["ari"] == results["ari"]
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    train_events = EventAccumulator(str(half.run_dir / "tensorboard" / "train")).Reload()
+    train_events = EventAccumulator(str(run_dir / "tensorboard" / "train")).Reload()
     assert {"val/clusters", "test/clusters"} <= set(train_events.Tags()["images"])
     assert {"epoch/kl_local", "epoch/kl_global", "epoch/recon", "epoch/jitter_retries"} <= \
         set(train_events.Tags()["scalars"])

@@ -68,9 +68,10 @@ def expected_stats(eta: MNIWNatural) -> MNIWExpectations:
     return MNIWExpectations(aqa, nu_ * S_inv_M, q, expected_logdet_precision(nu, chol_logdet(chol), n))
 
 
-def kl(eta_q: MNIWNatural, eta_p: MNIWNatural) -> torch.Tensor:
-    """KL(q || p) = <eta_q - eta_p, E_q[t]> - A(eta_q) + A(eta_p): (...)."""
-    e = expected_stats(eta_q)
+def kl(eta_q: MNIWNatural, eta_p: MNIWNatural, expected_q: MNIWExpectations | None = None) -> torch.Tensor:
+    """KL(q || p) = <eta_q - eta_p, E_q[t]> - A(eta_q) + A(eta_p): (...). Pass `expected_q` =
+    expected_stats(eta_q) when it is at hand."""
+    e = expected_stats(eta_q) if expected_q is None else expected_q
     inner = (-0.5 * ((eta_q.k_inv - eta_p.k_inv) * e.aqa).sum((-2, -1))
              + ((eta_q.k_inv_mt - eta_p.k_inv_mt) * e.qa.mT).sum((-2, -1))
              - 0.5 * ((eta_q.phi - eta_p.phi) * e.q).sum((-2, -1)) + 0.5 * (eta_q.nu - eta_p.nu) * e.logdet)
