@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.conftest import final_state, run_cli
@@ -54,23 +55,33 @@ def test_a_real_architecture_trains_and_resumes_under_ddp(pinwheel_config, tmp_p
     assert _only_run_dir(tmp_path / "ddp") == run_dir
 
 
-def test_svae_gmm_natural_gradient_step_all_reduces_its_statistics(tmp_path):
-    """After one step, the SVI-updated globals under DDP (2 ranks x 5 points) equal one process's
-    (10 points): the statistics are summed over ranks before the update."""
+SVAE_SHRINKS = {  # config, arch args, data args, number of SVI-updated buffers
+    "svae_gmm": (dict(num_components=4, hidden_dims=[8], max_iter=1000, tol=1e-12, rho=0.5),
+                 dict(points_per_class=8, batch_size=10, test_points_per_class=2), 5),
+    "svae_lds": (dict(latent_dim=3, hidden_dims=[8], rho=0.5),
+                 dict(num_frames=120, duration=12.0, chunk_len=12, test_frames=24, batch_size=10), 8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SVAE_SHRINKS))
+def test_svae_natural_gradient_step_all_reduces_its_statistics(name, tmp_path):
+    """After one step, the SVI-updated globals under DDP (2 ranks x 5 examples) equal one process's
+    (10 examples): the statistics are summed over ranks before the update."""
     from utils.config import read_config_file
 
-    config = read_config_file(Path(__file__).resolve().parents[1] / "configs" / "svae_gmm.yaml")
-    config["arch"]["args"].update(num_components=4, hidden_dims=[8], max_iter=1000, tol=1e-12, rho=0.5)
-    config["data_loader"]["args"].update(points_per_class=8, batch_size=10, test_points_per_class=2)
+    arch_args, data_args, num_updated = SVAE_SHRINKS[name]
+    config = read_config_file(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    config["arch"]["args"].update(arch_args)
+    config["data_loader"]["args"].update(data_args)
     config["trainer"].update(epochs=1, len_epoch=1, save_dir=str(tmp_path / "single"), verbosity=0,
                              tensorboard=False, monitor="off")
     single = final_state(train(load_and_check(base=config)).run_dir)
     config["trainer"]["save_dir"] = str(tmp_path / "ddp")
-    path = tmp_path / "gmm.json"
+    path = tmp_path / f"{name}.json"
     path.write_text(json.dumps(config))
     _torchrun("-c", str(path))
     ddp = final_state(_only_run_dir(tmp_path / "ddp"))
     updated = {k: v for k, v in single["model"].items() if k.startswith("q_")}
-    assert len(updated) == 5
+    assert len(updated) == num_updated
     for key, value in updated.items():
         torch.testing.assert_close(ddp["model"][key], value, rtol=1e-9, atol=1e-9, msg=key)
