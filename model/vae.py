@@ -39,6 +39,7 @@ class VAE(KLWarmup, BaseModel):
         likelihood: "bernoulli" (binary data, logits) or "gaussian" (mean and bounded log-variance).
         activation: hidden activation ("relu", "tanh", "softplus", "elu").
         dropout: dropout probability after every hidden layer.
+        batch_norm: BatchNorm after every hidden linear layer (encoder and decoder).
         kl_warmup_epochs: the KL term's weight in the loss rises linearly from 0 to 1 over this
             many epochs (0: always 1); `elbo` is always the true bound.
     """
@@ -47,7 +48,7 @@ class VAE(KLWarmup, BaseModel):
 
     def __init__(self, data_shape: tuple[int, ...], latent_dim: int = 16, hidden_dims: list[int] = (512, 256),
                  likelihood: Literal["bernoulli", "gaussian"] = "bernoulli", activation: str = "relu",
-                 dropout: float = 0.0, kl_warmup_epochs: int = 0):
+                 dropout: float = 0.0, batch_norm: bool = False, kl_warmup_epochs: int = 0):
         super().__init__()
         self.init_kl_warmup(kl_warmup_epochs)
         if likelihood not in LIKELIHOODS:
@@ -57,19 +58,24 @@ class VAE(KLWarmup, BaseModel):
         self.likelihood = LIKELIHOODS[likelihood]
         obs_dim = math.prod(self.data_shape)
         hidden_dims = list(hidden_dims)
-        self.encoder = mlp(obs_dim, hidden_dims, 2 * latent_dim, activation, dropout)
-        self.decoder = mlp(latent_dim, hidden_dims[::-1], obs_dim * self.likelihood.num_params, activation, dropout)
+        self.encoder = mlp(obs_dim, hidden_dims, 2 * latent_dim, activation, dropout, batch_norm)
+        self.decoder = mlp(latent_dim, hidden_dims[::-1], obs_dim * self.likelihood.num_params, activation, dropout,
+                           batch_norm)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, P) -> posterior mean and log-variance, each (B, d)."""
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
         return mu, logvar
 
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (..., d) -> decoder output (..., P * num_params); leading dims are flattened for BatchNorm."""
+        return self.decoder(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["x"].flatten(1)
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        log_px = self.likelihood.log_prob(self.decoder(z), x)  # (B,)
+        log_px = self.likelihood.log_prob(self.decode(z), x)  # (B,)
         kl = gaussian_kl_standard(mu, logvar)  # (B,)
         elbo = (log_px - kl).mean()
         loss = -(log_px.mean() - self.kl_weight * kl.mean()) if self.training else -elbo
@@ -84,7 +90,7 @@ class VAE(KLWarmup, BaseModel):
             eps = torch.randn(n, *mu.shape, device=mu.device, dtype=mu.dtype)
             z = mu + std * eps  # (n, B, d)
             log_q = (-0.5 * eps.pow(2) - 0.5 * math.log(2 * math.pi) - 0.5 * logvar).sum(-1)
-            log_px = self.likelihood.log_prob(self.decoder(z), x)  # (n, B)
+            log_px = self.likelihood.log_prob(self.decode(z), x)  # (n, B)
             return log_px + standard_normal_log_prob(z) - log_q
 
         return iw_log_likelihood(log_weights, num_samples, len(x))
@@ -97,7 +103,7 @@ class VAE(KLWarmup, BaseModel):
         if "elbo" in metrics:
             mu, logvar = self.encode(x)
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-            out["elbo"] = self.likelihood.log_prob(self.decoder(z), x) - gaussian_kl_standard(mu, logvar)
+            out["elbo"] = self.likelihood.log_prob(self.decode(z), x) - gaussian_kl_standard(mu, logvar)
         if "iw_nll" in metrics:
             out["iw_nll"] = -self.iw_log_likelihood(x, iw_samples)
         return out
@@ -107,13 +113,13 @@ class VAE(KLWarmup, BaseModel):
         """Means of p(x | z) for z ~ N(0, I): (num_samples, *data_shape)."""
         device = next(self.parameters()).device
         z = torch.randn(num_samples, self.latent_dim, device=device)
-        return self.likelihood.mean(self.decoder(z)).view(num_samples, *self.data_shape)
+        return self.likelihood.mean(self.decode(z)).view(num_samples, *self.data_shape)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder means at the posterior means: (B, *data_shape) -> same shape."""
         mu, _ = self.encode(x.flatten(1))
-        return self.likelihood.mean(self.decoder(mu)).view_as(x)
+        return self.likelihood.mean(self.decode(mu)).view_as(x)
 
     def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
         x = batch["x"][:32]

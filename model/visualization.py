@@ -91,3 +91,11 @@ def log_sequence_predictions(writer: Any, tag: str, step: int, data: torch.Tenso
     fig.tight_layout()
     writer.add_figure(tag, fig, step)
     plt.close(fig)
+
+
+def log_adjacency(writer: Any, tag: str, step: int, probs: torch.Tensor, hard: torch.Tensor) -> None:
+    """Edge probabilities and the hard graph of a learned DAG as images (row m, column n: edge m -> n),
+    each cell drawn 16 px wide."""
+    for name, matrix in (("edge_probs", probs), ("adjacency", hard)):
+        image = matrix.detach().float().cpu().clamp(0, 1).repeat_interleave(16, 0).repeat_interleave(16, 1)
+        writer.add_image(f"{tag}/{name}", image.unsqueeze(0), step)

@@ -24,7 +24,8 @@ def test_shipped_config_builds_and_steps(path, mnist_root):
     config = load_and_check(ROOT / path)
     if config["data_loader"]["type"] == "MNIST":  # offline: the tiny generated copy
         overrides = [f"data_loader.args.root={mnist_root}", "data_loader.args.download=false",
-                     "data_loader.args.validation_split=10", "data_loader.args.num_workers=0"]
+                     "data_loader.args.validation_split=10", "data_loader.args.num_workers=0",
+                     "data_loader.args.train_range=null", "data_loader.args.test_range=null"]
     config = load_and_check(ROOT / path, overrides)
     data = build_data(config)
     model = build_model(config, data)

@@ -119,3 +119,12 @@ def test_image_grids_for_image_data(tmp_path):
     writer.close()
     images = EventAccumulator(str(tmp_path)).Reload().Tags()["images"]
     assert {"val/reconstructions", "val/samples"} <= set(images)
+
+
+def test_batch_norm_vae_evaluates_importance_samples():
+    """The decoder sees (K, B, d) importance samples: BatchNorm must get them flattened."""
+    torch.manual_seed(0)
+    model = VAE((1, 28, 28), latent_dim=4, hidden_dims=[16, 8], activation="elu", batch_norm=True).eval()
+    x = (torch.rand(6, 1, 28, 28) > 0.5).float()
+    out = model.evaluate_batch({"x": x}, ("elbo", "iw_nll"), 10)
+    assert out["iw_nll"].shape == (6,) and torch.isfinite(out["iw_nll"]).all()

@@ -1,0 +1,331 @@
+"""GraphVAE and GraphLSTMVAE (GRAPHVAE.md sections 1, 2): N latent nodes z_n in R^d with learned, gated
+parent edges m -> n (m > n; node N-1 is the root), a learned conditional prior shared with ladder-style
+top-down inference, and a Bernoulli (or Gaussian) decoder of concat(z)."""
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch import nn
+
+from base.base_model import BaseModel
+from model.graph.gates import EdgeGates
+from model.importance import iw_log_likelihood
+from model.kl_warmup import KLWarmup
+from model.likelihoods import LIKELIHOODS
+from model.networks import ACTIVATIONS, StackedMLP, mlp
+from model.registry import ARCHITECTURES
+from model.visualization import log_adjacency, log_image_grids
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def bounded_log_variance(raw: torch.Tensor) -> torch.Tensor:
+    """10 tanh(raw / 10): log-variances in (-10, 10)."""
+    return 10.0 * torch.tanh(raw / 10.0)
+
+
+def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, diag exp(log_var)) summed over the last dim."""
+    return -0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * torch.exp(-log_var)).sum(-1)
+
+
+def gaussian_kl(mean_q: torch.Tensor, log_var_q: torch.Tensor, mean_p: torch.Tensor,
+                log_var_p: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean_q, diag var_q) || N(mean_p, diag var_p)) summed over the last dim."""
+    return 0.5 * (log_var_p - log_var_q + (torch.exp(log_var_q) + (mean_q - mean_p) ** 2) * torch.exp(-log_var_p)
+                  - 1.0).sum(-1)
+
+
+def precision_weighted_fusion(mean_a: torch.Tensor, precision_a: torch.Tensor, mean_b: torch.Tensor,
+                              precision_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalised product of two diagonal Gaussians: precision = precision_a + precision_b and
+    mean = (mean_a precision_a + mean_b precision_b) / precision. Returns (mean, precision)."""
+    precision = precision_a + precision_b
+    return torch.addcmul(mean_a * precision_a, mean_b, precision_b) / precision, precision
+
+
+class Posterior(NamedTuple):
+    """One top-down pass: z (..., N, d), KL per node (..., N), log p(z | c) and log q(z | x, c) (...)."""
+    z: torch.Tensor
+    kl: torch.Tensor
+    log_prior: torch.Tensor
+    log_posterior: torch.Tensor
+
+
+@ARCHITECTURES.register("GraphVAE")
+class GraphVAE(KLWarmup, BaseModel):
+    """VAE over N nodes of dimension d with a learned DAG between them.
+
+    Generative model: c_{m,n} ~ Bernoulli(sigmoid(a_{m,n})) (m > n), z_{N-1} ~ N(0, I),
+    z_n | z_{>n}, c ~ N(TD_n(concat_m c_{m,n} z_m)), x ~ decoder(concat z). Inference: h = Enc(x),
+    (mu~_n, sigma~_n) = BU_n(h) for every node (one batched op); q(z_root | x) = BU_root; q(z_n | ...) fuses
+    TD_n's prior with BU_n by precision weighting, sampled root first. ELBO = E_c E_q[log p(x | z)
+    - sum_n KL(q_n || p_n)], each KL analytic against the learned prior (the root's against N(0, I)).
+    The gates are binary Concrete samples at temperature tau = max(tau_min, tau_init * tau_decay^epoch);
+    from `fixed_gates_epoch` on (0: never) they are fixed to 1[sigmoid(a) > 1/2] and only the networks train.
+    test.py evaluates with the hard gates.
+
+    Batches: {"x": (B, *data_shape)}, flattened to (B, P).
+
+    Args:
+        data_shape: set by the framework.
+        num_nodes, node_dim: N and d.
+        hidden_dims: encoder trunk widths (Linear(-BatchNorm)-activation each); the decoder mirrors them.
+        head_hidden_dims: hidden widths of the per-node bottom-up and top-down heads.
+        activation, batch_norm: of the trunk, decoder and heads.
+        likelihood: "bernoulli" (logits) or "gaussian".
+        gate_sampling: "per_batch" (one gate sample per minibatch) or "per_example".
+        straight_through: hard gates forward, relaxed gradients backward.
+        gate_init_logit: initial a_{m,n}.
+        tau_init, tau_decay, tau_min: the temperature schedule (per epoch).
+        fixed_gates_epoch: epoch from which the gates are fixed to their hard values (0: never).
+        kl_warmup_epochs: the KL's weight in the training loss rises linearly from 0 to 1 over this many epochs
+            (0: always 1); `elbo` is always the true bound.
+    """
+
+    eval_metrics = ("elbo", "iw_nll")
+
+    def __init__(self, data_shape: tuple[int, ...], num_nodes: int = 5, node_dim: int = 16,
+                 hidden_dims: list[int] = (512, 512, 256, 128), head_hidden_dims: list[int] = (128,),
+                 activation: str = "elu", batch_norm: bool = True,
+                 likelihood: Literal["bernoulli", "gaussian"] = "bernoulli",
+                 gate_sampling: Literal["per_batch", "per_example"] = "per_batch", straight_through: bool = False,
+                 gate_init_logit: float = 0.5, tau_init: float = 1.0, tau_decay: float = 0.9, tau_min: float = 0.3,
+                 fixed_gates_epoch: int = 0, kl_warmup_epochs: int = 0):
+        super().__init__()
+        if num_nodes < 2 or node_dim < 1:
+            raise ValueError(f"need num_nodes >= 2 and node_dim >= 1, got {num_nodes}, {node_dim}")
+        if gate_sampling not in ("per_batch", "per_example"):
+            raise ValueError(f"gate_sampling must be 'per_batch' or 'per_example', got {gate_sampling!r}")
+        if likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {sorted(LIKELIHOODS)}, got {likelihood!r}")
+        if not 0 < tau_min <= tau_init or not 0 < tau_decay <= 1:
+            raise ValueError(f"need 0 < tau_min <= tau_init and 0 < tau_decay <= 1, got {tau_min}, {tau_init}, "
+                             f"{tau_decay}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.data_shape = tuple(data_shape)
+        self.num_nodes, self.node_dim = num_nodes, node_dim
+        self.gate_sampling, self.straight_through = gate_sampling, straight_through
+        self.tau_init, self.tau_decay, self.tau_min = tau_init, tau_decay, tau_min
+        self.fixed_gates_epoch = fixed_gates_epoch
+        self.init_kl_warmup(kl_warmup_epochs)  # also counts the epochs for the temperature schedule
+        self.likelihood = LIKELIHOODS[likelihood]
+        obs_dim = math.prod(self.data_shape)
+        hidden_dims, head_hidden_dims = list(hidden_dims), list(head_hidden_dims)
+        self.encoder = nn.Sequential(mlp(obs_dim, hidden_dims[:-1], hidden_dims[-1], activation,
+                                         batch_norm=batch_norm),
+                                     *([nn.BatchNorm1d(hidden_dims[-1])] if batch_norm else []),
+                                     ACTIVATIONS[activation]())
+        self.bottom_up = StackedMLP(num_nodes, hidden_dims[-1], head_hidden_dims, 2 * node_dim, activation)
+        self.init_top_down(head_hidden_dims, activation)
+        self.decoder = mlp(num_nodes * node_dim, hidden_dims[::-1], obs_dim * self.likelihood.num_params,
+                           activation, batch_norm=batch_norm)
+        self.gates = EdgeGates(num_nodes, gate_init_logit)
+
+    # ---------------------------------------------------------------- top-down path (the learned prior)
+    def init_top_down(self, head_hidden_dims: list[int], activation: str) -> None:
+        """TD_n for the N-1 non-root nodes, stacked: input concat_m c_{m,n} z_m (N d, zeros for non-parents)."""
+        self.top_down = StackedMLP(self.num_nodes - 1, self.num_nodes * self.node_dim, head_hidden_dims,
+                                   2 * self.node_dim, activation)  # input rows [m d, (m+1) d) belong to z_m
+
+    def init_prior_state(self, lead: tuple[int, ...], like: torch.Tensor) -> Any:
+        """State carried along the top-down pass (none for per-node networks)."""
+        return None
+
+    def prior_step(self, n: int, parents: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """p(z_n | parents): the gated z_{n+1}, ..., z_{N-1} concatenated, (..., (N-1-n) d) -> (mean, log-variance)
+        each (..., d), and the new state."""
+        mean, raw = self.top_down.node(n, parents, skip_inputs=(n + 1) * self.node_dim).chunk(2, -1)
+        return mean, bounded_log_variance(raw), state
+
+    def parent_gates(self, gates: torch.Tensor) -> torch.Tensor:
+        """The gates that multiply the parents fed to the top-down path."""
+        return gates
+
+    # ---------------------------------------------------------------- gates and schedule
+    @property
+    def tau(self) -> float:
+        return max(self.tau_min, self.tau_init * self.tau_decay ** self.epochs_done)
+
+    @property
+    def gates_fixed(self) -> bool:
+        return 0 < self.fixed_gates_epoch <= self.epochs_done
+
+    def sample_gates(self, batch_size: int) -> torch.Tensor:
+        """Gates for a training step: (N, N) or (B, N, N)."""
+        if self.gates_fixed:
+            return self.gates.hard()
+        shape = (batch_size,) if self.gate_sampling == "per_example" else ()
+        return self.gates.relaxed(shape, self.tau, self.straight_through)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """"gates" (the edge logits, e.g. with their own learning rate) and "networks" (everything else)."""
+        networks = [p for name, p in self.named_parameters() if p.requires_grad and name != "gates.logits"]
+        return {"gates": [self.gates.logits], "networks": networks}
+
+    # ---------------------------------------------------------------- inference
+    def top_down_pass(self, h: torch.Tensor, gates: torch.Tensor, num_samples: int | None = None,
+                      log_probs: bool = False) -> Posterior:
+        """Sample z root first given the trunk features h (B, F) and gates (N, N) or (B, N, N); with
+        `num_samples` S, everything gets a leading sample dim (S, B, ...). `log_probs`: also log p(z | c)
+        and log q(z | x, c) (else zeros). Per node only the prior and the fusion run in the loop; the
+        bottom-up heads, the noise and the KLs are batched over nodes."""
+        N, d = self.num_nodes, self.node_dim
+        bu_mean, bu_raw = self.bottom_up(h, shared_input=True).chunk(2, -1)  # (B, N, d)
+        bu_log_var = bounded_log_variance(bu_raw)
+        bu_precision = torch.exp(-bu_log_var)
+        lead = (len(h),) if num_samples is None else (num_samples, len(h))
+        eps = torch.randn(*lead, N, d, device=h.device, dtype=h.dtype)
+        parent_gates = self.parent_gates(gates)
+
+        zero = torch.zeros_like(bu_mean[:, -1]).expand(*lead, d)
+        root = bu_mean[:, -1] + torch.exp(0.5 * bu_log_var[:, -1]) * eps[..., -1, :]
+        sampled = [root]  # z_{N-1}, z_{N-2}, ... (root first)
+        post_mean, post_log_var = [bu_mean[:, -1].expand(*lead, d)], [bu_log_var[:, -1].expand(*lead, d)]
+        prior_mean, prior_log_var = [zero], [zero]
+        state = self.init_prior_state(lead, h)
+        for n in range(N - 2, -1, -1):
+            parents = torch.stack(sampled[::-1], -2) * parent_gates[..., n + 1:, n, None]  # (..., N-1-n, d)
+            mean_p, log_var_p, state = self.prior_step(n, parents.flatten(-2), state)
+            mean, precision = precision_weighted_fusion(mean_p, torch.exp(-log_var_p), bu_mean[:, n],
+                                                        bu_precision[:, n])
+            sampled.append(mean + torch.rsqrt(precision) * eps[..., n, :])
+            post_mean.append(mean)
+            post_log_var.append(-torch.log(precision))
+            prior_mean.append(mean_p)
+            prior_log_var.append(log_var_p)
+        stack = lambda tensors: torch.stack(tensors[::-1], -2)  # noqa: E731  (..., N, d), node order
+        z, mean_q, log_var_q, mean_p, log_var_p = map(stack, (sampled, post_mean, post_log_var, prior_mean,
+                                                              prior_log_var))
+        kl = gaussian_kl(mean_q, log_var_q, mean_p, log_var_p)  # (..., N)
+        if not log_probs:
+            return Posterior(z, kl, torch.zeros(lead), torch.zeros(lead))
+        log_q = -0.5 * (LOG_2PI + log_var_q + eps ** 2).sum((-2, -1))
+        return Posterior(z, kl, gaussian_log_prob(z, mean_p, log_var_p).sum(-1), log_q)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (..., N, d) -> decoder output (..., P * num_params)."""
+        flat = z.flatten(-2)
+        return self.decoder(flat.reshape(-1, flat.shape[-1])).reshape(*flat.shape[:-1], -1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x = batch["x"].flatten(1)
+        gates = self.sample_gates(len(x))
+        post = self.top_down_pass(self.encoder(x), gates)
+        log_px = self.likelihood.log_prob(self.decode(post.z), x)
+        kl = post.kl.sum(-1)
+        elbo = (log_px - kl).mean()
+        node_kl = post.kl.detach().mean(0)
+        return {
+            "loss": -(log_px.mean() - self.kl_weight * kl.mean()) if self.training else -elbo,
+            "elbo": elbo.detach(),
+            "recon": log_px.detach().mean(),
+            "kl": kl.detach().mean(),
+            **{f"kl_node{n}": node_kl[n] for n in range(self.num_nodes)},
+            "tau": torch.tensor(self.tau),
+            "edges": self.gates.hard().sum(),
+        }
+
+    # ---------------------------------------------------------------- evaluation
+    def iw_log_likelihood(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """log p(x | hard gates) estimated with K importance samples from q(z | x, c): (B,)."""
+        h, gates = self.encoder(x), self.gates.hard()
+
+        def log_weights(k: int) -> torch.Tensor:
+            post = self.top_down_pass(h, gates, num_samples=k, log_probs=True)
+            return self.likelihood.log_prob(self.decode(post.z), x) + post.log_prior - post.log_posterior
+
+        return iw_log_likelihood(log_weights, num_samples, len(x))
+
+    @torch.no_grad()
+    def evaluate_batch(self, batch: dict[str, torch.Tensor], metrics: tuple[str, ...],
+                       iw_samples: int) -> dict[str, torch.Tensor]:
+        x = batch["x"].flatten(1)
+        out = {}
+        if "elbo" in metrics:
+            post = self.top_down_pass(self.encoder(x), self.gates.hard())
+            out["elbo"] = self.likelihood.log_prob(self.decode(post.z), x) - post.kl.sum(-1)
+            out["kl_nodes"] = post.kl
+        if "iw_nll" in metrics:
+            out["iw_nll"] = -self.iw_log_likelihood(x, iw_samples)
+        return out
+
+    def summarize_evaluation(self, per_example: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """Means of elbo and iw_nll (nats per example, hard gates), KL per node, the edge probabilities
+        sigmoid(a) (N x N, [m][n] = P(m -> n)) and the hard adjacency."""
+        results: dict[str, Any] = {name: float(per_example[name].double().mean())
+                                   for name in ("elbo", "iw_nll") if name in per_example}
+        if "kl_nodes" in per_example:
+            results["kl_nodes"] = [round(float(v), 4) for v in per_example["kl_nodes"].double().mean(0)]
+        results["edge_probs"] = [[round(float(p), 4) for p in row] for row in self.gates.probs().detach().cpu()]
+        results["adjacency"] = self.gates.hard().int().cpu().tolist()
+        return results
+
+    @torch.no_grad()
+    def sample(self, num_samples: int) -> torch.Tensor:
+        """Ancestral samples from the learned prior with the hard graph; decoder means (S, *data_shape)."""
+        device = self.gates.logits.device
+        gates = self.parent_gates(self.gates.hard())
+        N, d = self.num_nodes, self.node_dim
+        zs: list[torch.Tensor | None] = [None] * N
+        zs[-1] = torch.randn(num_samples, d, device=device)
+        state = self.init_prior_state((num_samples,), zs[-1])
+        for n in range(N - 2, -1, -1):
+            parents = torch.stack(zs[n + 1:], -2) * gates[n + 1:, n, None]
+            mean, log_var, state = self.prior_step(n, parents.flatten(-2), state)
+            zs[n] = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)
+        return self.likelihood.mean(self.decode(torch.stack(zs, -2))).view(num_samples, *self.data_shape)
+
+    @torch.no_grad()
+    def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
+        log_adjacency(writer, tag, step, self.gates.probs(), self.gates.hard())
+        if len(self.data_shape) == 3:
+            x = batch["x"][:32]
+            post = self.top_down_pass(self.encoder(x.flatten(1)), self.gates.hard())
+            recon = self.likelihood.mean(self.decode(post.z)).view_as(x)
+            log_image_grids(writer, tag, step, reconstructions=(x, recon), samples=self.sample(64))
+
+
+@ARCHITECTURES.register("GraphLSTMVAE")
+class GraphLSTMVAE(GraphVAE):
+    """GraphVAE whose per-node top-down networks are one LSTM shared across nodes, run root first: at node n it
+    reads the parents (gated by c_{m,n} with `gated_inputs`, else all earlier-sampled nodes) and a per-node
+    linear projection of its output gives p(z_n | ...). Ancestral sampling runs the same LSTM.
+
+    Args (besides GraphVAE's): lstm_hidden: width of the LSTM; gated_inputs: multiply the parents by the gates.
+    """
+
+    def __init__(self, data_shape: tuple[int, ...], *, lstm_hidden: int = 128, gated_inputs: bool = True,
+                 **kwargs: Any):
+        self.lstm_hidden, self.gated_inputs = lstm_hidden, gated_inputs
+        super().__init__(data_shape, **kwargs)
+
+    def init_top_down(self, head_hidden_dims: list[int], activation: str) -> None:
+        self.lstm = nn.LSTMCell(self.num_nodes * self.node_dim, self.lstm_hidden)
+        self.top_down = StackedMLP(self.num_nodes - 1, self.lstm_hidden, [], 2 * self.node_dim, activation)
+
+    def init_prior_state(self, lead: tuple[int, ...], like: torch.Tensor) -> Any:
+        zeros = like.new_zeros(math.prod(lead), self.lstm_hidden)
+        return zeros, zeros
+
+    def prior_step(self, n: int, parents: torch.Tensor, state: Any) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        lead = parents.shape[:-1]
+        inputs = nn.functional.pad(parents, ((n + 1) * self.node_dim, 0))  # every node reads an (N d) input
+        hidden, cell = self.lstm(inputs.reshape(-1, inputs.shape[-1]), state)
+        mean, raw = self.top_down.node(n, hidden).reshape(*lead, -1).chunk(2, -1)
+        return mean, bounded_log_variance(raw), (hidden, cell)
+
+    def parent_gates(self, gates: torch.Tensor) -> torch.Tensor:
+        return gates if self.gated_inputs else self.gates.mask
+
+
+# the registry reads a class's signature to validate and build `arch.args`: GraphVAE's arguments plus the LSTM's
+GraphLSTMVAE.__signature__ = inspect.signature(GraphVAE).replace(parameters=[
+    *inspect.signature(GraphVAE).parameters.values(),
+    *[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for name, p in inspect.signature(GraphLSTMVAE.__init__)
+      .parameters.items() if name in ("lstm_hidden", "gated_inputs")],
+])
