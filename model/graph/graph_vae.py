@@ -182,18 +182,20 @@ class GraphVAE(KLWarmup, BaseModel):
         eps = torch.randn(*lead, N, d, device=h.device, dtype=h.dtype)
         parent_gates = self.parent_gates(gates)
 
-        zero = torch.zeros_like(bu_mean[:, -1]).expand(*lead, d)
-        root = bu_mean[:, -1] + torch.exp(0.5 * bu_log_var[:, -1]) * eps[..., -1, :]
+        # unbind once: indexing node n in the loop would cost a full-size zero tensor per index in backward
+        bu_means, bu_log_vars, bu_precisions = bu_mean.unbind(1), bu_log_var.unbind(1), bu_precision.unbind(1)
+        noise = eps.unbind(-2)
+        zero = torch.zeros_like(bu_means[-1]).expand(*lead, d)
+        root = bu_means[-1] + torch.exp(0.5 * bu_log_vars[-1]) * noise[-1]
         sampled = [root]  # z_{N-1}, z_{N-2}, ... (root first)
-        post_mean, post_log_var = [bu_mean[:, -1].expand(*lead, d)], [bu_log_var[:, -1].expand(*lead, d)]
+        post_mean, post_log_var = [bu_means[-1].expand(*lead, d)], [bu_log_vars[-1].expand(*lead, d)]
         prior_mean, prior_log_var = [zero], [zero]
         state = self.init_prior_state(lead, h)
         for n in range(N - 2, -1, -1):
             parents = torch.stack(sampled[::-1], -2) * parent_gates[..., n + 1:, n, None]  # (..., N-1-n, d)
             mean_p, log_var_p, state = self.prior_step(n, parents.flatten(-2), state)
-            mean, precision = precision_weighted_fusion(mean_p, torch.exp(-log_var_p), bu_mean[:, n],
-                                                        bu_precision[:, n])
-            sampled.append(mean + torch.rsqrt(precision) * eps[..., n, :])
+            mean, precision = precision_weighted_fusion(mean_p, torch.exp(-log_var_p), bu_means[n], bu_precisions[n])
+            sampled.append(mean + torch.rsqrt(precision) * noise[n])
             post_mean.append(mean)
             post_log_var.append(-torch.log(precision))
             prior_mean.append(mean_p)
