@@ -82,6 +82,14 @@ def time_call(fn: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - started
 
 
+def microseconds_per_call(fn: Callable[[], object], calls: int) -> float:
+    """Mean wall-clock microseconds of `fn()` over `calls` back-to-back calls (CPU)."""
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - started) / calls * 1e6
+
+
 def examples_in(steps: int, num_examples: int, batch_size: int) -> int:
     """Examples in `steps` batches taken pass after pass over `num_examples` (the last
     batch of a pass may be short), as Trainer.train_epoch takes them."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +22,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from benchmarks.common import positive_int, set_threads  # noqa: E402
+from benchmarks.common import microseconds_per_call, positive_int, set_threads  # noqa: E402
 from model.networks import StackedMLP, mlp  # noqa: E402
 
 
@@ -67,10 +66,7 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.repeats + 1):  # the first round warms up
             for name, fn in variants.items():
-                started = time.perf_counter()
-                for _ in range(args.steps):
-                    fn(h).sum().backward()
-                times[name].append((time.perf_counter() - started) / args.steps * 1e6)
+                times[name].append(microseconds_per_call(lambda: fn(h).sum().backward(), args.steps))
         loop_us, stacked_us = (statistics.median(times[name][1:]) for name in ("loop", "stacked"))
         print(f"{batch:>6} {loop_us:>9.1f} {stacked_us:>11.1f} {loop_us / stacked_us:>9.2f}")
 

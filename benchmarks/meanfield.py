@@ -22,17 +22,9 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from benchmarks.common import positive_int, set_threads  # noqa: E402
+from benchmarks.common import microseconds_per_call, positive_int, set_threads  # noqa: E402
 from model.svae.gmm import SVAEGMM  # noqa: E402
 from model.svae.gmm_inference import meanfield_update  # noqa: E402
-
-
-def time_sweeps(fn, args, sweeps: int) -> float:
-    """Microseconds per call of fn(*args), over `sweeps` calls."""
-    started = time.perf_counter()
-    for _ in range(sweeps):
-        fn(*args)
-    return (time.perf_counter() - started) / sweeps * 1e6
 
 
 def main() -> None:
@@ -62,11 +54,11 @@ def main() -> None:
             compiled(*call)
             compile_seconds = time.perf_counter() - started
             for fn in (meanfield_update, compiled):  # warm-up
-                time_sweeps(fn, call, 20)
+                microseconds_per_call(lambda f=fn: f(*call), 20)
             eager, fast = [], []
             for _ in range(args.repeats):
-                eager.append(time_sweeps(meanfield_update, call, args.sweeps))
-                fast.append(time_sweeps(compiled, call, args.sweeps))
+                eager.append(microseconds_per_call(lambda: meanfield_update(*call), args.sweeps))
+                fast.append(microseconds_per_call(lambda: compiled(*call), args.sweeps))
             e, c = statistics.median(eager), statistics.median(fast)
             print(f"{batch:>6} {e:>10.1f} {c:>12.1f} {e / c:>9.2f} {compile_seconds:>10.1f}")
 

@@ -5,7 +5,7 @@ import pytest
 
 import test as test_script
 import train
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
 
 
 def _one_line_error(capsys) -> str:

@@ -48,11 +48,12 @@ def precision_weighted_fusion(mean_a: torch.Tensor, precision_a: torch.Tensor, m
 
 
 class Posterior(NamedTuple):
-    """One top-down pass: z (..., N, d), KL per node (..., N), log p(z | c) and log q(z | x, c) (...)."""
+    """One top-down pass: z (..., N, d), KL per node (..., N), and log p(z | c) and log q(z | x, c) (...) when
+    they were asked for (else None)."""
     z: torch.Tensor
     kl: torch.Tensor
-    log_prior: torch.Tensor
-    log_posterior: torch.Tensor
+    log_prior: torch.Tensor | None = None
+    log_posterior: torch.Tensor | None = None
 
 
 @ARCHITECTURES.register("GraphVAE")
@@ -172,7 +173,7 @@ class GraphVAE(KLWarmup, BaseModel):
                       log_probs: bool = False) -> Posterior:
         """Sample z root first given the trunk features h (B, F) and gates (N, N) or (B, N, N); with
         `num_samples` S, everything gets a leading sample dim (S, B, ...). `log_probs`: also log p(z | c)
-        and log q(z | x, c) (else zeros). Per node only the prior and the fusion run in the loop; the
+        and log q(z | x, c). Per node only the prior and the fusion run in the loop; the
         bottom-up heads, the noise and the KLs are batched over nodes."""
         N, d = self.num_nodes, self.node_dim
         bu_mean, bu_raw = self.bottom_up(h, shared_input=True).chunk(2, -1)  # (B, N, d)
@@ -205,7 +206,7 @@ class GraphVAE(KLWarmup, BaseModel):
                                                               prior_log_var))
         kl = gaussian_kl(mean_q, log_var_q, mean_p, log_var_p)  # (..., N)
         if not log_probs:
-            return Posterior(z, kl, torch.zeros(lead), torch.zeros(lead))
+            return Posterior(z, kl)
         log_q = -0.5 * (LOG_2PI + log_var_q + eps ** 2).sum((-2, -1))
         return Posterior(z, kl, gaussian_log_prob(z, mean_p, log_var_p).sum(-1), log_q)
 
