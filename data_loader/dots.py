@@ -33,7 +33,10 @@ class DotVideoDataLoader(BaseDataLoader):
     the continuation of the same video (the next `test_frames` frames, fresh noise).
     mode "sequences": `num_sequences` independent sequences of `chunk_len` frames with the same frame
     interval, starting positions x0 ~ U(-1, 1) and speeds ~ U(speed_range); `num_test_sequences` more
-    for the test set.
+    for the test set. With `flip_prob`, the dot reverses direction at each frame with this probability (a
+    random event the past does not predict, for latent-variable sequence models). With `min_len`, sequence
+    lengths are uniform on {min_len, ..., chunk_len}: frames after a sequence's end are zero and batches carry
+    {"mask": (B, T) bool}, True on its frames.
 
     Args:
         image_width, render_sigma, noise_sigma: pixels, width of the dot and pixel noise std.
@@ -42,7 +45,7 @@ class DotVideoDataLoader(BaseDataLoader):
         chunk_len: T, frames per sequence.
         speed, x0: the video's speed v and start position.
         test_frames: frames of the held-out continuation (mode "video").
-        num_sequences, num_test_sequences, speed_range: mode "sequences".
+        num_sequences, num_test_sequences, speed_range, flip_prob, min_len: mode "sequences".
         data_seed, test_seed: seeds of the training and test noise (and random phases and speeds).
     """
 
@@ -51,7 +54,9 @@ class DotVideoDataLoader(BaseDataLoader):
                  render_sigma: float = 0.15, noise_sigma: float = 0.1, num_frames: int = 5000,
                  duration: float = 500.0, chunk_len: int = 50, speed: float = 0.75, x0: float = 0.0,
                  test_frames: int = 1000, num_sequences: int = 100, num_test_sequences: int = 20,
-                 speed_range: list[float] = (0.5, 1.0), data_seed: int = 0, test_seed: int = 1):
+                 speed_range: list[float] = (0.5, 1.0), flip_prob: float = 0.0, min_len: int | None = None,
+                 data_seed: int = 0,
+                 test_seed: int = 1):
         super().__init__(batch_size, shuffle, validation_split, num_workers, split_seed)
         if mode not in ("video", "sequences"):
             raise ConfigError(f"config key 'data_loader.args.mode' must be 'video' or 'sequences', got {mode!r}")
@@ -64,6 +69,8 @@ class DotVideoDataLoader(BaseDataLoader):
         render = dict(image_width=image_width, render_sigma=render_sigma)
         f64 = torch.float64
         if mode == "video":
+            if min_len is not None or flip_prob:
+                raise ConfigError("config keys 'data_loader.args.min_len' and 'flip_prob' need mode 'sequences'")
             if test_frames < chunk_len:
                 raise ConfigError(f"test_frames ({test_frames}) must be >= chunk_len ({chunk_len})")
             speed_, x0_ = torch.tensor(speed, dtype=f64), torch.tensor(x0, dtype=f64)
@@ -75,11 +82,16 @@ class DotVideoDataLoader(BaseDataLoader):
             if len(speed_range) != 2 or not 0 < speed_range[0] <= speed_range[1]:
                 raise ConfigError(f"config key 'data_loader.args.speed_range' must be [low, high] with "
                                   f"0 < low <= high, got {speed_range}")
-            times = torch.arange(chunk_len, dtype=f64) * dt
-            train_clean = self._random_sequences(num_sequences, times, speed_range, data_seed, render)
-            test_clean = self._random_sequences(num_test_sequences, times, speed_range, test_seed + 1000, render)
-        self.train_set = self._dataset(train_clean, data_seed)
-        self.test_set = self._dataset(test_clean, test_seed)
+            if min_len is not None and not 1 <= min_len <= chunk_len:
+                raise ConfigError(f"config key 'data_loader.args.min_len' must be in [1, chunk_len={chunk_len}], "
+                                  f"got {min_len}")
+            if not 0.0 <= flip_prob <= 1.0:
+                raise ConfigError(f"config key 'data_loader.args.flip_prob' must be in [0, 1], got {flip_prob}")
+            shape = dict(chunk_len=chunk_len, dt=dt, speed_range=speed_range, flip_prob=flip_prob, render=render)
+            train_clean = self._random_sequences(num_sequences, seed=data_seed, **shape)
+            test_clean = self._random_sequences(num_test_sequences, seed=test_seed + 1000, **shape)
+        self.train_set = self._dataset(train_clean, data_seed, min_len)
+        self.test_set = self._dataset(test_clean, test_seed, min_len)
         self.split_validation()
 
     @staticmethod
@@ -89,15 +101,29 @@ class DotVideoDataLoader(BaseDataLoader):
         return frames[:usable].reshape(-1, chunk_len, frames.shape[-1])
 
     @staticmethod
-    def _random_sequences(count: int, times: torch.Tensor, speed_range: list[float], seed: int,
-                          render: dict) -> torch.Tensor:
+    def _random_sequences(count: int, chunk_len: int, dt: float, speed_range: list[float], flip_prob: float,
+                          seed: int, render: dict) -> torch.Tensor:
+        """(count, chunk_len, P) noiseless frames. Frame t shows time dt * (signed number of frames moved), the
+        dot moving backwards (the triangle wave run in reverse) after an odd number of direction flips."""
         gen = torch.Generator().manual_seed(seed)
-        x0 = 2.0 * torch.rand(count, generator=gen, dtype=times.dtype) - 1.0
+        x0 = 2.0 * torch.rand(count, generator=gen, dtype=torch.float64) - 1.0
         low, high = speed_range
-        speed = low + (high - low) * torch.rand(count, generator=gen, dtype=times.dtype)
-        return render_dots(times, speed, x0, **render)
+        speed = low + (high - low) * torch.rand(count, generator=gen, dtype=torch.float64)
+        frames = torch.arange(chunk_len, dtype=torch.float64).expand(count, chunk_len)
+        if flip_prob > 0:
+            flips = torch.rand(count, chunk_len - 1, generator=gen, dtype=torch.float64) < flip_prob
+            direction = 1.0 - 2.0 * (flips.cumsum(1) % 2)  # direction of the move into frame t = 1..T-1
+            frames = torch.cat([torch.zeros(count, 1, dtype=torch.float64), direction.cumsum(1)], 1)
+        return render_dots(frames * dt, speed, x0, **render)
 
-    def _dataset(self, clean: torch.Tensor, seed: int) -> TensorDictDataset:
+    def _dataset(self, clean: torch.Tensor, seed: int, min_len: int | None) -> TensorDictDataset:
         gen = torch.Generator().manual_seed(seed)
         noisy = clean + self.noise_sigma * torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
-        return TensorDictDataset({"x": noisy.float(), "clean": clean.float()})
+        tensors = {"x": noisy.float(), "clean": clean.float()}
+        if min_len is not None:
+            count, length = clean.shape[:2]
+            lengths = torch.randint(min_len, length + 1, (count,), generator=gen)
+            mask = torch.arange(length) < lengths[:, None]
+            tensors = {name: torch.where(mask[..., None], value, 0.0) for name, value in tensors.items()}
+            tensors["mask"] = mask
+        return TensorDictDataset(tensors)

@@ -86,6 +86,21 @@ class StackedMLP(nn.Module):
                 h = self.activation(h)
         return h.transpose(0, 1).reshape(*lead, h.shape[0], h.shape[-1])
 
+    def unbound_nets(self) -> list[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Per net, its layers' (weight (in, out), bias (out,)), unbound from the stacked parameters once: for
+        loops that run single nets many times (indexing a stacked parameter inside the loop would cost a
+        full-size gradient buffer per index). Run one with `run_net`."""
+        layers = [(weight.unbind(0), bias.unbind(0)) for weight, bias in zip(self.weights, self.biases)]
+        return [[(weights[n], biases[n]) for weights, biases in layers] for n in range(len(self.weights[0]))]
+
+    def run_net(self, layers: list[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
+        """One net from `unbound_nets` on x (rows, in_dim) -> (rows, out_dim)."""
+        for i, (weight, bias) in enumerate(layers):
+            x = torch.addmm(bias, x, weight)
+            if i < len(layers) - 1:
+                x = self.activation(x)
+        return x
+
     def node(self, n: int, x: torch.Tensor, skip_inputs: int = 0) -> torch.Tensor:
         """MLP n on x (..., in_dim - skip_inputs): its first `skip_inputs` inputs are taken to be zero."""
         h = x

@@ -8,22 +8,13 @@ from typing import Any, Literal
 import torch
 
 from base.base_model import BaseModel
+from model.diagonal_gaussian import gaussian_kl_standard, standard_normal_log_prob
 from model.importance import iw_log_likelihood
 from model.kl_warmup import KLWarmup
 from model.likelihoods import LIKELIHOODS
 from model.networks import mlp
 from model.registry import ARCHITECTURES
 from model.visualization import log_scatter, log_image_grids
-
-
-def gaussian_kl_standard(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mu, diag exp(logvar)) || N(0, I)) summed over the last dim: (..., d) -> (...)."""
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1)
-
-
-def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """log N(z; 0, I) summed over the last dim."""
-    return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
 
 
 @ARCHITECTURES.register("VAE")
@@ -59,7 +50,7 @@ class VAE(KLWarmup, BaseModel):
         obs_dim = math.prod(self.data_shape)
         hidden_dims = list(hidden_dims)
         self.encoder = mlp(obs_dim, hidden_dims, 2 * latent_dim, activation, dropout, batch_norm)
-        self.decoder = mlp(latent_dim, hidden_dims[::-1], obs_dim * self.likelihood.num_params, activation, dropout,
+        self.decoder = mlp(latent_dim, hidden_dims[::-1], self.likelihood.param_dim(obs_dim), activation, dropout,
                            batch_norm)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +59,7 @@ class VAE(KLWarmup, BaseModel):
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z (..., d) -> decoder output (..., P * num_params); leading dims are flattened for BatchNorm."""
+        """z (..., d) -> decoder output (..., param_dim); leading dims are flattened for BatchNorm."""
         return self.decoder(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:-1], -1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

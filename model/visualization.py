@@ -66,28 +66,59 @@ def log_gmm_clusters(writer: Any, tag: str, step: int, latent: torch.Tensor, dat
     plt.close(fig)
 
 
-def log_sequence_predictions(writer: Any, tag: str, step: int, data: torch.Tensor, mean: torch.Tensor,
-                             samples: torch.Tensor, prefix_len: int) -> None:
-    """For each sequence, one panel of stacked images over time (time left to right, pixels top to bottom):
-    the data (B, T, P), the predicted mean (B, T, P) and the samples (S, B, T, P), with a red line at the
-    end of the observed prefix."""
+def log_sequence_panels(writer: Any, tag: str, step: int, rows: dict[str, torch.Tensor],
+                        prefix_len: int | None = None) -> None:
+    """For each sequence, one panel of stacked images over time (time left to right, dims top to bottom), one
+    image per named row (B, T, P), e.g. data, a predicted mean and samples; with `prefix_len`, a red line
+    at the end of the observed prefix."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = ["data", "mean"] + [f"sample {i + 1}" for i in range(len(samples))]
-    fig, axes = plt.subplots(len(data), 1, figsize=(8, 1.2 * len(rows) * len(data) / 2 + 0.5), squeeze=False)
+    names = list(rows)
+    batch, _, height = rows[names[0]].shape
+    fig, axes = plt.subplots(batch, 1, figsize=(8, 1.2 * len(names) * batch / 2 + 0.5), squeeze=False)
     for b, ax in enumerate(axes[:, 0]):
-        panels = [data[b], mean[b], *samples[:, b]]
-        image = torch.cat([p.detach().float().cpu().T for p in panels], 0)  # (rows * P, T)
+        image = torch.cat([rows[name][b].detach().float().cpu().T for name in names], 0)  # (rows * P, T)
         ax.imshow(image.clamp(0, 1).numpy(), cmap="gray", aspect="auto", interpolation="nearest")
-        ax.axvline(prefix_len - 0.5, color="r", lw=1.5)
-        height = data.shape[-1]
-        ax.set_yticks([height * (i + 0.5) for i in range(len(rows))], rows, fontsize=7)
-        for i in range(1, len(rows)):
+        if prefix_len is not None:
+            ax.axvline(prefix_len - 0.5, color="r", lw=1.5)
+        ax.set_yticks([height * (i + 0.5) for i in range(len(names))], names, fontsize=7)
+        for i in range(1, len(names)):
             ax.axhline(height * i - 0.5, color="tab:blue", lw=0.5)
-        ax.set_xlabel("frame", fontsize=7)
+        ax.set_xlabel("step", fontsize=7)
+    fig.tight_layout()
+    writer.add_figure(tag, fig, step)
+    plt.close(fig)
+
+
+def log_strokes(writer: Any, tag: str, step: int, rows: dict[str, torch.Tensor],
+                prefix_len: int | None = None) -> None:
+    """Pen-stroke sequences (B, T, 3) of (pen_lift, dx, dy), one named row each (e.g. data, reconstruction,
+    continuations), drawn as pen paths: a grid of B x rows panels, strokes broken where the pen lifts
+    (pen_lift > 1/2); with `prefix_len`, the steps after the prefix in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    batch = len(rows[names[0]])
+    fig, axes = plt.subplots(batch, len(names), figsize=(2.2 * len(names), 2.0 * batch), squeeze=False)
+    for col, name in enumerate(names):
+        axes[0, col].set_title(name, fontsize=8)
+        for b in range(batch):
+            seq = rows[name][b].detach().double().cpu()
+            points = torch.cat([torch.zeros(1, 2, dtype=seq.dtype), seq[:, 1:3].cumsum(0)])  # (T + 1, 2)
+            ax = axes[b, col]
+            for t in range(len(seq)):  # one segment per step: from point t to t + 1, unless the pen was up
+                if t > 0 and seq[t - 1, 0] > 0.5:
+                    continue
+                late = prefix_len is not None and t >= prefix_len
+                ax.plot(points[t:t + 2, 0], -points[t:t + 2, 1], color="r" if late else "k", lw=1)
+            ax.set_aspect("equal")
+            ax.axis("off")
     fig.tight_layout()
     writer.add_figure(tag, fig, step)
     plt.close(fig)

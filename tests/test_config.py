@@ -11,9 +11,12 @@ from utils.config import load_config, parse_value, read_config_file
 from utils.errors import ConfigError
 
 
-def test_yaml_and_json_shipped_configs_are_the_same():
-    assert read_config_file(ROOT / "configs/vae_pinwheel.yaml") == read_config_file(ROOT / "configs/vae_pinwheel.json")
-    assert load_and_check(ROOT / "configs/vae_pinwheel.yaml") == load_and_check(ROOT / "configs/vae_pinwheel.json")
+@pytest.mark.parametrize("yaml_path", sorted(p for p in (ROOT / "configs").rglob("*.yaml")
+                                              if p.with_suffix(".json").exists()), ids=lambda p: p.stem)
+def test_yaml_and_json_shipped_configs_are_the_same(yaml_path):
+    json_path = yaml_path.with_suffix(".json")
+    assert read_config_file(yaml_path) == read_config_file(json_path)
+    assert load_and_check(yaml_path) == load_and_check(json_path)
 
 
 def test_defaults_are_filled_in():

@@ -11,6 +11,7 @@ import yaml
 import test as test_script
 import train as train_script
 from tests.conftest import ROOT
+from tests.test_strokes import make_drawings, save
 from train import train
 from trainer.build import build_data, build_model, load_and_check
 from trainer.optim import build_optimizers
@@ -19,9 +20,12 @@ SHIPPED = sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*") if p
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=str)
-def test_shipped_config_builds_and_steps(path, mnist_root):
+def test_shipped_config_builds_and_steps(path, mnist_root, tmp_path):
     overrides = []
     config = load_and_check(ROOT / path)
+    if config["data_loader"]["type"] == "PenStrokes":  # a small generated stroke file
+        overrides = [f"data_loader.args.path={save(tmp_path / 'strokes.npy', make_drawings(n=40))}",
+                     "data_loader.args.window_len=16"]
     if config["data_loader"]["type"] == "MNIST":  # offline: the tiny generated copy
         overrides = [f"data_loader.args.root={mnist_root}", "data_loader.args.download=false",
                      "data_loader.args.validation_split=10", "data_loader.args.num_workers=0",

@@ -11,8 +11,9 @@ import torch
 from torch import distributions as td
 
 import test as test_script
+from model.diagonal_gaussian import gaussian_kl, precision_weighted_fusion
 from model.graph.gates import EdgeGates
-from model.graph.graph_vae import GraphLSTMVAE, GraphVAE, gaussian_kl, precision_weighted_fusion
+from model.graph.graph_vae import GraphLSTMVAE, GraphVAE
 from model.networks import StackedMLP
 from tests.conftest import ROOT, final_state, train_halfway_and_resume
 from train import train
@@ -200,4 +201,4 @@ def test_phase_two_fixes_the_gates(graph_config):
     model.load_schedule_state({"epochs_done": 2})
     with torch.no_grad():
         model.gates.logits.copy_(logits)
-    assert torch.equal(model.sample_gates(5), model.gates.hard())
+    assert torch.equal(model.sample_gates(model.gates, 5), model.gates.hard())

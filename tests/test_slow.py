@@ -35,3 +35,15 @@ def test_default_svae_lds_job_learns_the_bounce(tmp_path):
     results = test_script.evaluate(run.run_dir / "checkpoints" / "model_best.pt", progress=False)
     assert results["elbo"] >= 14.5
     assert results["pred_mse"] < 0.25 * results["pred_mse_repeat_last"]
+
+
+@pytest.mark.slow
+def test_default_recurrent_graph_vae_job_predicts_the_dot(tmp_path):
+    """Dot sequences with random reversals: the latents carry information (KL > 0), the IW bound is the tighter
+    one, and sampled continuations beat repeating the last frame (2 seeds: 0.135 and 0.138 against 0.184)."""
+    run = train(load_and_check("configs/recurrent_graph_vae.yaml", [f"trainer.save_dir={tmp_path}",
+                                                                     "trainer.verbosity=0"]))
+    results = test_script.evaluate(run.run_dir / "checkpoints" / "model_best.pt", progress=False)
+    assert results["elbo_per_step"] > 15.0 and results["iw_nll"] <= -results["elbo"]
+    assert sum(results["kl_nodes"]) > 0.5
+    assert results["pred_mse"] < 0.85 * results["pred_mse_repeat_last"]

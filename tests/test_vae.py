@@ -10,7 +10,8 @@ import torch
 import test as test_script
 from model.importance import iw_log_likelihood
 from model.likelihoods import BernoulliLikelihood, GaussianLikelihood
-from model.vae import VAE, gaussian_kl_standard
+from model.diagonal_gaussian import gaussian_kl_standard
+from model.vae import VAE
 from train import train
 from trainer.build import load_and_check
 

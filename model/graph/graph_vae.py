@@ -11,41 +11,15 @@ import torch
 from torch import nn
 
 from base.base_model import BaseModel
-from model.graph.gates import EdgeGates
+from model.diagonal_gaussian import (LOG_2PI, bounded_log_variance, gaussian_kl, gaussian_log_prob,
+                                     precision_weighted_fusion)
+from model.graph.gates import EdgeGates, GateSchedule
 from model.importance import iw_log_likelihood
 from model.kl_warmup import KLWarmup
 from model.likelihoods import LIKELIHOODS
 from model.networks import ACTIVATIONS, StackedMLP, mlp
 from model.registry import ARCHITECTURES
 from model.visualization import log_adjacency, log_image_grids
-
-LOG_2PI = math.log(2 * math.pi)
-
-
-def bounded_log_variance(raw: torch.Tensor) -> torch.Tensor:
-    """10 tanh(raw / 10): log-variances in (-10, 10)."""
-    return 10.0 * torch.tanh(raw / 10.0)
-
-
-def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
-    """log N(z; mean, diag exp(log_var)) summed over the last dim."""
-    return -0.5 * (LOG_2PI + log_var + (z - mean) ** 2 * torch.exp(-log_var)).sum(-1)
-
-
-def gaussian_kl(mean_q: torch.Tensor, log_var_q: torch.Tensor, mean_p: torch.Tensor,
-                log_var_p: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean_q, diag var_q) || N(mean_p, diag var_p)) summed over the last dim."""
-    return 0.5 * (log_var_p - log_var_q + (torch.exp(log_var_q) + (mean_q - mean_p) ** 2) * torch.exp(-log_var_p)
-                  - 1.0).sum(-1)
-
-
-def precision_weighted_fusion(mean_a: torch.Tensor, precision_a: torch.Tensor, mean_b: torch.Tensor,
-                              precision_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The normalised product of two diagonal Gaussians: precision = precision_a + precision_b and
-    mean = (mean_a precision_a + mean_b precision_b) / precision. Returns (mean, precision)."""
-    precision = precision_a + precision_b
-    return torch.addcmul(mean_a * precision_a, mean_b, precision_b) / precision, precision
-
 
 class Posterior(NamedTuple):
     """One top-down pass: z (..., N, d), KL per node (..., N), and log p(z | c) and log q(z | x, c) (...) when
@@ -57,7 +31,7 @@ class Posterior(NamedTuple):
 
 
 @ARCHITECTURES.register("GraphVAE")
-class GraphVAE(KLWarmup, BaseModel):
+class GraphVAE(GateSchedule, KLWarmup, BaseModel):
     """VAE over N nodes of dimension d with a learned DAG between them.
 
     Generative model: c_{m,n} ~ Bernoulli(sigmoid(a_{m,n})) (m > n), z_{N-1} ~ N(0, I),
@@ -99,20 +73,13 @@ class GraphVAE(KLWarmup, BaseModel):
         super().__init__()
         if num_nodes < 2 or node_dim < 1:
             raise ValueError(f"need num_nodes >= 2 and node_dim >= 1, got {num_nodes}, {node_dim}")
-        if gate_sampling not in ("per_batch", "per_example"):
-            raise ValueError(f"gate_sampling must be 'per_batch' or 'per_example', got {gate_sampling!r}")
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {sorted(LIKELIHOODS)}, got {likelihood!r}")
-        if not 0 < tau_min <= tau_init or not 0 < tau_decay <= 1:
-            raise ValueError(f"need 0 < tau_min <= tau_init and 0 < tau_decay <= 1, got {tau_min}, {tau_init}, "
-                             f"{tau_decay}")
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.data_shape = tuple(data_shape)
         self.num_nodes, self.node_dim = num_nodes, node_dim
-        self.gate_sampling, self.straight_through = gate_sampling, straight_through
-        self.tau_init, self.tau_decay, self.tau_min = tau_init, tau_decay, tau_min
-        self.fixed_gates_epoch = fixed_gates_epoch
+        self.init_gate_schedule(gate_sampling, straight_through, tau_init, tau_decay, tau_min, fixed_gates_epoch)
         self.init_kl_warmup(kl_warmup_epochs)  # also counts the epochs for the temperature schedule
         self.likelihood = LIKELIHOODS[likelihood]
         obs_dim = math.prod(self.data_shape)
@@ -123,7 +90,7 @@ class GraphVAE(KLWarmup, BaseModel):
                                      ACTIVATIONS[activation]())
         self.bottom_up = StackedMLP(num_nodes, hidden_dims[-1], head_hidden_dims, 2 * node_dim, activation)
         self.init_top_down(head_hidden_dims, activation)
-        self.decoder = mlp(num_nodes * node_dim, hidden_dims[::-1], obs_dim * self.likelihood.num_params,
+        self.decoder = mlp(num_nodes * node_dim, hidden_dims[::-1], self.likelihood.param_dim(obs_dim),
                            activation, batch_norm=batch_norm)
         self.gates = EdgeGates(num_nodes, gate_init_logit)
 
@@ -146,27 +113,6 @@ class GraphVAE(KLWarmup, BaseModel):
     def parent_gates(self, gates: torch.Tensor) -> torch.Tensor:
         """The gates that multiply the parents fed to the top-down path."""
         return gates
-
-    # ---------------------------------------------------------------- gates and schedule
-    @property
-    def tau(self) -> float:
-        return max(self.tau_min, self.tau_init * self.tau_decay ** self.epochs_done)
-
-    @property
-    def gates_fixed(self) -> bool:
-        return 0 < self.fixed_gates_epoch <= self.epochs_done
-
-    def sample_gates(self, batch_size: int) -> torch.Tensor:
-        """Gates for a training step: (N, N) or (B, N, N)."""
-        if self.gates_fixed:
-            return self.gates.hard()
-        shape = (batch_size,) if self.gate_sampling == "per_example" else ()
-        return self.gates.relaxed(shape, self.tau, self.straight_through)
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """"gates" (the edge logits, e.g. with their own learning rate) and "networks" (everything else)."""
-        networks = [p for name, p in self.named_parameters() if p.requires_grad and name != "gates.logits"]
-        return {"gates": [self.gates.logits], "networks": networks}
 
     # ---------------------------------------------------------------- inference
     def top_down_pass(self, h: torch.Tensor, gates: torch.Tensor, num_samples: int | None = None,
@@ -211,13 +157,13 @@ class GraphVAE(KLWarmup, BaseModel):
         return Posterior(z, kl, gaussian_log_prob(z, mean_p, log_var_p).sum(-1), log_q)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z (..., N, d) -> decoder output (..., P * num_params)."""
+        """z (..., N, d) -> decoder output (..., param_dim)."""
         flat = z.flatten(-2)
         return self.decoder(flat.reshape(-1, flat.shape[-1])).reshape(*flat.shape[:-1], -1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["x"].flatten(1)
-        gates = self.sample_gates(len(x))
+        gates = self.sample_gates(self.gates, len(x))
         post = self.top_down_pass(self.encoder(x), gates)
         log_px = self.likelihood.log_prob(self.decode(post.z), x)
         kl = post.kl.sum(-1)

@@ -15,7 +15,7 @@ from model.registry import ARCHITECTURES
 from model.svae.kalman import METHODS, LDSPosterior, LDSPotentials, expected_lds_potentials, lds_posterior
 from model.svae.recognition import GaussianRecognition
 from model.svae.svi import NaturalGradientSVI
-from model.visualization import log_sequence_predictions
+from model.visualization import log_sequence_panels
 from utils.errors import ConfigError, DataError
 
 
@@ -240,5 +240,5 @@ class SVAELDS(BaseModel):
         if y.shape[1] < self.prefix_len + self.horizon:
             return
         mean, samples = self.predict(y, self.figure_samples)
-        log_sequence_predictions(writer, f"{tag}/predictions", step, data=y[:, :mean.shape[1]], mean=mean,
-                                 samples=samples, prefix_len=self.prefix_len)
+        rows = {"data": y[:, :mean.shape[1]], "mean": mean, **{f"sample {i + 1}": s for i, s in enumerate(samples)}}
+        log_sequence_panels(writer, f"{tag}/predictions", step, rows, self.prefix_len)
