@@ -19,6 +19,12 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor
     return -0.5 * (LOG_2PI + log_var + (x - mean) ** 2 * torch.exp(-log_var)).sum(-1)
 
 
+def reparameterized_log_prob(log_var: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, diag exp(log_var)) at z = mean + exp(log_var / 2) noise, from the noise: summed over the
+    last dim."""
+    return -0.5 * (LOG_2PI + log_var + noise ** 2).sum(-1)
+
+
 def standard_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
     """log N(z; 0, I) summed over the last dim."""
     return -0.5 * (z.pow(2) + LOG_2PI).sum(-1)

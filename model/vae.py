@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 
 from base.base_model import BaseModel
-from model.diagonal_gaussian import gaussian_kl_standard, standard_normal_log_prob
+from model.diagonal_gaussian import gaussian_kl_standard, reparameterized_log_prob, standard_normal_log_prob
 from model.importance import iw_log_likelihood
 from model.kl_warmup import KLWarmup
 from model.likelihoods import LIKELIHOODS
@@ -80,7 +80,7 @@ class VAE(KLWarmup, BaseModel):
         def log_weights(n: int) -> torch.Tensor:
             eps = torch.randn(n, *mu.shape, device=mu.device, dtype=mu.dtype)
             z = mu + std * eps  # (n, B, d)
-            log_q = (-0.5 * eps.pow(2) - 0.5 * math.log(2 * math.pi) - 0.5 * logvar).sum(-1)
+            log_q = reparameterized_log_prob(logvar, eps)
             log_px = self.likelihood.log_prob(self.decode(z), x)  # (n, B)
             return log_px + standard_normal_log_prob(z) - log_q
 

@@ -107,14 +107,15 @@ def test_fused_gaussian_sample_and_its_backward_pass():
     expected = (mean + precision.rsqrt() * noise, mean, precision)
     got = FusedGaussianSample.apply(*inputs)
     weights = [torch.randn(6, 4, generator=gen, dtype=torch.float64) for _ in range(3)]
-    for outputs in (got, expected):
-        torch.testing.assert_close(outputs[0], expected[0])
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b)
     grads = [torch.autograd.grad(sum((w * o).sum() for w, o in zip(weights, outs)), (head, weighted, precision_bu))
              for outs in (got, expected)]
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
     # zero bottom-up precision samples the prior itself
-    z, mean, precision = FusedGaussianSample.apply(head, torch.zeros(6, 4), torch.zeros(6, 4), noise)
+    zeros = torch.zeros(6, 4, dtype=torch.float64)
+    z, mean, precision = FusedGaussianSample.apply(head, zeros, zeros, noise)
     torch.testing.assert_close(mean, mean_p)
     torch.testing.assert_close(z, mean_p + torch.exp(0.5 * bounded_log_variance(raw)) * noise)
 

@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from base.base_model import BaseModel
-from model.diagonal_gaussian import (LOG_2PI, bounded_log_variance, gaussian_kl, gaussian_log_prob,
-                                     precision_weighted_fusion)
+from model.diagonal_gaussian import (bounded_log_variance, gaussian_kl, gaussian_log_prob, precision_weighted_fusion,
+                                     reparameterized_log_prob)
 from model.graph.gates import EdgeGates, GateSchedule
 from model.importance import iw_log_likelihood
 from model.kl_warmup import KLWarmup
@@ -153,7 +153,7 @@ class GraphVAE(GateSchedule, KLWarmup, BaseModel):
         kl = gaussian_kl(mean_q, log_var_q, mean_p, log_var_p)  # (..., N)
         if not log_probs:
             return Posterior(z, kl)
-        log_q = -0.5 * (LOG_2PI + log_var_q + eps ** 2).sum((-2, -1))
+        log_q = reparameterized_log_prob(log_var_q, eps).sum(-1)
         return Posterior(z, kl, gaussian_log_prob(z, mean_p, log_var_p).sum(-1), log_q)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from base.base_model import BaseModel
-from model.diagonal_gaussian import LOG_2PI, bounded_log_variance, gaussian_kl, gaussian_log_prob
+from model.diagonal_gaussian import bounded_log_variance, gaussian_kl, gaussian_log_prob, reparameterized_log_prob
 from model.graph.gates import EdgeGates, GateSchedule
 from model.importance import iw_log_likelihood
 from model.kl_warmup import KLWarmup
@@ -109,7 +109,7 @@ class Trajectory(NamedTuple):
 
     def log_posterior(self) -> torch.Tensor:
         """log q(z_t | x_t, z_{t-1}, s_{t-1}, gates) per step: (R, T)."""
-        return -0.5 * (LOG_2PI - torch.log(self.post_precision) + self.noise ** 2).sum((-2, -1))
+        return reparameterized_log_prob(-torch.log(self.post_precision), self.noise).sum(-1)
 
 
 def step_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -344,12 +344,13 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
         model (each x_t drawn from p(x_t | ...) and fed back): the decoded means E[x_t | z_t, s_{t-1}]
         (R, steps, P)."""
         prev_weight, same_weights, prior_nets = self.gated_weights(same_gates, prev_gates)
+        rows = len(z_prev)
+        prior_only = [(z_prev.new_zeros(rows, self.node_dim),) * 2] * self.num_nodes  # no bottom-up term
         means = []
         for _ in range(steps):
             s = self.hidden(state)
             to_prior = self.state_proj(s)[:, self.encoder_dim:]
-            noise = torch.randn(len(s), self.num_nodes, self.node_dim, device=s.device, dtype=s.dtype)
-            prior_only = [(torch.zeros_like(noise[:, 0]),) * 2] * self.num_nodes
+            noise = torch.randn(rows, self.num_nodes, self.node_dim, device=s.device, dtype=s.dtype)
             z_t, _ = self.sample_nodes(add_vecmat(to_prior, z_prev, prev_weight), same_weights, prior_nets,
                                        noise.unbind(1), prior_only)
             params = self.decode(z_t, s)
@@ -438,8 +439,8 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
         """Both graphs as images; data, reconstructions and sampled continuations (after the red line)."""
         log_adjacency(writer, f"{tag}/same_step", step, self.gates.probs(), self.gates.hard())
         log_adjacency(writer, f"{tag}/previous_step", step, self.prev_gates.probs(), self.prev_gates.hard())
-        x = batch["x"]
-        rows = {"data": x, "reconstruction": self.reconstruct(x)}
+        x, mask = batch["x"], step_mask(batch)[..., None]
+        rows = {"data": torch.where(mask, x, 0.0), "reconstruction": torch.where(mask, self.reconstruct(x), 0.0)}
         length = self.prefix_len + self.horizon
         prefix_len = None
         if x.shape[1] >= length:
@@ -447,8 +448,5 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
             rows.update({f"continuation {i + 1}": sample
                          for i, sample in enumerate(self.predict(x, self.figure_samples))})
             prefix_len = self.prefix_len
-        mask = step_mask(batch)[:, :rows["data"].shape[1], None]
-        rows = {name: torch.where(mask, value, 0.0) if name in ("data", "reconstruction") else value
-                for name, value in rows.items()}
         draw = log_strokes if self.likelihood is StrokeLikelihood else log_sequence_panels
         draw(writer, f"{tag}/sequences", step, rows, prefix_len)
