@@ -4,23 +4,28 @@
 """
 from __future__ import annotations
 
-import json
-import sys
-from collections import defaultdict
-from pathlib import Path
-from typing import Any
+from utils.versions import require_minimum_versions
 
-import torch
-from tqdm import tqdm
+require_minimum_versions()  # before the imports that fail on an older torch
 
-from base.base_trainer import load_model_weights
-from logger import TensorboardWriter
-from trainer.build import build_data, build_model, eval_metric_names, load_and_check
-from utils.checkpoint import load_checkpoint, run_dir_of, write_atomic
-from utils.cli import ArgumentParser, run_main
-from utils.device import move_to
-from utils.errors import ConfigError
-from utils.seeding import seed_everything
+import json  # noqa: E402
+import sys  # noqa: E402
+from collections import defaultdict  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from base.base_trainer import load_model_weights  # noqa: E402
+from logger import TensorboardWriter  # noqa: E402
+from trainer.build import build_data, build_model, eval_metric_names, load_and_check  # noqa: E402
+from utils.checkpoint import load_checkpoint, run_dir_of, write_atomic  # noqa: E402
+from utils.cli import ArgumentParser, run_main  # noqa: E402
+from utils.device import move_to  # noqa: E402
+from utils.errors import ConfigError  # noqa: E402
+from utils.seeding import seed_everything  # noqa: E402
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -78,11 +83,37 @@ def evaluate(checkpoint_path: str | Path, device: str = "auto", batch_size: int 
     return results
 
 
+MAX_PRINTED_ENTRIES = 64  # larger lists (e.g. predicted_sequences) are only named, with their shape
+
+
+def format_value(value: Any) -> list[str]:
+    """A metric as console lines: numbers rounded, a list on one line, a list of rows as a small
+    matrix, a large or ragged list as its shape (its values are in test_metrics.json)."""
+    if isinstance(value, float):
+        return [f"{value:.4f}"]
+    if not isinstance(value, list):
+        return [str(value)]
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        return [f"list of {len(value)} (see test_metrics.json)"]
+    if array.ndim > 2 or array.size > MAX_PRINTED_ENTRIES:
+        return [f"array of shape {array.shape} (see test_metrics.json)"]
+    integral = bool(np.all(array == np.round(array)))
+    text = np.array2string(array, precision=4, suppress_small=True, max_line_width=10_000, separator=" ",
+                           formatter={"float_kind": "{:.0f}".format} if integral else None)
+    return text.splitlines()
+
+
 def format_table(results: dict[str, Any]) -> str:
-    rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in results.items()
-            if isinstance(v, (int, float, str))]
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    """One row per metric; a matrix continues on the following lines, aligned under its first row."""
+    width = max(len(k) for k in results)
+    lines = []
+    for key, value in results.items():
+        first, *rest = format_value(value)
+        lines.append(f"{key:<{width}}  {first}")
+        lines.extend(f"{'':<{width}}  {line}" for line in rest)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,22 +7,26 @@
 """
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
-from pathlib import Path
+from utils.versions import require_minimum_versions
 
-from base.base_trainer import load_model_weights
-from logger import TensorboardWriter, setup_logging
-from trainer import Trainer
-from trainer.build import build_data, build_model, load_and_check
-from trainer.optim import build_optimizers
-from utils.checkpoint import load_checkpoint, run_dir_of
-from utils.cli import ArgumentParser, run_main, short_flag_overrides
-from utils.device import prepare_device, set_visible_devices
-from utils.distributed import broadcast_object, init_distributed, shutdown_distributed
-from utils.errors import CheckpointError, ConfigError
-from utils.run_dir import new_run_dir, write_run_files
-from utils.seeding import seed_everything
+require_minimum_versions()  # before the imports that fail on an older torch
+
+import sys  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from base.base_trainer import load_model_weights  # noqa: E402
+from logger import TensorboardWriter, setup_logging  # noqa: E402
+from trainer import Trainer  # noqa: E402
+from trainer.build import build_data, build_model, load_and_check  # noqa: E402
+from trainer.optim import build_optimizers  # noqa: E402
+from utils.checkpoint import load_checkpoint, run_dir_of  # noqa: E402
+from utils.cli import ArgumentParser, run_main, short_flag_overrides  # noqa: E402
+from utils.device import device_spec, prepare_device, set_visible_devices  # noqa: E402
+from utils.distributed import DistInfo, broadcast_object, init_distributed, shutdown_distributed  # noqa: E402
+from utils.errors import CheckpointError, ConfigError  # noqa: E402
+from utils.run_dir import check_save_dir, new_run_dir, removed_on_failure, write_run_files  # noqa: E402
+from utils.seeding import seed_everything  # noqa: E402
 
 
 @dataclass
@@ -35,38 +39,53 @@ def train(config: dict, checkpoint: dict | None = None, checkpoint_path: str | P
           finetune: bool = False) -> TrainResult:
     """Train as `config` says. With a checkpoint: resume its run (same folder, full state),
     or with `finetune` start a new run from its weights only."""
-    resume = checkpoint is not None and not finetune
     dist_info = init_distributed()
-    try:
-        seed_everything(config["seed"] + dist_info.rank)
-        run_dir = run_dir_of(checkpoint_path) if resume else None
-        if run_dir is None and dist_info.is_main:
-            run_dir = new_run_dir(config["trainer"]["save_dir"], config["name"])
-        run_dir = broadcast_object(run_dir)
+    try:  # the model and Trainer live in _train's frame: DDP is released before the process group
+        return _train(config, checkpoint, checkpoint_path, finetune, dist_info)
+    finally:
+        shutdown_distributed()
+
+
+def _train(config: dict, checkpoint: dict | None, checkpoint_path: str | Path | None, finetune: bool,
+           dist_info: DistInfo) -> TrainResult:
+    resume = checkpoint is not None and not finetune
+    seed_everything(config["seed"] + dist_info.rank)
+    run_dir = run_dir_of(checkpoint_path) if resume else None
+    new_run = run_dir is None
+    if new_run and dist_info.is_main:
+        check_save_dir(config["trainer"]["save_dir"])
+    data = build_data(config)  # a bad data path or model config fails before any run folder exists
+    model = build_model(config, data)
+    if new_run and dist_info.is_main:
+        run_dir = new_run_dir(config["trainer"]["save_dir"], config["name"])
+    run_dir = broadcast_object(run_dir)
+    with removed_on_failure(run_dir, enabled=new_run and dist_info.is_main):
         logger = setup_logging(run_dir / "train.log", config["trainer"]["verbosity"], dist_info.is_main)
         if dist_info.is_main:
             write_run_files(run_dir, config, keep_environment=resume)
             logger.info("%s run %s", "resuming" if resume else "starting", run_dir)
+        trainer = _build_trainer(config, data, model, run_dir, dist_info, logger, checkpoint, checkpoint_path,
+                                 finetune)
+    return TrainResult(run_dir, trainer.fit())
 
-        data = build_data(config)
-        model = build_model(config, data)
-        device, device_ids = prepare_device(config["n_gpu"], dist_info, logger)
-        model.to(device)
-        if finetune:
-            load_model_weights(model, checkpoint)
-            logger.info("fine-tuning from the weights of %s", checkpoint_path)
-        logger.debug("%s", model)
-        optimizers, schedulers = build_optimizers(model, config)
-        writer = TensorboardWriter(run_dir, config["trainer"]["tensorboard"] and dist_info.is_main)
-        trainer = Trainer(model, optimizers, schedulers, config, data, device, device_ids, run_dir, dist_info,
-                          logger, writer)
-        if resume:
-            trainer.load_state_dict(checkpoint)
-            logger.info("resumed at epoch %d (global step %d)", checkpoint["epoch"], checkpoint["global_step"])
-        metrics = trainer.fit()
-        return TrainResult(run_dir, metrics)
-    finally:
-        shutdown_distributed()
+
+def _build_trainer(config: dict, data, model, run_dir: Path, dist_info, logger, checkpoint: dict | None,
+                  checkpoint_path, finetune: bool) -> Trainer:
+    """Device, weights, optimizers, TensorBoard and the Trainer, resumed from `checkpoint` unless fine-tuning."""
+    device, device_ids = prepare_device(config["n_gpu"], dist_info, logger)
+    model.to(device)
+    if finetune:
+        load_model_weights(model, checkpoint)
+        logger.info("fine-tuning from the weights of %s", checkpoint_path)
+    logger.debug("%s", model)
+    optimizers, schedulers = build_optimizers(model, config)
+    writer = TensorboardWriter(run_dir, config["trainer"]["tensorboard"] and dist_info.is_main)
+    trainer = Trainer(model, optimizers, schedulers, config, data, device, device_ids, run_dir, dist_info,
+                      logger, writer)
+    if checkpoint is not None and not finetune:
+        trainer.load_state_dict(checkpoint)
+        logger.info("resumed at epoch %d (global step %d)", checkpoint["epoch"], checkpoint["global_step"])
+    return trainer
 
 
 def config_from_args(args) -> tuple[dict, dict | None]:
@@ -76,14 +95,14 @@ def config_from_args(args) -> tuple[dict, dict | None]:
         raise ConfigError("give a config (-c CONFIG) or a checkpoint to resume (-r CHECKPOINT)")
     checkpoint = load_checkpoint(args.resume) if args.resume is not None else None
     if args.config is not None:
-        config = load_and_check(args.config, overrides)
+        config = load_and_check(args.config, overrides, lr=args.lr)
         if checkpoint is not None and checkpoint["arch"] != config["arch"]["type"]:
             raise CheckpointError(
                 f"checkpoint {args.resume} is from architecture {checkpoint['arch']!r}, the config asks "
                 f"for {config['arch']['type']!r}"
             )
     else:
-        config = load_and_check(base=checkpoint["config"], overrides=overrides)
+        config = load_and_check(base=checkpoint["config"], overrides=overrides, lr=args.lr)
     return config, checkpoint
 
 
@@ -91,10 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-c", "--config", help="config file (.json or .yaml)")
     parser.add_argument("-r", "--resume", help="checkpoint to resume (alone) or fine-tune from (with -c)")
-    parser.add_argument("-d", "--device", help="GPUs to use, e.g. 2,3 (sets CUDA_VISIBLE_DEVICES), or cpu")
+    parser.add_argument("-d", "--device", type=device_spec,
+                        help="GPUs to use, e.g. 2,3 (sets CUDA_VISIBLE_DEVICES), or cpu")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set optimizer.args.lr=3e-4 (value parsed as YAML)")
-    parser.add_argument("--lr", type=float, help="learning rate (optimizer.args.lr)")
+    parser.add_argument("--lr", type=float, help="learning rate of every optimizer: optimizer.args.lr, or "
+                                                  "optimizer.<group>.args.lr of every group of a per-group optimizer")
     parser.add_argument("--bs", type=int, help="batch size (data_loader.args.batch_size)")
     parser.add_argument("--epochs", type=int, help="number of epochs (trainer.epochs)")
     parser.add_argument("--seed", type=int, help="random seed")

@@ -18,7 +18,7 @@ from torch.amp import GradScaler
 from base.base_model import BaseModel
 from utils.checkpoint import FORMAT_VERSION, copy_atomic, save_atomic
 from utils.distributed import DistInfo, gather_objects
-from utils.errors import CheckpointError, ConfigError
+from utils.errors import CheckpointError, ConfigError, OutputWriteError
 from utils.seeding import rng_state, set_rng_state
 
 
@@ -50,6 +50,7 @@ class BaseTrainer:
         self.not_improved_count = 0
         self.start_epoch = 1
         self.global_step = 0
+        self.saved_epoch: int | None = None  # epoch of the last.pt this process wrote
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> dict[str, float]:
@@ -59,17 +60,22 @@ class BaseTrainer:
                              "--set trainer.epochs=N", self.start_epoch - 1, self.epochs)
             return {}
         log: dict[str, float] = {}
-        for epoch in range(self.start_epoch, self.epochs + 1):
-            started = time.perf_counter()
-            log = self._run_epoch(epoch)
-            improved = self._update_monitor(log)
-            self._log_epoch(epoch, log, time.perf_counter() - started, improved)
-            self._save_checkpoints(epoch, improved)
-            if self.early_stop and self.not_improved_count >= self.early_stop:
-                self.logger.info("early stopping: %s has not improved by more than %g for %d epochs",
-                                 self.monitor_key, self.min_delta, self.not_improved_count)
-                break
-        self._on_fit_end(log)
+        epoch = self.start_epoch
+        try:
+            for epoch in range(self.start_epoch, self.epochs + 1):
+                started = time.perf_counter()
+                log = self._run_epoch(epoch)
+                improved = self._update_monitor(log)
+                self._log_epoch(epoch, log, time.perf_counter() - started, improved)
+                self._save_checkpoints(epoch, improved)
+                if self.early_stop and self.not_improved_count >= self.early_stop:
+                    self.logger.info("early stopping: %s has not improved by more than %g for %d epochs",
+                                     self.monitor_key, self.min_delta, self.not_improved_count)
+                    break
+            self._on_fit_end(log)
+        except OutputWriteError as err:  # a full disk: say where training stopped and what is safe
+            raise OutputWriteError(err.path, f"{err.reason}; training stopped in epoch {epoch} and "
+                                             f"{self.last_good_checkpoint()}") from None
         return log
 
     def _run_epoch(self, epoch: int) -> dict[str, float]:
@@ -128,12 +134,21 @@ class BaseTrainer:
             return
         last = self.checkpoint_dir / "last.pt"
         save_atomic(state, last)
+        self.saved_epoch = epoch
         if epoch % self.save_period == 0:
             copy_atomic(last, self.checkpoint_dir / f"checkpoint-epoch{epoch}.pt")
             self._prune_epoch_checkpoints()
         if improved:
             copy_atomic(last, self.checkpoint_dir / "model_best.pt")
             self.logger.debug("saved model_best.pt (%s %.6g)", self.monitor_key, self.monitor_best)
+
+    def last_good_checkpoint(self) -> str:
+        """Where the run can be resumed from, for error messages."""
+        last = self.checkpoint_dir / "last.pt" if self.checkpoint_dir is not None else None
+        if last is None or not last.exists():
+            return "no checkpoint had been written yet"
+        epoch = f" (epoch {self.saved_epoch})" if self.saved_epoch is not None else ""
+        return f"the last good checkpoint is {last}{epoch}: resume with python train.py -r {last}"
 
     def _prune_epoch_checkpoints(self) -> None:
         if not self.keep_last:

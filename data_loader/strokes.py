@@ -1,11 +1,17 @@
-"""Pen-stroke sequences (handwriting, sketches) from a .npy object array, cut into fixed-length windows.
+"""Pen-stroke sequences (handwriting, sketches), cut into fixed-length windows.
 
-The common format: `np.save` of a 1-D object array with one element per drawing, each a float array
-(L, 3) of rows (pen_lift, dx, dy): pen_lift is 1 when the pen is lifted after the point (end of a
-stroke), else 0; (dx, dy) is the offset from the previous point.
+A drawing is a float array (L, 3) of rows (pen_lift, dx, dy): pen_lift is 1 when the pen is lifted
+after the point (end of a stroke), else 0; (dx, dy) is the offset from the previous point. Two file
+formats hold a list of drawings:
+- `.npz` (recommended, no pickle): `points` (sum of L, 3), the drawings one after another, and
+  `lengths` (number of drawings,) integers, e.g. `np.savez(path, points=np.concatenate(drawings),
+  lengths=[len(d) for d in drawings])`.
+- `.npy`: `np.save` of a 1-D object array with one drawing per element. It is unpickled admitting
+  numpy arrays only (`data_loader.safe_npy`), so a file cannot run code.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -13,29 +19,68 @@ import torch
 
 from base.base_data_loader import BaseDataLoader, TensorDictDataset
 from data_loader.registry import DATA_LOADERS
+from data_loader.safe_npy import UnsafePickleError, load_npy
 from utils.errors import ConfigError, DataError
+
+_FORMATS = ("an .npz with `points` (sum of L, 3) and `lengths` (number of drawings,), or an .npy object "
+            "array of (L, 3) drawings; columns (pen_lift, dx, dy)")
+
+
+def _read_npz(path: Path, where: str) -> list[np.ndarray]:
+    """The drawings of a `points`/`lengths` .npz, read without pickle."""
+    archive = np.load(path, allow_pickle=False)
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise DataError(f"{where} is not an .npz archive (np.savez); expected {_FORMATS}")
+    with archive:
+        missing = [key for key in ("points", "lengths") if key not in archive.files]
+        if missing:
+            raise DataError(f"{where} has no {' or '.join(missing)} array (it holds {sorted(archive.files)}); "
+                            f"expected {_FORMATS}")
+        points, lengths = archive["points"], archive["lengths"]
+    if points.ndim != 2 or points.shape[1] != 3:
+        raise DataError(f"{where}: points has shape {points.shape}, expected (sum of L, 3)")
+    if lengths.ndim != 1 or not np.issubdtype(lengths.dtype, np.integer):
+        raise DataError(f"{where}: lengths must be a 1-D integer array, got {lengths.dtype} of shape {lengths.shape}")
+    if len(lengths) and (lengths.min() < 1 or lengths.sum() != len(points)):
+        raise DataError(f"{where}: lengths must be >= 1 and sum to the {len(points)} rows of points, got "
+                        f"min {lengths.min()} and sum {lengths.sum()}")
+    return np.split(points, np.cumsum(lengths)[:-1]) if len(lengths) else []
+
+
+def _read_npy(path: Path, where: str) -> np.ndarray:
+    """The 1-D object array of drawings of an .npy file, unpickled admitting numpy arrays only."""
+    try:
+        array = load_npy(path)
+    except UnsafePickleError as err:
+        raise DataError(f"refusing to load {where}: {err}. Only numpy arrays are read from .npy files; save the "
+                        f"drawings as an .npz with points and lengths (see the README)") from None
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError, TypeError, AttributeError) as err:
+        raise DataError(f"cannot read {where}: {' '.join(str(err).split())[:200]}; expected {_FORMATS}") from None
+    if array.dtype != object or array.ndim != 1:
+        raise DataError(f"{where} must hold a 1-D object array (one (L, 3) drawing per element, saved with "
+                        f"np.save), got a {array.dtype} array of shape {array.shape}")
+    return array
 
 
 def load_strokes(path: str | Path, key: str = "path") -> list[torch.Tensor]:
-    """Read and validate a pen-stroke file: a list of (L_i, 3) float64 drawings, L_i >= 1.
+    """Read and validate a pen-stroke file (.npz or .npy): a list of (L_i, 3) float64 drawings, L_i >= 1.
 
     `key` names the config key that points at the file, for the error messages."""
+    path = Path(path)
     where = f"pen-stroke file {path} (data_loader.args.{key})"
-    if not Path(path).is_file():
-        raise DataError(f"{where} not found; point data_loader.args.{key} at a .npy object array of "
-                        f"(L, 3) drawings with columns (pen_lift, dx, dy)")
-    try:
-        array = np.load(path, allow_pickle=True, encoding="latin1")
-    except Exception as err:
-        raise DataError(f"cannot read {where} with np.load: {' '.join(str(err).split())[:200]}") from None
-    if not isinstance(array, np.ndarray) or array.dtype != object or array.ndim != 1:
-        got = f"{array.dtype} array of shape {array.shape}" if isinstance(array, np.ndarray) else type(array).__name__
-        raise DataError(f"{where} must hold a 1-D object array (one (L, 3) drawing per element, saved with "
-                        f"np.save), got a {got}")
-    if len(array) == 0:
+    if not path.is_file():
+        raise DataError(f"{where} not found; point data_loader.args.{key} at {_FORMATS}")
+    if path.suffix == ".npz":
+        try:
+            elements = _read_npz(path, where)
+        except (OSError, ValueError, EOFError) as err:  # not a zip, a member with pickled objects, ...
+            raise DataError(f"cannot read {where}: {' '.join(str(err).split())[:200]}; expected {_FORMATS}") from None
+    else:
+        elements = _read_npy(path, where)
+    if len(elements) == 0:
         raise DataError(f"{where} holds no drawings; it needs at least one (L, 3) drawing")
     drawings = []
-    for i, element in enumerate(array):
+    for i, element in enumerate(elements):
         try:
             drawing = np.asarray(element, dtype=np.float64)
         except (TypeError, ValueError):
@@ -81,7 +126,7 @@ class PenStrokesDataLoader(BaseDataLoader):
     padding after them. No point is in two windows. The validation split is over training windows.
 
     Args:
-        path: .npy object array of (L, 3) drawings (see `load_strokes`).
+        path: .npz (points, lengths) or .npy object array of (L, 3) drawings (see the module docstring).
         test_path: file of test drawings; when None, `test_fraction` of the drawings of `path`
             (whole drawings, at least one) are held out, chosen with `split_seed`.
         test_fraction: fraction of drawings held out for testing when there is no test_path.

@@ -5,6 +5,20 @@ import logging
 import sys
 from pathlib import Path
 
+from utils.errors import OutputWriteError
+
+
+class _LogFile(logging.FileHandler):
+    """A log file whose failed writes (a full disk) raise OutputWriteError; logging's default
+    prints a traceback and carries on without the log."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        err = sys.exc_info()[1]
+        if isinstance(err, OSError):
+            raise OutputWriteError(self.baseFilename, err) from None
+        super().handleError(record)
+
+
 LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 
 
@@ -19,7 +33,10 @@ def setup_logging(log_file: Path | None, verbosity: int = 1, is_main: bool = Tru
     console.setFormatter(fmt)
     logger.addHandler(console)
     if log_file is not None and is_main:
-        file_handler = logging.FileHandler(log_file)
+        try:
+            file_handler = _LogFile(log_file)
+        except OSError as err:
+            raise OutputWriteError(log_file, err) from None
         file_handler.setFormatter(fmt)
         logger.addHandler(file_handler)
     return logger

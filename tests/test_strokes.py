@@ -226,3 +226,61 @@ def test_a_single_drawing_leaves_nothing_to_train_on(tmp_path):
     with pytest.raises(ConfigError, match="holds out 1 of the 1 drawings"):
         load(path)
     assert len(load(path, test_path=path).train_set) > 0
+
+
+def save_npz(path: Path, drawings: list[np.ndarray]) -> str:
+    np.savez(path, points=np.concatenate(drawings), lengths=[len(d) for d in drawings])
+    return str(path)
+
+
+def test_npz_and_object_array_give_the_same_data_set(tmp_path, strokes):
+    path, drawings = strokes
+    from_npy = load(path)
+    from_npz = load(save_npz(tmp_path / "strokes.npz", drawings))
+    for name in ("train_set", "test_set"):
+        a, b = getattr(from_npy, name).tensors, getattr(from_npz, name).tensors
+        assert torch.equal(a["x"], b["x"]) and torch.equal(a["mask"], b["mask"])
+    assert torch.equal(from_npy.offset_mean, from_npz.offset_mean)
+    assert torch.equal(from_npy.test_drawings, from_npz.test_drawings)
+    check_windows(from_npz, from_npz.train_set,
+                  [d for i, d in enumerate(drawings) if i not in set(from_npz.test_drawings.tolist())])
+
+
+def test_npz_reads_integer_offsets_of_any_width(tmp_path):
+    drawings = [np.array([[0, 3, -2], [1, 1, 1]], dtype=np.int16), np.array([[1, -5, 4]], dtype=np.int16)]
+    data = load(save_npz(tmp_path / "int.npz", drawings), test_path=save_npz(tmp_path / "int_test.npz", drawings),
+                normalize=False, min_window_len=1)
+    check_windows(data, data.train_set, [d.astype(np.float64) for d in drawings], min_len=1)
+
+
+@pytest.mark.parametrize("arrays, match", [
+    ({"points": np.zeros((5, 3))}, r"has no lengths array \(it holds \['points'\]\)"),
+    ({"lengths": np.array([5])}, "has no points array"),
+    ({"points": np.zeros((5, 2)), "lengths": np.array([5])}, r"points has shape \(5, 2\)"),
+    ({"points": np.zeros((5, 3)), "lengths": np.array([2.0, 3.0])}, "lengths must be a 1-D integer array"),
+    ({"points": np.zeros((5, 3)), "lengths": np.array([2, 2])}, "sum to the 5 rows of points, got min 2 and sum 4"),
+    ({"points": np.zeros((5, 3)), "lengths": np.array([5, 0])}, "lengths must be >= 1"),
+    ({"points": np.zeros((0, 3)), "lengths": np.zeros(0, dtype=int)}, "holds no drawings"),
+    ({"points": np.full((2, 3), 0.5), "lengths": np.array([2])}, "drawing 0 has pen_lift values other than 0 and 1"),
+])
+def test_malformed_npz_files_are_data_errors(tmp_path, arrays, match):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=match) as info:
+        load(str(path))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_npz_with_pickled_members_or_other_content_is_refused(tmp_path):
+    drawings = np.empty(1, dtype=object)
+    drawings[0] = np.zeros((3, 3))
+    np.savez(tmp_path / "pickled.npz", points=drawings, lengths=np.array([3]))
+    with pytest.raises(DataError, match="Object arrays cannot be loaded when allow_pickle=False"):
+        load(str(tmp_path / "pickled.npz"))
+    np.save(tmp_path / "array.npy", np.zeros((3, 3)))
+    (tmp_path / "array.npy").rename(tmp_path / "renamed.npz")
+    with pytest.raises(DataError, match=r"renamed\.npz \(data_loader\.args\.path\) is not an \.npz archive"):
+        load(str(tmp_path / "renamed.npz"))
+    (tmp_path / "text.npz").write_text("points,lengths\n")
+    with pytest.raises(DataError, match=r"cannot read pen-stroke file .*text\.npz"):
+        load(str(tmp_path / "text.npz"))

@@ -25,9 +25,9 @@ def check_names(config: dict) -> None:
                 )
 
 
-def load_and_check(path=None, overrides=(), base=None) -> dict:
+def load_and_check(path=None, overrides=(), base=None, lr: float | None = None) -> dict:
     """`load_config` plus `check_names`: everything about a config is known to be valid."""
-    config = load_config(path, overrides, base)
+    config = load_config(path, overrides, base, lr)
     check_names(config)
     return config
 

@@ -185,12 +185,9 @@ class Trainer(BaseTrainer):
                 self.logger.warning("non-finite loss (%s) at %s: step skipped (trainer.nan_policy=skip)",
                                     loss.item(), where)
             return
-        last = self.checkpoint_dir / "last.pt" if self.checkpoint_dir is not None else None
-        kept = f"the last good checkpoint is {last}" if last is not None and last.exists() else \
-            "no checkpoint had been written yet"
         raise NonFiniteLossError(
-            f"non-finite loss ({loss.item()}) at {where}; training stopped and {kept}. Lower the learning "
-            f"rate, set trainer.grad_clip, or set trainer.nan_policy=skip to skip such steps."
+            f"non-finite loss ({loss.item()}) at {where}; training stopped and {self.last_good_checkpoint()}. "
+            f"Lower the learning rate, set trainer.grad_clip, or set trainer.nan_policy=skip to skip such steps."
         )
 
     # ------------------------------------------------------------ logging

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from utils.errors import CheckpointError
+from utils.errors import CheckpointError, OutputWriteError
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "config", "arch", "epoch", "global_step", "model")
@@ -35,12 +35,16 @@ def _replace_atomically(tmp: Path, path: Path) -> None:
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then move it into place."""
+    """Call `write(tmp)` on a temporary file beside `path`, then move it into place. A failed write
+    (a full disk: OSError, or RuntimeError from torch.save's zip writer) leaves `path` as it was and
+    no temporary file, and raises OutputWriteError naming `path`."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
         _replace_atomically(tmp, path)
+    except (OSError, RuntimeError) as err:
+        raise OutputWriteError(path, err) from None
     finally:
         tmp.unlink(missing_ok=True)
 

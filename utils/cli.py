@@ -29,8 +29,8 @@ def run_main(main: Callable[[], int | None]) -> int:
 
 
 def short_flag_overrides(args: argparse.Namespace) -> list[str]:
-    """--lr/--bs/--epochs/--seed as `--set` overrides (they come after the --set ones)."""
-    flags = {"lr": "optimizer.args.lr", "bs": "data_loader.args.batch_size", "epochs": "trainer.epochs",
-             "seed": "seed"}
+    """--bs/--epochs/--seed as `--set` overrides (they come after the --set ones); --lr is
+    `load_config`'s `lr`, since where it goes depends on the optimizer spec."""
+    flags = {"bs": "data_loader.args.batch_size", "epochs": "trainer.epochs", "seed": "seed"}
     return [f"{path}={getattr(args, name)}" for name, path in flags.items()
             if getattr(args, name, None) is not None]

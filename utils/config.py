@@ -85,7 +85,7 @@ def parse_value(text: str) -> Any:
     try:
         return yaml.load(text, Loader=_YamlLoader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"cannot parse override value {text!r}: {err}") from None
+        raise ConfigError(f"cannot parse override value {text!r}: {' '.join(str(err).split())}") from None
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -93,7 +93,12 @@ def read_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text; give a .yaml or .json config file") from None
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
     try:
         if path.suffix == ".json":
             data = json.loads(text)
@@ -251,15 +256,26 @@ def _check_spec(spec: Any, path: str, allowed: tuple[str, ...] = ("type", "args"
         raise ConfigError(f"config key '{path}.args' must be a mapping")
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None) -> dict:
+def set_learning_rate(config: dict, lr: float) -> None:
+    """`--lr`: set `args.lr` of the single optimizer spec, or of every parameter group's spec."""
+    spec = config["optimizer"]
+    for group in [spec] if "type" in spec else spec.values():
+        if isinstance(group, dict):  # anything else is reported by `optimizer_groups`
+            group["args"] = {**(group.get("args") or {}), "lr": lr}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = (), base: dict | None = None,
+                lr: float | None = None) -> dict:
     """Read `path` (or start from `base`, e.g. a checkpoint's config), fill defaults,
-    apply overrides and validate the schema. Names of classes are checked by
-    `check_names` once the registries are importable."""
+    apply overrides, then `lr` (every optimizer's learning rate), and validate the schema.
+    Names of classes are checked by `check_names` once the registries are importable."""
     raw = read_config_file(path) if path is not None else copy.deepcopy(base)
     config = with_defaults(raw)
     for assignment in overrides:
         apply_override(config, assignment)
     validate_schema(config)
+    if lr is not None:
+        set_learning_rate(config, lr)
     optimizer_groups(config)
     return config
 

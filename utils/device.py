@@ -1,6 +1,7 @@
 """Device selection: CUDA_VISIBLE_DEVICES from -d, GPU count checks, CPU fallback."""
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 
@@ -9,13 +10,23 @@ import torch
 from utils.distributed import DistInfo
 
 
+def device_spec(text: str) -> str:
+    """argparse type of `-d`: 'cpu' or distinct comma-separated GPU indices ('0', '2,3'), normalised."""
+    spec = text.replace(" ", "").lower()
+    indices = spec.split(",")
+    if spec != "cpu" and not (all(i.isdecimal() for i in indices) and len(set(indices)) == len(indices)):
+        raise argparse.ArgumentTypeError(
+            f"-d takes cpu or distinct comma-separated GPU indices such as 0 or 2,3, got {text!r}")
+    return spec
+
+
 def set_visible_devices(spec: str) -> int:
-    """Apply `-d 2,3` (or `-d cpu`) before CUDA initialises; returns the number of GPUs named."""
-    if spec.strip().lower() == "cpu":
+    """Apply a `device_spec` (`-d 2,3` or `-d cpu`) before CUDA initialises; returns the number of GPUs named."""
+    if spec == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         return 0
     os.environ["CUDA_VISIBLE_DEVICES"] = spec
-    return len([d for d in spec.split(",") if d.strip()])
+    return len(spec.split(","))
 
 
 def prepare_device(n_gpu: int, dist_info: DistInfo, logger: logging.Logger) -> tuple[torch.device, list[int]]:

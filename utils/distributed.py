@@ -1,6 +1,7 @@
 """torch.distributed setup for torchrun (WORLD_SIZE in the environment) and small collectives."""
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +41,10 @@ def init_distributed() -> DistInfo:
 
 
 def shutdown_distributed() -> None:
+    """Destroy the process group once the objects that use it are gone: a DDP model still alive (or
+    held by a reference cycle) when its group is destroyed hangs its process at exit on torch 2.4."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

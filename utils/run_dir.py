@@ -1,19 +1,41 @@
 """Run folders saved/<name>/<YYYYMMDD-HHMMSS>-<unique>/ and the environment record."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import secrets
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 import yaml
 
+from utils.checkpoint import write_atomic
+from utils.errors import ConfigError, OutputWriteError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def check_save_dir(save_dir: str | Path) -> None:
+    """Raise ConfigError unless run folders can be created under `save_dir`: its nearest existing
+    ancestor must be a folder this process may write into. Creates nothing."""
+    path = Path(save_dir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable (read-only file system or no permission)"
+    if problem:
+        raise ConfigError(f"config key 'trainer.save_dir' ({save_dir}): cannot create run folders there: {problem}; "
+                          f"set trainer.save_dir to a writable folder")
 
 
 def new_run_dir(save_dir: str | Path, name: str) -> Path:
@@ -26,6 +48,20 @@ def new_run_dir(save_dir: str | Path, name: str) -> Path:
             return path
         except FileExistsError:
             continue
+        except OSError as err:
+            raise OutputWriteError(path, err) from None
+
+
+@contextlib.contextmanager
+def removed_on_failure(run_dir: Path, enabled: bool) -> Iterator[None]:
+    """Delete `run_dir` (made moments ago, holding only start-up files) if the block raises, so
+    that a failed start leaves no half-made run folder behind."""
+    try:
+        yield
+    except BaseException:
+        if enabled:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def git_commit() -> str | None:
@@ -56,7 +92,9 @@ def environment_record() -> dict:
 
 def write_run_files(run_dir: Path, config: dict, keep_environment: bool = False) -> None:
     """The resolved config and the environment record (a resumed run keeps the first record)."""
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    text = yaml.safe_dump(config, sort_keys=False)
+    write_atomic(run_dir / "config.yaml", lambda tmp: tmp.write_text(text))
     env = run_dir / "environment.json"
     if not (keep_environment and env.exists()):
-        env.write_text(json.dumps(environment_record(), indent=2))
+        record = json.dumps(environment_record(), indent=2)
+        write_atomic(env, lambda tmp: tmp.write_text(record))
