@@ -8,11 +8,13 @@
 Each config, or each (config, batch size) pair with --bs, is one entry (labelled
 `vae_mnist@bs1024`), run in its own long-lived worker process (spawn) that builds the data,
 model, optimizers and Trainer once (TensorBoard off, no run folder) and trains --warmup steps.
+Every step is a full batch: the training loader drops the short last batch of each pass.
 Then, for --repeats rounds, the entries take turns, one at a time, running --steps optimizer
-steps through Trainer.train_epoch; every round starts from the state the warm-up left (weights,
-optimizer, RNG, batches), so the rounds of an entry do the same work. Each entry reports its
-median round; `ratio` is its median time over the first entry's and `spread` is
-(slowest - fastest round) / median.
+steps through Trainer.train_epoch, the entry that goes first rotating from round to round;
+every round starts from the state the warm-up left (weights, optimizer, RNG, batches), so the
+rounds of an entry do the same work. Each entry reports its median round with the slowest and
+fastest round beside it; `ratio` is its median time over that of the baseline, the first
+config at the same batch size, and `spread` is (slowest - fastest round) / median.
 
 Peak memory (MiB) is measured over building and warm-up, which run the same steps as the timed
 rounds (afterwards the worker holds a saved copy of the training state): the worker's peak RSS
@@ -41,9 +43,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
-from benchmarks.common import (build_trainer, examples_in, load_bench_config, positive_int, restore,  # noqa: E402
-                               set_threads, snapshot, synchronize, time_call)
+from benchmarks.common import (build_trainer, load_bench_config, positive_int, restore, set_threads,  # noqa: E402
+                               snapshot, synchronize, time_call)
 from utils.cli import ArgumentParser, run_main  # noqa: E402
 from utils.errors import UserError  # noqa: E402
 
@@ -72,12 +75,18 @@ def serve(conn: Connection, config: dict, device: torch.device, threads: int | N
     synchronize(device)
     ready = {"threads": threads, "batch_size": loader.batch_size, "base_mem_mb": base_mem_mb,
              "peak_mem_mb": peak_mem_mb(device),
-             "examples": examples_in(steps, len(loader.sampler), loader.batch_size)}
+             "examples": examples_per_round(loader, steps)}
     start = snapshot(trainer)
     conn.send(("ready", ready))
     while conn.recv() == "run":
         restore(trainer, start)
         conn.send(("done", time_call(partial(trainer.train_epoch, 2), device)))
+
+
+def examples_per_round(loader: DataLoader, steps: int) -> int:
+    """Examples in a round of `steps` steps: all are full batches (build_trainer drops short ones)."""
+    assert loader.drop_last, "the benchmark's training loader must drop the short last batch"
+    return steps * loader.batch_size
 
 
 def peak_mem_mb(device: torch.device) -> float:
@@ -155,8 +164,9 @@ def unique_labels(labels: list[str]) -> list[str]:
 
 
 def make_entries(paths: list[str], batch_sizes: list[int] | None, overrides: list[str], steps: int) -> list[Entry]:
-    """One validated config per (config, batch size); a bad config raises ConfigError here."""
-    pairs = [(path, bs) for path in paths for bs in (batch_sizes or [None])]
+    """One validated config per (batch size, config), grouped by batch size; a bad config raises
+    ConfigError here."""
+    pairs = [(path, bs) for bs in (batch_sizes or [None]) for path in paths]
     configs = [load_bench_config(path, overrides, steps, bs) for path, bs in pairs]
     labels = unique_labels([Path(path).stem + (f"@bs{bs}" if bs else "") for path, bs in pairs])
     return [Entry(label, path, config) for label, (path, _), config in zip(labels, pairs, configs)]
@@ -170,16 +180,31 @@ def run_rounds(workers: list[Worker], repeats: int) -> None:
             worker.run_round()
 
 
+def baselines(workers: list[Worker]) -> dict[int, Worker]:
+    """Batch size -> the first entry at that batch size, which the others are compared with."""
+    first: dict[int, Worker] = {}
+    for w in workers:
+        first.setdefault(w.info["batch_size"], w)
+    return first
+
+
 def summarize(workers: list[Worker], device: str, steps: int, repeats: int, warmup: int) -> list[dict]:
-    base = statistics.median(workers[0].seconds)
+    """One row per entry: median, slowest and fastest round as rates, and the ratio of its median
+    time to its baseline's (`baselines`)."""
+    first = baselines(workers)
     rows = []
     for w in workers:
-        seconds = statistics.median(w.seconds)
+        seconds, slowest, fastest = statistics.median(w.seconds), max(w.seconds), min(w.seconds)
+        base = first[w.info["batch_size"]]
+        examples = w.info["examples"]
         rows.append({
             "config": w.entry.label, "config_path": w.entry.path, "batch_size": w.info["batch_size"],
-            "steps_per_s": steps / seconds, "examples_per_s": w.info["examples"] / seconds,
+            "steps_per_s": steps / seconds, "steps_per_s_min": steps / slowest, "steps_per_s_max": steps / fastest,
+            "examples_per_s": examples / seconds, "examples_per_s_min": examples / slowest,
+            "examples_per_s_max": examples / fastest,
             "peak_mem_mb": w.info["peak_mem_mb"], "base_mem_mb": w.info["base_mem_mb"],
-            "ratio_to_first": seconds / base, "spread": (max(w.seconds) - min(w.seconds)) / seconds,
+            "baseline": base.entry.label, "ratio_to_baseline": seconds / statistics.median(base.seconds),
+            "spread": (slowest - fastest) / seconds,
             "seconds": w.seconds, "device": device, "threads": w.info["threads"], "steps": steps,
             "repeats": repeats, "warmup": warmup,
         })
@@ -189,14 +214,21 @@ def summarize(workers: list[Worker], device: str, steps: int, repeats: int, warm
 def print_table(rows: list[dict]) -> None:
     first = rows[0]
     print(f"device {first['device']}, {first['threads']} thread(s), {first['steps']} steps x "
-          f"{first['repeats']} repeats (median), warm-up {first['warmup']} steps")
+          f"{first['repeats']} rounds (median, min-max over the rounds), warm-up {first['warmup']} steps, "
+          "full batches only")
     width = max(len("config"), *(len(row["config"]) for row in rows))
-    print(f"{'config':<{width}}  {'batch':>6}  {'steps/s':>9}  {'examples/s':>11}  {'peak MB':>9}  "
-          f"{'base MB':>8}  {'ratio':>6}  {'spread':>6}")
-    for row in rows:
-        print(f"{row['config']:<{width}}  {row['batch_size']:>6}  {row['steps_per_s']:>9.2f}  "
-              f"{row['examples_per_s']:>11.0f}  {row['peak_mem_mb']:>9.1f}  "
-              f"{row['base_mem_mb']:>8.1f}  {row['ratio_to_first']:>6.3f}  {row['spread']:>6.1%}")
+    steps_range = [f"{row['steps_per_s_min']:.2f}-{row['steps_per_s_max']:.2f}" for row in rows]
+    examples_range = [f"{row['examples_per_s_min']:.0f}-{row['examples_per_s_max']:.0f}" for row in rows]
+    sw, ew = max(len("min-max"), *map(len, steps_range)), max(len("min-max"), *map(len, examples_range))
+    print(f"{'config':<{width}}  {'batch':>6}  {'steps/s':>8}  {'min-max':>{sw}}  {'examples/s':>10}  "
+          f"{'min-max':>{ew}}  {'peak MB':>8}  {'base MB':>8}  {'ratio':>6}  {'spread':>6}")
+    for row, srange, erange in zip(rows, steps_range, examples_range):
+        print(f"{row['config']:<{width}}  {row['batch_size']:>6}  {row['steps_per_s']:>8.2f}  {srange:>{sw}}  "
+              f"{row['examples_per_s']:>10.0f}  {erange:>{ew}}  {row['peak_mem_mb']:>8.1f}  "
+              f"{row['base_mem_mb']:>8.1f}  {row['ratio_to_baseline']:>6.3f}  {row['spread']:>6.1%}")
+    named = {row["batch_size"]: row["baseline"] for row in rows}
+    print("ratio: median time over the baseline's, the first config at the same batch size ("
+          + "; ".join(f"batch {bs}: {label}" for bs, label in named.items()) + ")")
 
 
 def resolve_device(name: str | None) -> str:

@@ -1,5 +1,5 @@
 """Helpers shared by the benchmark scripts: bench configs, a Trainer built as train.py
-builds it (no run folder, TensorBoard off), timing and argument types."""
+builds it (no run folder, TensorBoard off, full batches only), timing and argument types."""
 from __future__ import annotations
 
 import argparse
@@ -8,12 +8,14 @@ import time
 from typing import Callable
 
 import torch
+from torch.utils.data import DataLoader
 
 from logger import TensorboardWriter, setup_logging
 from trainer import Trainer
 from trainer.build import build_data, build_model, load_and_check
 from trainer.optim import build_optimizers
 from utils.distributed import DistInfo
+from utils.errors import UserError
 from utils.seeding import seed_everything
 
 
@@ -38,13 +40,28 @@ def load_bench_config(path: str, overrides: list[str], steps: int, batch_size: i
 
 
 def build_trainer(config: dict, device: torch.device) -> Trainer:
-    """Data, model, optimizers and Trainer as train.py builds them, without a run folder."""
+    """Data, model, optimizers and Trainer as train.py builds them, without a run folder; the
+    training loader drops the short last batch of every pass (`full_batches_only`)."""
     seed_everything(config["seed"])
     data = build_data(config)
     model = build_model(config, data)
     optimizers, schedulers = build_optimizers(model.to(device), config)
-    return Trainer(model, optimizers, schedulers, config, data, device, [], None, DistInfo(),
-                   setup_logging(None, 0), TensorboardWriter(None, enabled=False))
+    trainer = Trainer(model, optimizers, schedulers, config, data, device, [], None, DistInfo(),
+                      setup_logging(None, 0), TensorboardWriter(None, enabled=False))
+    trainer.train_loader = full_batches_only(trainer.train_loader)
+    return trainer
+
+
+def full_batches_only(loader: DataLoader) -> DataLoader:
+    """The same loader (dataset, sampler, collate, workers) with drop_last: every batch holds
+    exactly `batch_size` examples, so a benchmarked step is a step at the stated batch size
+    (100 SVAE-LDS chunks at batch 64 would otherwise alternate batches of 64 and 36)."""
+    if len(loader.sampler) < loader.batch_size:
+        raise UserError(f"batch size {loader.batch_size} is larger than the {len(loader.sampler)} training "
+                        "examples: a benchmark needs at least one full batch")
+    return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=loader.sampler,
+                      num_workers=loader.num_workers, collate_fn=loader.collate_fn,
+                      worker_init_fn=loader.worker_init_fn, pin_memory=loader.pin_memory, drop_last=True)
 
 
 def snapshot(trainer: Trainer) -> dict:
@@ -88,13 +105,3 @@ def microseconds_per_call(fn: Callable[[], object], calls: int) -> float:
     for _ in range(calls):
         fn()
     return (time.perf_counter() - started) / calls * 1e6
-
-
-def examples_in(steps: int, num_examples: int, batch_size: int) -> int:
-    """Examples in `steps` batches taken pass after pass over `num_examples` (the last
-    batch of a pass may be short), as Trainer.train_epoch takes them."""
-    per_pass = [batch_size] * (num_examples // batch_size)
-    if num_examples % batch_size:
-        per_pass.append(num_examples % batch_size)
-    full, rest = divmod(steps, len(per_pass))
-    return full * num_examples + sum(per_pass[:rest])
