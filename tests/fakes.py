@@ -18,6 +18,7 @@ from torch import nn  # noqa: E402
 from base.base_data_loader import BaseDataLoader, TensorDictDataset  # noqa: E402
 from base.base_model import BaseModel  # noqa: E402
 from data_loader.registry import DATA_LOADERS  # noqa: E402
+from model.graph.recurrent import RecurrentGraphVAE, Trajectory  # noqa: E402
 from model.registry import ARCHITECTURES  # noqa: E402
 
 
@@ -99,6 +100,74 @@ class HookProbe(BaseModel):
 
     def load_schedule_state(self, state: dict[str, Any]) -> None:
         self.tau = state["tau"]
+
+
+@ARCHITECTURES.register("PrecisionProbe")
+class PrecisionProbe(BaseModel):
+    """Linear regression that counts, in buffers saved with the checkpoint, its forward calls and those that
+    ran in reduced precision (autocast on for the input's device, or a linear layer's output that is not
+    float32). A test fake: real models keep forward free of side effects."""
+
+    def __init__(self, data_shape: tuple[int, ...]):
+        super().__init__()
+        self.linear = nn.Linear(data_shape[0], 1)
+        self.register_buffer("forwards", torch.zeros((), dtype=torch.long))
+        self.register_buffer("reduced_precision_forwards", torch.zeros((), dtype=torch.long))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        prediction = self.linear(batch["x"])
+        reduced = torch.is_autocast_enabled(batch["x"].device.type) or prediction.dtype != torch.float32
+        self.forwards += 1
+        self.reduced_precision_forwards += int(reduced)
+        mse = (prediction.float() - batch["y"]).pow(2).mean()
+        return {"loss": mse}
+
+
+@ARCHITECTURES.register("ScriptedMetric")
+class ScriptedMetric(BaseModel):
+    """Whatever its parameter: a loss that falls every epoch (1 / epoch) and a metric `score` that takes
+    the values `scores`, one per epoch (the last one repeats); for tests of what the Trainer does with
+    the metrics it monitors."""
+
+    def __init__(self, data_shape: tuple[int, ...], scores: list[float] = (1.0,)):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+        self.scores = [float(s) for s in scores]
+        self.epoch = 1
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        anchor = 0 * self.weight  # gives the loss a graph to backpropagate through
+        score = self.scores[min(self.epoch, len(self.scores)) - 1]
+        return {"loss": anchor + 1.0 / self.epoch, "score": anchor.detach() + score}
+
+    def on_epoch_end(self, epoch: int) -> None:
+        self.epoch = epoch + 1
+
+
+@ARCHITECTURES.register("RecurrentWithoutLatents")
+class RecurrentWithoutLatents(RecurrentGraphVAE):
+    """RecurrentGraphVAE with its latents removed, a baseline for it: z_t = 0 wherever the model reads it (the
+    decoder and the recurrent state) and no KL, so the ELBO is the exact log-likelihood of a deterministic
+    recurrent model p(x_t | s_{t-1}) with the same networks, likelihood and optimizer. The unused latent paths
+    are skipped (a cheaper epoch); it evaluates `elbo` only and draws no figures."""
+
+    def filter(self, x: torch.Tensor, same_gates: torch.Tensor, prev_gates: torch.Tensor,
+               noise: torch.Tensor | None = None) -> Trajectory:
+        R, T, _ = x.shape
+        zeros = x.new_zeros(R, self.num_nodes * self.node_dim)
+        state, states = self.start_state(R), []
+        for features_t in self.features(x).unbind(1):
+            states.append(self.hidden(state))
+            state = self.rnn(torch.cat([features_t, zeros], -1), state)
+        return Trajectory(zeros[:, None].expand(R, T, -1), torch.stack(states, 1), None, None, None, None, None,
+                          state, zeros)
+
+    def step_terms(self, x: torch.Tensor, mask: torch.Tensor, traj: Trajectory) -> tuple[torch.Tensor, torch.Tensor]:
+        log_px = self.likelihood.log_prob(self.decode(traj.z, traj.states), x)
+        return torch.where(mask, log_px, 0.0), x.new_zeros(*mask.shape, self.num_nodes)
+
+    def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
+        pass
 
 
 if __name__ == "__main__":

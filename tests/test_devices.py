@@ -35,6 +35,17 @@ def test_asking_for_more_gpus_than_present_warns_and_uses_what_is_there(caplog, 
 
 
 def test_move_to_handles_nested_batches():
-    batch = {"x": torch.ones(2), "parts": [torch.zeros(1), (torch.ones(1),)], "name": "n"}
-    moved = move_to(batch, torch.device("cpu"))
-    assert moved["name"] == "n" and isinstance(moved["parts"][1], tuple)
+    """Every tensor at any depth changes device ("meta": a real device change without a GPU); other
+    values are returned as they are and the container types are kept."""
+    meta = torch.device("meta")
+    name, count = "n", 3
+    batch = {"x": torch.ones(2), "parts": [torch.zeros(1, dtype=torch.long), (torch.ones(1), name), count],
+             "nested": {"y": (torch.ones(3, 2),)}}
+    moved = move_to(batch, meta)
+    assert moved["x"].device == meta and moved["x"].shape == (2,)
+    assert type(moved["parts"]) is list and type(moved["parts"][1]) is tuple and type(moved["nested"]["y"]) is tuple
+    assert moved["parts"][0].device == meta and moved["parts"][0].dtype == torch.long
+    assert moved["parts"][1][0].device == meta and moved["parts"][1][1] is name and moved["parts"][2] is count
+    assert moved["nested"]["y"][0].device == meta and moved["nested"]["y"][0].shape == (3, 2)
+    assert batch["x"].device.type == "cpu"  # the input batch is left as it was
+    assert move_to(torch.ones(1), meta).device == meta

@@ -15,7 +15,10 @@ from model.expfam.psd import jitter_retries, psd_cholesky
 from model.svae.gmm import SVAEGMM
 from model.svae.gmm_inference import local_meanfield, meanfield_update, mixture_expectations
 from tests.conftest import ROOT, train_halfway_and_resume
+from train import train
+from trainer.build import build_data, build_model, load_and_check
 from utils.config import read_config_file
+from utils.seeding import seed_everything
 
 DT = torch.float64
 
@@ -81,13 +84,37 @@ def test_meanfield_sweeps_never_decrease_the_local_objective():
 
 
 def test_only_the_last_sweep_is_differentiable():
+    """The gradient is that of one sweep from the converged responsibilities, held constant: equal to a
+    hand-built reference (sweeps without gradient, then one sweep with autograd), and not the gradient
+    of backpropagating through every sweep (which differs before exact convergence)."""
     gen = torch.Generator().manual_seed(2)
     dir_nat, niw_nat = random_globals(4, 2, gen)
+    mix = mixture_expectations(dir_nat, niw.expected_stats(niw_nat))
     node_J, node_h = (t.requires_grad_(True) for t in random_potentials(5, 2, gen))
-    post, iterations = local_meanfield(node_J, node_h, mixture_expectations(dir_nat, niw.expected_stats(niw_nat)), max_iter=50)
-    assert 1 <= iterations <= 50
-    grad_J, grad_h = torch.autograd.grad(post.kl.sum(), (node_J, node_h))
-    assert grad_J.abs().sum() > 0 and grad_h.abs().sum() > 0
+    weights = torch.randn(5, 2, generator=gen, dtype=DT)
+
+    def objective(post):  # depends on q(x) and, through the KL, on q(z)
+        return post.kl.sum() + (weights * post.mean).sum()
+
+    post, iterations = local_meanfield(node_J, node_h, mix, max_iter=50)
+    assert 2 <= iterations < 50  # converged by tol, after more than one sweep
+    grads = torch.autograd.grad(objective(post), (node_J, node_h))
+
+    def sweeps(n: int) -> torch.Tensor:
+        r = torch.full((5, 4), 1 / 4, dtype=DT)
+        for _ in range(n):
+            r = meanfield_update(node_J, node_h, r, mix).responsibilities
+        return r
+
+    with torch.no_grad():
+        converged = sweeps(iterations)
+    one_sweep = torch.autograd.grad(objective(meanfield_update(node_J, node_h, converged, mix)), (node_J, node_h))
+    unrolled = torch.autograd.grad(objective(meanfield_update(node_J, node_h, sweeps(iterations), mix)),
+                                   (node_J, node_h))
+    for got, want, through_all in zip(grads, one_sweep, unrolled):
+        assert want.abs().max() > 0.1
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        assert (got - through_all).abs().max() > 1e-3, "gradient flows through the sweeps before the last"
 
 
 def tiny_model(num_train: int, rho: float, seed: int = 0) -> SVAEGMM:
@@ -199,7 +226,22 @@ def gmm_config(tmp_path) -> dict:
     return config
 
 
-def test_train_resume_and_evaluate(gmm_config):
+def untrained_weights(config: dict) -> dict[str, torch.Tensor]:
+    """The model state training starts from (train.py seeds, then builds the data and the model)."""
+    seed_everything(config["seed"])
+    return build_model(config, build_data(config)).state_dict()
+
+
+def evaluate_with_weights(checkpoint_path, weights: dict[str, torch.Tensor], folder) -> dict:
+    """test.py's metrics for the checkpoint's config and test split, with other model weights."""
+    state = torch.load(checkpoint_path, weights_only=True)
+    state["model"] = weights
+    folder.mkdir()
+    torch.save(state, folder / "model.pt")
+    return test_script.evaluate(folder / "model.pt", overrides=["trainer.tensorboard=false"], progress=False)
+
+
+def test_train_resume_and_evaluate(gmm_config, tmp_path):
     run_dir, state = train_halfway_and_resume(gmm_config, epochs=4)
     assert {"q_dirichlet", "q_niw_phi", "q_niw_nu"} <= state["model"].keys()
     assert state["schedule"] == {"epochs_done": 4}
@@ -207,7 +249,10 @@ def test_train_resume_and_evaluate(gmm_config):
 
     results = test_script.evaluate(path, progress=False)
     assert {"elbo", "ari", "nmi", "components_in_use"} <= results.keys()
-    assert -1 <= results["ari"] <= 1 and 0 <= results["nmi"] <= 1 and results["elbo"] < 0
+    # 24 steps already lift the held-out ELBO far above the untrained model's (about -73 against -141 nats;
+    # with the learning rate at 0 the SVI steps alone drop it to about -189)
+    untrained = evaluate_with_weights(path, untrained_weights(state["config"]), tmp_path / "untrained")
+    assert results["elbo"] > untrained["elbo"] + 20, (results["elbo"], untrained["elbo"])
     assert 1 <= results["components_in_use"] <= 5 and results["num_examples"] == 40
     assert json.loads((run_dir / "test_metrics.json").read_text())["ari"] == results["ari"]
 
@@ -216,3 +261,22 @@ def test_train_resume_and_evaluate(gmm_config):
     assert {"val/clusters", "test/clusters"} <= set(train_events.Tags()["images"])
     assert {"epoch/kl_local", "epoch/kl_global", "epoch/recon", "epoch/jitter_retries"} <= \
         set(train_events.Tags()["scalars"])
+
+
+def test_training_fits_the_networks_and_the_mixture(gmm_config, tmp_path):
+    """200 steps: the held-out ELBO beats the untrained model's, and the mixture the SVI steps fitted beats the
+    initial mixture under the same trained networks, in ELBO and in agreement with the arms (ARI): an ablation
+    of the globals alone, so that without SVI steps the two are the same. Measured: ELBO -8.4 against -141
+    (untrained) and -17.8 (initial mixture), ARI 0.69 against 0.42; the margins are a fraction of those gaps."""
+    run = train(load_and_check(base=gmm_config, overrides=[
+        "trainer.epochs=10", "trainer.len_epoch=20", "trainer.save_period=10", "trainer.tensorboard=false"]))
+    path = run.run_dir / "checkpoints" / "last.pt"
+    results = test_script.evaluate(path, progress=False)
+    trained = torch.load(path, weights_only=True)["model"]
+    initial = untrained_weights(load_and_check(base=gmm_config))
+    untrained = evaluate_with_weights(path, initial, tmp_path / "untrained")
+    initial_globals = {k: v for k, v in initial.items() if k.startswith("q_")}
+    initial_mixture = evaluate_with_weights(path, {**trained, **initial_globals}, tmp_path / "initial_globals")
+    assert results["elbo"] > untrained["elbo"] + 50, (results["elbo"], untrained["elbo"])
+    assert results["elbo"] > initial_mixture["elbo"] + 3, (results["elbo"], initial_mixture["elbo"])
+    assert results["ari"] > initial_mixture["ari"], (results["ari"], initial_mixture["ari"])

@@ -130,9 +130,24 @@ def test_gradient_clipping_bounds_the_update(regression_config):
     assert 0 < moved.norm() <= 0.01 + 1e-6
 
 
-def test_amp_on_cpu_warns_and_trains_in_full_precision(regression_config, caplog):
-    run = _run(regression_config, "trainer.amp=bf16", "trainer.epochs=1", "trainer.verbosity=1")
+def test_amp_on_cpu_warns_and_trains_in_full_precision(regression_config):
+    """Every forward pass (training and validation) runs without autocast and in float32: the probe counts
+    the calls that ran with autocast on or produced a lower-precision output."""
+    from tests.fakes import PrecisionProbe
+
+    probe = PrecisionProbe((4,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the probe sees autocast when it is on
+        probe({"x": torch.randn(3, 4), "y": torch.randn(3, 1)})
+    assert int(probe.reduced_precision_forwards) == 1
+
+    config = dict(regression_config, arch={"type": "PrecisionProbe", "args": {}})
+    run = _run(config, "trainer.amp=bf16", "trainer.epochs=2", "trainer.verbosity=1",
+               "data_loader.args.validation_split=16")
     assert "needs CUDA" in (run.run_dir / "train.log").read_text()
+    state = final_state(run.run_dir)["model"]
+    assert int(state["forwards"]) == 2 * (3 + 1)  # 48 training points in batches of 16, 16 validation points
+    assert int(state["reduced_precision_forwards"]) == 0
+    assert all(v.dtype == torch.float32 for k, v in state.items() if k.startswith("linear."))
 
 
 def test_run_folders_never_collide(tmp_path):
@@ -167,3 +182,39 @@ def test_tensorboard_tags(pinwheel_config):
     assert (tb / "train" / "hparams").is_dir()
     hparam_events = EventAccumulator(str(tb / "train" / "hparams")).Reload()
     assert "hparam/val_loss" in hparam_events.Tags()["scalars"]
+
+
+def test_reduce_lr_on_plateau_steps_on_the_monitored_metric(regression_config):
+    """ReduceLROnPlateau (patience 2, factor 1/2) gets the monitored `score`, not the loss (which falls every
+    epoch): the LR stays while the score improves and halves on the third epoch in a row without improvement."""
+    scores = [5.0, 4.0, 4.0, 4.0, 4.0, 3.0, 3.0, 3.0, 3.0]
+    config = dict(regression_config, arch={"type": "ScriptedMetric", "args": {"scores": scores}})
+    config["lr_scheduler"] = {"type": "ReduceLROnPlateau", "args": {"mode": "min", "factor": 0.5, "patience": 2}}
+    run = _run(config, f"trainer.epochs={len(scores)}", "trainer.monitor=min score", "trainer.save_period=1",
+               "trainer.keep_last=0", "optimizer.args.lr=0.1")
+    checkpoints = run.run_dir / "checkpoints"
+    lrs = [load_checkpoint(checkpoints / f"checkpoint-epoch{e}.pt")["optimizers"]["all"]["param_groups"][0]["lr"]
+           for e in range(1, len(scores) + 1)]
+    # improvements at epochs 1, 2 and 6; epochs 3-5 and 7-9 are three in a row without one
+    assert lrs == pytest.approx([0.1] * 4 + [0.05] * 4 + [0.025])
+
+
+@pytest.mark.parametrize("histograms", [True, False])
+def test_parameter_histograms(regression_config, histograms):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = _run(regression_config, "trainer.epochs=2", "trainer.tensorboard=true", f"trainer.histograms={histograms}")
+    events = EventAccumulator(str(run.run_dir / "tensorboard" / "train"), size_guidance={"histograms": 0}).Reload()
+    tags = set(events.Tags()["histograms"])
+    if not histograms:
+        assert tags == set()
+        return
+    assert tags == {"params/linear.weight", "params/linear.bias"}
+    state = final_state(run.run_dir)["model"]
+    for name in ("linear.weight", "linear.bias"):
+        [first, last] = events.Histograms(f"params/{name}")
+        assert (first.step, last.step) == (4, 8)  # one per epoch, on the global-step axis
+        values = state[name]
+        assert last.histogram_value.num == values.numel()
+        assert last.histogram_value.min == pytest.approx(float(values.min()))
+        assert last.histogram_value.max == pytest.approx(float(values.max()))
