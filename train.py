@@ -11,10 +11,13 @@ from utils.versions import require_minimum_versions
 
 require_minimum_versions()  # before the imports that fail on an older torch
 
+import logging  # noqa: E402
 import sys  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+from base.base_data_loader import BaseDataLoader  # noqa: E402
+from base.base_model import BaseModel  # noqa: E402
 from base.base_trainer import load_model_weights  # noqa: E402
 from logger import TensorboardWriter, setup_logging  # noqa: E402
 from trainer import Trainer  # noqa: E402
@@ -69,8 +72,9 @@ def _train(config: dict, checkpoint: dict | None, checkpoint_path: str | Path | 
     return TrainResult(run_dir, trainer.fit())
 
 
-def _build_trainer(config: dict, data, model, run_dir: Path, dist_info, logger, checkpoint: dict | None,
-                  checkpoint_path, finetune: bool) -> Trainer:
+def _build_trainer(config: dict, data: BaseDataLoader, model: BaseModel, run_dir: Path, dist_info: DistInfo,
+                   logger: logging.Logger, checkpoint: dict | None, checkpoint_path: str | Path | None,
+                   finetune: bool) -> Trainer:
     """Device, weights, optimizers, TensorBoard and the Trainer, resumed from `checkpoint` unless fine-tuning."""
     device, device_ids = prepare_device(config["n_gpu"], dist_info, logger)
     model.to(device)
