@@ -26,6 +26,13 @@ def run_cli(*args: str, timeout: float = 240, cwd: Path = ROOT, env: dict | None
                           env=full_env)
 
 
+def one_line_error(stderr: str) -> str:
+    """Assert that `stderr` is the CLIs' one-line error (no traceback); returns it."""
+    err = stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and err.startswith("error: "), err
+    return err
+
+
 @pytest.fixture
 def pinwheel_config(tmp_path: Path) -> dict:
     """configs/vae_pinwheel.yaml as a 3-epoch run under tmp_path, with dropout and a scheduler."""

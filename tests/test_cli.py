@@ -9,15 +9,7 @@ import yaml
 
 import test as test_script
 import train
-from tests.conftest import run_cli
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert len(err.splitlines()) == 1, err
-    assert err.startswith("error: ")
-    return err
+from tests.conftest import one_line_error, run_cli
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -36,25 +28,25 @@ def _one_line_error(capsys) -> str:
 ])
 def test_train_bad_input(argv, message, capsys):
     assert train.main(argv) == 2
-    assert message in _one_line_error(capsys)
+    assert message in one_line_error(capsys.readouterr().err)
 
 
 def test_resume_flag_without_checkpoint(capsys):
     with pytest.raises(SystemExit) as info:
         train.main(["-r"])
     assert info.value.code == 2
-    assert "expected one argument" in _one_line_error(capsys)
+    assert "expected one argument" in one_line_error(capsys.readouterr().err)
 
 
 def test_bad_checkpoints(tmp_path, capsys):
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(b"PK\x03\x04 not really a zip")
     assert train.main(["-r", str(truncated)]) == 2
-    assert "cannot be read (truncated" in _one_line_error(capsys)
+    assert "cannot be read (truncated" in one_line_error(capsys.readouterr().err)
     assert test_script.main(["-r", str(truncated)]) == 2
-    assert "cannot be read" in _one_line_error(capsys)
+    assert "cannot be read" in one_line_error(capsys.readouterr().err)
     assert test_script.main(["-r", str(tmp_path / "none.pt")]) == 2
-    assert "checkpoint not found" in _one_line_error(capsys)
+    assert "checkpoint not found" in one_line_error(capsys.readouterr().err)
 
 
 def test_cli_subprocess_reports_one_line(tmp_path):
@@ -75,7 +67,7 @@ def test_finetune_from_a_checkpoint_of_another_architecture(regression_config, t
     run = train.train(load_and_check(base=regression_config))
     code = train.main(["-r", str(run.run_dir / "checkpoints" / "last.pt"), "-c", "configs/vae_pinwheel.yaml"])
     assert code == 2
-    assert "is from architecture 'LinearTest', the config asks for 'VAE'" in _one_line_error(capsys)
+    assert "is from architecture 'LinearTest', the config asks for 'VAE'" in one_line_error(capsys.readouterr().err)
 
 
 PER_GROUP_CONFIGS = ["configs/graph_vae.yaml", "configs/graph_lstm_vae.yaml", "configs/recurrent_graph_vae.yaml",
