@@ -19,6 +19,7 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from base.base_trainer import load_model_weights  # noqa: E402
+from base.metric import DEFAULT_OPTIONS  # noqa: E402
 from logger import TensorboardWriter  # noqa: E402
 from trainer.build import build_data, build_model, eval_metric_names, load_and_check  # noqa: E402
 from utils.checkpoint import load_checkpoint, run_dir_of, write_atomic  # noqa: E402
@@ -41,7 +42,8 @@ def resolve_device(spec: str) -> torch.device:
 
 
 def evaluate(checkpoint_path: str | Path, device: str = "auto", batch_size: int | None = None,
-             overrides: list[str] = (), iw_samples: int = 100, progress: bool | None = None) -> dict[str, Any]:
+             overrides: list[str] = (), iw_samples: int = DEFAULT_OPTIONS["iw_samples"],
+             progress: bool | None = None) -> dict[str, Any]:
     """Rebuild the model from the checkpoint's config, evaluate it on the test split and
     write `test_metrics.json` into the run folder. Returns the metrics."""
     if iw_samples < 1:
@@ -54,16 +56,17 @@ def evaluate(checkpoint_path: str | Path, device: str = "auto", batch_size: int 
     load_model_weights(model, checkpoint)
     model.to(torch_device).eval()
     metrics = eval_metric_names(config, model)
+    options = {**DEFAULT_OPTIONS, "iw_samples": iw_samples}
     seed_everything(config["seed"])
 
     loader = data.test_loader(batch_size)
     show = progress if progress is not None else sys.stderr.isatty()
     per_example: dict[str, list[torch.Tensor]] = defaultdict(list)
     for batch in tqdm(loader, desc=f"evaluating {', '.join(metrics)}", disable=not show, dynamic_ncols=True):
-        out = model.evaluate_batch(move_to(batch, torch_device), metrics, iw_samples)
+        out = model.evaluate_batch(move_to(batch, torch_device), metrics, options)
         for name, values in out.items():
             per_example[name].append(values.detach().cpu())
-    results = model.summarize_evaluation({k: torch.cat(v) for k, v in per_example.items()})
+    results = model.summarize_evaluation({k: torch.cat(v) for k, v in per_example.items()}, metrics)
     results["num_examples"] = len(loader.dataset)
     if "iw_nll" in metrics:
         results["iw_samples"] = iw_samples
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-r", "--resume", required=True, help="checkpoint to evaluate")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--bs", type=int, help="evaluation batch size (default: the training batch size)")
-    parser.add_argument("--iw-samples", type=int, default=100, help="importance samples K for iw_nll")
+    parser.add_argument("--iw-samples", type=int, default=DEFAULT_OPTIONS["iw_samples"],
+                        help="importance samples K for iw_nll")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     args = parser.parse_args(argv)
 

@@ -2,31 +2,37 @@
 
 A model takes a batch (a dict of tensors from the data loader) and returns a
 dict of named scalar tensors; `out["loss"]` is minimised and is per data point
-so that numbers compare across batch sizes. Everything else is logged.
+so that numbers compare across batch sizes. Everything else is logged, except
+`out["statistics"]`: a dict of detached tensors, each with a leading dim of 1,
+that the Trainer sums over DataParallel replicas (dim 0) and DDP ranks and hands
+to `after_optimizer_step` (the SVAEs' natural-gradient statistics). `forward`
+changes no state.
 
 Optional hooks the Trainer calls (the defaults do nothing):
   parameter_groups()       named groups, each can get its own optimizer
-  after_optimizer_step()   e.g. the SVAE natural-gradient step of globals
-  on_step_skipped()        a non-finite loss skipped the step (trainer.nan_policy=skip)
+  after_optimizer_step(statistics)   e.g. the SVAE natural-gradient step of globals
   on_epoch_end(epoch)      e.g. temperature annealing
   schedule_state() / load_schedule_state(state)   saved in checkpoints
-  evaluate_batch(batch, iw_samples) -> per-example metrics for test.py
-  summarize_evaluation(per_example) -> the final metrics
   visualize(writer, batch, step, tag)   images and figures for TensorBoard
+Evaluation (test.py): the class lists its `metrics` (base/metric.py);
+  evaluate_batch(batch, metrics, options) -> per-example values of those metrics
+  model_summary(per_example) -> what is reported besides the metrics (learned graphs, ...)
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
+
+from base.metric import Metric, PerExample
 
 
 class BaseModel(nn.Module):
     """Base class for every architecture. Subclasses implement `forward`."""
 
-    #: names of the metrics `evaluate_batch` can return (for config `metrics`)
-    eval_metrics: tuple[str, ...] = ()
+    #: the test metrics `evaluate_batch` can compute (config `metrics` chooses among them by name)
+    metrics: tuple[Metric, ...] = ()
     #: how many validation (or test) examples `visualize` gets
     visualization_size: int = 64
 
@@ -37,11 +43,13 @@ class BaseModel(nn.Module):
         """Named, disjoint parameter groups covering every trainable parameter."""
         return {"all": [p for p in self.parameters() if p.requires_grad]}
 
-    def after_optimizer_step(self) -> None:
-        """Called after every optimizer step (after all optimizers have stepped)."""
+    @classmethod
+    def metric_names(cls) -> tuple[str, ...]:
+        return tuple(metric.name for metric in cls.metrics)
 
-    def on_step_skipped(self) -> None:
-        """Called instead of the optimizer steps when the loss was non-finite and the step is skipped."""
+    def after_optimizer_step(self, statistics: dict[str, torch.Tensor] | None) -> None:
+        """Called after every optimizer step (after all optimizers have stepped), with the step's
+        `out["statistics"]` summed over replicas and ranks (None when forward returned none)."""
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called once at the end of every training epoch (1-based epoch number)."""
@@ -54,13 +62,24 @@ class BaseModel(nn.Module):
         """Restore what `schedule_state` returned."""
 
     def evaluate_batch(self, batch: dict[str, torch.Tensor], metrics: tuple[str, ...],
-                       iw_samples: int) -> dict[str, torch.Tensor]:
-        """Per-example metrics for test.py: {name: (B,) tensor} (or (B, ...) for summaries)."""
+                       options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Per-example values {key: (B, ...) tensor} of a test batch: what the `metrics` named (and
+        `model_summary`) read. `options`: evaluation settings, e.g. {"iw_samples": K}."""
         raise NotImplementedError(f"{type(self).__name__} does not implement evaluate_batch")
 
-    def summarize_evaluation(self, per_example: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Reduce the concatenated per-example metrics to the reported numbers (default: means)."""
-        return {name: float(values.double().mean()) for name, values in per_example.items()}
+    def summarize_evaluation(self, per_example: PerExample, metrics: tuple[str, ...]) -> dict[str, Any]:
+        """The reported results: each named metric's reduction of the concatenated per-example values,
+        then `model_summary`."""
+        results: dict[str, Any] = {}
+        for metric in self.metrics:
+            if metric.name in metrics:
+                results.update(metric.report(per_example))
+        results.update(self.model_summary(per_example))
+        return results
+
+    def model_summary(self, per_example: PerExample) -> dict[str, Any]:
+        """What test.py reports besides the metrics (e.g. learned graphs); JSON-serialisable values."""
+        return {}
 
     def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
         """Add model-specific images or figures to a TensorBoard SummaryWriter."""

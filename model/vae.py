@@ -3,11 +3,12 @@ MLP decoder with a Bernoulli or Gaussian likelihood."""
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import torch
 
 from base.base_model import BaseModel
+from base.metric import Metric, mean_of
 from model.diagonal_gaussian import gaussian_kl_standard, reparameterized_log_prob, standard_normal_log_prob
 from model.importance import iw_log_likelihood
 from model.kl_warmup import KLWarmup
@@ -35,7 +36,11 @@ class VAE(KLWarmup, BaseModel):
             many epochs (0: always 1); `elbo` is always the true bound.
     """
 
-    eval_metrics = ("elbo", "iw_nll")
+    metrics = (
+        Metric("elbo", mean_of("elbo"), "evidence lower bound on log p(x), one posterior sample; nats per example"),
+        Metric("iw_nll", mean_of("iw_nll"), "importance-weighted estimate of -log p(x) with K = iw_samples; "
+               "nats per example"),
+    )
 
     def __init__(self, data_shape: tuple[int, ...], latent_dim: int = 16, hidden_dims: list[int] = (512, 256),
                  likelihood: Literal["bernoulli", "gaussian"] = "bernoulli", activation: str = "relu",
@@ -88,7 +93,7 @@ class VAE(KLWarmup, BaseModel):
 
     @torch.no_grad()
     def evaluate_batch(self, batch: dict[str, torch.Tensor], metrics: tuple[str, ...],
-                       iw_samples: int) -> dict[str, torch.Tensor]:
+                       options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         x = batch["x"].flatten(1)
         out = {}
         if "elbo" in metrics:
@@ -96,7 +101,7 @@ class VAE(KLWarmup, BaseModel):
             z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
             out["elbo"] = self.likelihood.log_prob(self.decode(z), x) - gaussian_kl_standard(mu, logvar)
         if "iw_nll" in metrics:
-            out["iw_nll"] = -self.iw_log_likelihood(x, iw_samples)
+            out["iw_nll"] = -self.iw_log_likelihood(x, options["iw_samples"])
         return out
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -17,6 +17,7 @@ from torch import nn  # noqa: E402
 
 from base.base_data_loader import BaseDataLoader, TensorDictDataset  # noqa: E402
 from base.base_model import BaseModel  # noqa: E402
+from base.metric import Metric, mean_of  # noqa: E402
 from data_loader.registry import DATA_LOADERS  # noqa: E402
 from model.graph.recurrent import RecurrentGraphVAE, Trajectory  # noqa: E402
 from model.registry import ARCHITECTURES  # noqa: E402
@@ -49,7 +50,7 @@ class LinearTest(BaseModel):
     nan_at_call: the forward call (1-based, training mode) whose loss is NaN.
     """
 
-    eval_metrics = ("mse",)
+    metrics = (Metric("mse", mean_of("mse"), "squared error per point"),)
 
     def __init__(self, data_shape: tuple[int, ...], nan_at_call: int | None = None):
         super().__init__()
@@ -65,31 +66,44 @@ class LinearTest(BaseModel):
                 mse = mse * math.nan
         return {"loss": mse, "mse": mse}
 
-    def evaluate_batch(self, batch, metrics, iw_samples):
+    def evaluate_batch(self, batch: dict[str, torch.Tensor], metrics: tuple[str, ...],
+                       options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         return {"mse": (self.linear(batch["x"]) - batch["y"]).pow(2).squeeze(1)}
 
 
 @ARCHITECTURES.register("HookProbe")
 class HookProbe(BaseModel):
     """Records the Trainer's hook calls; has parameter groups 'weight' and 'bias' and a
-    temperature `tau` halved at every epoch end (schedule state)."""
+    temperature `tau` halved at every epoch end (schedule state). In training, `out["statistics"]`
+    counts the batch's examples and `after_optimizer_step` adds the count to `examples_applied` (as the
+    SVAEs apply their natural-gradient statistics); the loss of training call `nan_at_call` is NaN."""
 
-    def __init__(self, data_shape: tuple[int, ...], tau: float = 1.0):
+    def __init__(self, data_shape: tuple[int, ...], tau: float = 1.0, nan_at_call: int | None = None):
         super().__init__()
         self.linear = nn.Linear(data_shape[0], 1)
         self.register_buffer("optimizer_steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("examples_applied", torch.zeros(()))
         self.tau = tau
         self.epochs_seen: list[int] = []
+        self.nan_at_call = nan_at_call
+        self.calls = 0
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mse = (self.linear(batch["x"]) - batch["y"]).pow(2).mean()
-        return {"loss": mse, "tau": torch.tensor(self.tau)}
+        out = {"loss": mse, "tau": torch.tensor(self.tau)}
+        if self.training:
+            self.calls += 1
+            if self.calls == self.nan_at_call:
+                out["loss"] = mse * math.nan
+            out["statistics"] = {"count": batch["x"].new_full((1,), float(len(batch["x"])))}
+        return out
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"weight": [self.linear.weight], "bias": [self.linear.bias]}
 
-    def after_optimizer_step(self) -> None:
+    def after_optimizer_step(self, statistics: dict[str, torch.Tensor] | None) -> None:
         self.optimizer_steps += 1
+        self.examples_applied += statistics["count"]
 
     def on_epoch_end(self, epoch: int) -> None:
         self.epochs_seen.append(epoch)

@@ -81,7 +81,7 @@ def test_svae_natural_gradient_step_all_reduces_its_statistics(name, tmp_path):
     path.write_text(json.dumps(config))
     _torchrun("-c", str(path))
     ddp = final_state(_only_run_dir(tmp_path / "ddp"))
-    updated = {k: v for k, v in single["model"].items() if k.startswith("q_")}
+    updated = {k: v for k, v in single["model"].items() if k.startswith("pgm.q_")}
     assert len(updated) == num_updated
     for key, value in updated.items():
         torch.testing.assert_close(ddp["model"][key], value, rtol=1e-9, atol=1e-9, msg=key)

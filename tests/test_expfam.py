@@ -2,6 +2,8 @@
 converters, and agreement with torch.distributions / Monte Carlo (float64)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import distributions as td
@@ -176,7 +178,48 @@ def test_gaussian_samples_have_the_right_moments():
     torch.manual_seed(0)
     J, h = random_gaussian((2,), 3, torch.Generator().manual_seed(9))
     mean, cov = gaussian.natural_to_mean_cov(J, h)
-    x = gaussian.sample(torch.linalg.cholesky(J), mean, 100_000)
+    x = gaussian.InfoGaussian.from_natural(J, h).sample(100_000)
     torch.testing.assert_close(x.mean(0), mean, atol=0.02, rtol=0)
     centred = x - mean
     torch.testing.assert_close((centred.unsqueeze(-1) * centred.unsqueeze(-2)).mean(0), cov, atol=0.03, rtol=0)
+
+
+@pytest.mark.parametrize("batch", BATCH_SHAPES)
+def test_info_gaussian_matches_a_dense_gaussian_and_torch_distributions(batch):
+    """The one log-normaliser: A(J, h) = 1/2 mu^T J mu - 1/2 log|J| + n/2 log 2 pi with a dense inverse and
+    log-determinant; log_prob, moments and expected statistics against torch.distributions."""
+    gen = torch.Generator().manual_seed(20)
+    J, h = random_gaussian(batch, 3, gen)
+    q = gaussian.InfoGaussian.from_natural(J, h)
+    mean = (torch.linalg.inv(J) @ h.unsqueeze(-1)).squeeze(-1)
+    dense = 0.5 * (mean * h).sum(-1) - 0.5 * torch.logdet(J) + 1.5 * math.log(2 * math.pi)
+    torch.testing.assert_close(q.log_normalizer(), dense)
+    reference = td.MultivariateNormal(mean, precision_matrix=J)
+    x = torch.randn(5, *batch, 3, generator=gen, dtype=DT)
+    torch.testing.assert_close(q.log_prob(x), reference.log_prob(x))
+    got_mean, got_cov = q.moments()
+    torch.testing.assert_close(got_mean, reference.mean)
+    torch.testing.assert_close(got_cov, reference.covariance_matrix)
+    second, first = q.expected_stats()
+    torch.testing.assert_close(second, reference.covariance_matrix + mean.unsqueeze(-1) * mean.unsqueeze(-2))
+    torch.testing.assert_close(first, mean)
+    assert not q.retried.any()
+
+
+def test_point_stats_are_the_statistics_at_the_point_estimate():
+    """NIW: t(mu, Sigma) at mu = m, Sigma^-1 = nu S^-1; MNIW: t(A, Q) at A = M, Q^-1 = nu S^-1; Dirichlet:
+    log E[pi]. Computed here with dense inverses from the standard parameters."""
+    gen = torch.Generator().manual_seed(21)
+    m, _, S, nu = niw.natural_to_standard(random_niw((4,), 3, gen))
+    point = niw.point_stats(niw.standard_to_natural(m, torch.ones(4, dtype=DT), S, nu))
+    precision = nu[:, None, None] * torch.linalg.inv(S)
+    h = (precision @ m.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(point, niw.NIWExpectations(precision, h, (m * h).sum(-1), torch.logdet(precision)))
+
+    M, K, S, nu = mniw.natural_to_standard(random_mniw((2,), 3, 3, gen))
+    point = mniw.point_stats(mniw.standard_to_natural(M, K, S, nu))
+    q = nu[:, None, None] * torch.linalg.inv(S)
+    torch.testing.assert_close(point, mniw.MNIWExpectations(M.mT @ q @ M, q @ M, q, torch.logdet(q)))
+
+    alpha = torch.rand(5, generator=gen, dtype=DT) + 0.5
+    torch.testing.assert_close(dirichlet.point_stats(dirichlet.alpha_to_natural(alpha)), (alpha / alpha.sum()).log())

@@ -181,8 +181,8 @@ def test_iw_nll_bounds_the_elbo(cls, node_dim):
     model.eval()
     batch = {"x": x[:16]}
     torch.manual_seed(3)
-    elbo = torch.stack([model.evaluate_batch(batch, ("elbo",), 1)["elbo"] for _ in range(30)]).mean(0)
-    iw_nll = model.evaluate_batch(batch, ("iw_nll",), 300)["iw_nll"]
+    elbo = torch.stack([model.evaluate_batch(batch, ("elbo",), {"iw_samples": 1})["elbo"] for _ in range(30)]).mean(0)
+    iw_nll = model.evaluate_batch(batch, ("iw_nll",), {"iw_samples": 300})["iw_nll"]
     assert float(iw_nll.mean()) <= float(-elbo.mean())
 
 

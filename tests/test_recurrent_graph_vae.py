@@ -164,7 +164,7 @@ def test_padding_changes_nothing():
         alone = elbo_per_sequence(model, x[r:r + 1, :L], mask[r:r + 1, :L], *gates, noise[r:r + 1, :L])
         torch.testing.assert_close(batched[r], alone[0])
     model.eval()
-    out = model.evaluate_batch({"x": padded, "mask": mask}, ("elbo",), 1)
+    out = model.evaluate_batch({"x": padded, "mask": mask}, ("elbo",), {"iw_samples": 1})
     assert torch.equal(out["steps"], lengths.double()) and torch.isfinite(out["elbo"]).all()
 
 
@@ -216,7 +216,8 @@ def test_iw_nll_is_below_the_negative_elbo_and_tightens_with_k():
     x = torch.randn(6, 8, P, dtype=torch.float64)
     mask = torch.arange(8) < torch.tensor([8, 5, 8, 3, 8, 6])[:, None]
     torch.manual_seed(0)
-    elbo = torch.stack([model.evaluate_batch({"x": x, "mask": mask}, ("elbo",), 1)["elbo"] for _ in range(50)]).mean(0)
+    batch = {"x": x, "mask": mask}
+    elbo = torch.stack([model.evaluate_batch(batch, ("elbo",), {"iw_samples": 1})["elbo"] for _ in range(50)]).mean(0)
     iw_1 = -model.iw_log_likelihood(x, mask, 1)
     iw_200 = -model.iw_log_likelihood(x, mask, 200)
     assert (iw_200 <= -elbo).all()
@@ -235,14 +236,15 @@ def test_prediction_sees_only_the_prefix_and_scores_match():
     torch.manual_seed(1)
     assert torch.equal(model.predict(changed, 4), a) and a.shape == (4, 3, 7, P)
     torch.manual_seed(2)
-    out = model.evaluate_batch({"x": x, "clean": clean}, ("pred_mse", "pred_mse_repeat_last"), 1)
+    metrics = ("pred_mse", "pred_mse_repeat_last")
+    out = model.evaluate_batch({"x": x, "clean": clean}, metrics, {"iw_samples": 1})
     torch.manual_seed(2)
     continued = model.predict(x, 4)[:, :, 4:]
     expected = ((continued - clean[:, 4:7]) ** 2).mean((0, 2, 3))
     torch.testing.assert_close(out["pred_se"], expected)
     torch.testing.assert_close(out["pred_mean_se"], ((continued.mean(0) - clean[:, 4:7]) ** 2).mean((1, 2)))
     torch.testing.assert_close(out["repeat_se"], ((x[:, 3:4] - clean[:, 4:7]) ** 2).mean((1, 2)))
-    results = model.summarize_evaluation(out)
+    results = model.summarize_evaluation(out, metrics)
     assert results["predicted_sequences"] == 3 and results["pred_mse"] == pytest.approx(float(expected.mean()))
 
 

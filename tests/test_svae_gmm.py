@@ -11,13 +11,14 @@ from torch import distributions as td
 
 import test as test_script
 from model.expfam import dirichlet, niw
-from model.expfam.psd import jitter_retries, psd_cholesky
+from model.expfam.psd import psd_cholesky
 from model.svae.gmm import SVAEGMM
 from model.svae.gmm_inference import local_meanfield, meanfield_update, mixture_expectations
 from tests.conftest import ROOT, train_halfway_and_resume
 from train import train
 from trainer.build import build_data, build_model, load_and_check
 from utils.config import read_config_file
+from utils.distributed import sum_statistics
 from utils.seeding import seed_everything
 
 DT = torch.float64
@@ -33,6 +34,11 @@ def random_globals(K: int, d: int, gen: torch.Generator) -> tuple[torch.Tensor, 
     return dirichlet.alpha_to_natural(alpha), niw.standard_to_natural(m, kappa, S, nu)
 
 
+def mixtures(dir_nat: torch.Tensor, niw_nat: niw.NIWNatural):
+    """The mixture potentials that local inference uses, in expectation under q(pi) q(mu, Sigma)."""
+    return mixture_expectations(dirichlet.expected_stats(dir_nat), niw.expected_stats(niw_nat))
+
+
 def random_potentials(B: int, d: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     node_J = torch.rand(B, d, generator=gen, dtype=DT) * 3 + 0.2
     return node_J, node_J * 2 * torch.randn(B, d, generator=gen, dtype=DT)
@@ -46,7 +52,7 @@ def test_local_kl_matches_monte_carlo():
     K, d, B, num = 3, 2, 4, 200_000
     dir_nat, niw_nat = random_globals(K, d, gen)
     node_J, node_h = random_potentials(B, d, gen)
-    post, _ = local_meanfield(node_J, node_h, mixture_expectations(dir_nat, niw.expected_stats(niw_nat)), tol=1e-10)
+    post = local_meanfield(node_J, node_h, mixtures(dir_nat, niw_nat), tol=1e-10)
 
     pi = td.Dirichlet(dirichlet.natural_to_alpha(dir_nat)).sample((num,))  # (S, K)
     m, kappa, S, nu = niw.natural_to_standard(niw_nat)
@@ -54,7 +60,7 @@ def test_local_kl_matches_monte_carlo():
     mu = td.MultivariateNormal(m, precision_matrix=kappa[:, None, None] * precision).sample()  # (S, K, d)
     q_z = td.Categorical(probs=post.responsibilities)
     z = q_z.sample((num,))  # (S, B)
-    q_x = td.MultivariateNormal(post.mean, precision_matrix=post.J)
+    q_x = td.MultivariateNormal(post.mean, precision_matrix=post.gaussian.J)
     x = q_x.sample((num,))  # (S, B, d)
     idx = z[..., None, None].expand(num, B, d, d)
     p_x = td.MultivariateNormal(torch.gather(mu, 1, z[..., None].expand(num, B, d)),
@@ -68,7 +74,7 @@ def test_meanfield_sweeps_never_decrease_the_local_objective():
     """Coordinate ascent: <psi, E t(x)> - KL_local never falls from one sweep to the next."""
     gen = torch.Generator().manual_seed(1)
     dir_nat, niw_nat = random_globals(6, 3, gen)
-    mix = mixture_expectations(dir_nat, niw.expected_stats(niw_nat))
+    mix = mixtures(dir_nat, niw_nat)
     node_J, node_h = random_potentials(20, 3, gen)
     r = torch.full((20, 6), 1 / 6, dtype=DT)
     previous = torch.full((20,), -math.inf, dtype=DT)
@@ -78,7 +84,7 @@ def test_meanfield_sweeps_never_decrease_the_local_objective():
         objective = node_term - post.kl
         assert (objective >= previous - 1e-9).all()
         previous, r = objective, post.responsibilities
-    converged, _ = local_meanfield(node_J, node_h, mix, tol=1e-12)
+    converged = local_meanfield(node_J, node_h, mix, tol=1e-12)
     again = meanfield_update(node_J, node_h, converged.responsibilities, mix)
     torch.testing.assert_close(again.responsibilities, converged.responsibilities, atol=1e-6, rtol=0)
 
@@ -89,14 +95,15 @@ def test_only_the_last_sweep_is_differentiable():
     of backpropagating through every sweep (which differs before exact convergence)."""
     gen = torch.Generator().manual_seed(2)
     dir_nat, niw_nat = random_globals(4, 2, gen)
-    mix = mixture_expectations(dir_nat, niw.expected_stats(niw_nat))
+    mix = mixtures(dir_nat, niw_nat)
     node_J, node_h = (t.requires_grad_(True) for t in random_potentials(5, 2, gen))
     weights = torch.randn(5, 2, generator=gen, dtype=DT)
 
     def objective(post):  # depends on q(x) and, through the KL, on q(z)
         return post.kl.sum() + (weights * post.mean).sum()
 
-    post, iterations = local_meanfield(node_J, node_h, mix, max_iter=50)
+    post = local_meanfield(node_J, node_h, mix, max_iter=50)
+    iterations = post.iterations
     assert 2 <= iterations < 50  # converged by tol, after more than one sweep
     grads = torch.autograd.grad(objective(post), (node_J, node_h))
 
@@ -117,6 +124,11 @@ def test_only_the_last_sweep_is_differentiable():
         assert (got - through_all).abs().max() > 1e-3, "gradient flows through the sweeps before the last"
 
 
+def svi_step(model: SVAEGMM, out: dict) -> None:
+    """What the Trainer does after the optimizer step (one process, one replica)."""
+    model.after_optimizer_step(sum_statistics(out["statistics"]))
+
+
 def tiny_model(num_train: int, rho: float, seed: int = 0) -> SVAEGMM:
     torch.manual_seed(seed)
     return SVAEGMM((2,), num_train, num_components=4, hidden_dims=[8], rho=rho, max_iter=500, tol=1e-12)
@@ -128,43 +140,42 @@ def test_svi_step_equals_the_closed_form_update(rho, num_train):
     soft assignments (standard-parameter formulas); with rho < 1 it is the natural-parameter blend."""
     model = tiny_model(num_train, rho).train()
     y = torch.randn(6, 2) * 3
-    dir0, niw0 = model.q_dirichlet.clone(), niw.NIWNatural(*(t.clone() for t in model.q_niw))
-    post, _ = model.infer(y)
-    model({"x": y})
-    model.after_optimizer_step()
+    dir0, niw0 = model.pgm.natural("dirichlet").clone(), niw.NIWNatural(*(t.clone() for t in model.pgm.natural("niw")))
+    post = model.infer(y, model.expected_potentials()[0], 0)
+    svi_step(model, model({"x": y}))
 
     r, ex, exx = post.responsibilities.detach(), post.mean.detach(), post.second.detach()
     scale = num_train / len(y)
     counts = scale * r.sum(0)
-    alpha0 = dirichlet.natural_to_alpha(model.prior_dirichlet)
-    m0, kappa0, S0, nu0 = niw.natural_to_standard(model.prior_niw)
+    alpha0 = dirichlet.natural_to_alpha(model.pgm.natural("dirichlet", prior=True))
+    m0, kappa0, S0, nu0 = niw.natural_to_standard(model.pgm.natural("niw", prior=True))
     kappa = kappa0 + counts
     m = (kappa0[:, None] * m0 + scale * r.mT @ ex) / kappa[:, None]
     S = (S0 + scale * torch.einsum("bk,bij->kij", r, exx) + kappa0[:, None, None] * m0[:, :, None] * m0[:, None, :]
          - kappa[:, None, None] * m[:, :, None] * m[:, None, :])
     target_dir = dirichlet.alpha_to_natural(alpha0 + counts)
     target_niw = niw.standard_to_natural(m, kappa, S, nu0 + counts)
-    torch.testing.assert_close(model.q_dirichlet, (1 - rho) * dir0 + rho * target_dir)
-    for got, old, target in zip(model.q_niw, niw0, target_niw):
+    torch.testing.assert_close(model.pgm.natural("dirichlet"), (1 - rho) * dir0 + rho * target_dir)
+    for got, old, target in zip(model.pgm.natural("niw"), niw0, target_niw):
         torch.testing.assert_close(got, (1 - rho) * old + rho * target)
 
 
 def test_statistics_of_several_forward_passes_add_up_like_one_batch():
-    """What DataParallel replicas (and DDP ranks, via all-reduce) do: halves add to the whole."""
+    """What DataParallel does (and DDP, via all-reduce): the replicas' statistics, gathered on their
+    leading dim and summed, give the step of the whole batch."""
     y = torch.randn(8, 2) * 3
     whole, halves = tiny_model(40, 0.5).train(), tiny_model(40, 0.5).train()
-    whole({"x": y})
-    halves({"x": y[:4]})
-    halves({"x": y[4:]})
-    whole.after_optimizer_step()
-    halves.after_optimizer_step()
+    svi_step(whole, whole({"x": y}))
+    replicas = [halves({"x": y[:4]})["statistics"], halves({"x": y[4:]})["statistics"]]
+    gathered = {key: torch.cat([r[key] for r in replicas]) for key in replicas[0]}
+    halves.after_optimizer_step(sum_statistics(gathered))
     for a, b in zip(whole.buffers(), halves.buffers()):
         torch.testing.assert_close(a, b)
 
 
 def test_globals_stay_valid_and_the_prior_fixed_during_training():
     model = tiny_model(100, 0.3).train()
-    prior = [t.clone() for t in (model.prior_dirichlet, *model.prior_niw)]
+    prior = [t.clone() for t in (model.pgm.natural("dirichlet", prior=True), *model.pgm.natural("niw", prior=True))]
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     data = torch.randn(100, 2) * 4
     d = model.latent_dim
@@ -173,21 +184,23 @@ def test_globals_stay_valid_and_the_prior_fixed_during_training():
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
-        model.after_optimizer_step()
-        _, kappa, S, nu = niw.natural_to_standard(model.q_niw)
+        svi_step(model, out)
+        _, kappa, S, nu = niw.natural_to_standard(model.pgm.natural("niw"))
         assert torch.linalg.cholesky_ex(S).info.eq(0).all() and (nu > d - 1).all() and (kappa > 0).all()
-        assert (dirichlet.natural_to_alpha(model.q_dirichlet) > 0).all()
+        assert (dirichlet.natural_to_alpha(model.pgm.natural("dirichlet")) > 0).all()
         assert torch.isfinite(out["loss"])
-    for got, want in zip((model.prior_dirichlet, *model.prior_niw), prior):
+    for got, want in zip((model.pgm.natural("dirichlet", prior=True), *model.pgm.natural("niw", prior=True)), prior):
         assert torch.equal(got, want)
 
 
-def test_skipped_step_discards_its_statistics():
+def test_forward_changes_no_state():
+    """The statistics travel in the output: a forward pass whose step is never taken (a skipped step)
+    leaves the globals as they were."""
     model = tiny_model(40, 0.5).train()
     before = [b.clone() for b in model.buffers()]
-    model({"x": torch.randn(5, 2)})
-    model.on_step_skipped()
-    model.after_optimizer_step()
+    out = model({"x": torch.randn(5, 2)})
+    assert out["statistics"]["count"].tolist() == [5.0]
+    model.after_optimizer_step(None)
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
 
 
@@ -200,19 +213,21 @@ def test_extreme_encoder_outputs_stay_finite():
     for y in (torch.randn(10, 2), torch.randn(10, 2) * 1e6):
         out = model({"x": y})
         out["loss"].backward()
-        assert all(torch.isfinite(v).all() for v in out.values())
+        statistics = out.pop("statistics")
+        assert all(torch.isfinite(v).all() for v in [*out.values(), *statistics.values()])
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         model.zero_grad()
 
 
 def test_cholesky_jitter_retry_is_counted():
-    before = jitter_retries()
     singular = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[2.0, 0.0], [0.0, 1.0]]], dtype=DT)
-    chol = psd_cholesky(singular)
-    assert torch.isfinite(chol).all() and jitter_retries() > before
+    chol, retried = psd_cholesky(singular)
+    assert torch.isfinite(chol).all() and retried.tolist() == [True, False]
+    torch.testing.assert_close(chol @ chol.mT, singular, atol=1e-7, rtol=0)  # factors A + jitter I
+    assert (chol.diagonal(dim1=-2, dim2=-1) > 0).all()  # a valid factor: positive diagonal
     torch.testing.assert_close(chol[1], torch.linalg.cholesky(singular[1]))  # the good one is untouched
-    hopeless = psd_cholesky(-torch.eye(2, dtype=DT))
-    assert torch.isnan(hopeless).all()
+    hopeless, retried = psd_cholesky(-torch.eye(2, dtype=DT))
+    assert torch.isnan(hopeless).all() and bool(retried)
 
 
 @pytest.fixture
@@ -243,7 +258,7 @@ def evaluate_with_weights(checkpoint_path, weights: dict[str, torch.Tensor], fol
 
 def test_train_resume_and_evaluate(gmm_config, tmp_path):
     run_dir, state = train_halfway_and_resume(gmm_config, epochs=4)
-    assert {"q_dirichlet", "q_niw_phi", "q_niw_nu"} <= state["model"].keys()
+    assert {"pgm.q_dirichlet", "pgm.q_niw_phi", "pgm.q_niw_nu"} <= state["model"].keys()
     assert state["schedule"] == {"epochs_done": 4}
     path = run_dir / "checkpoints" / "last.pt"
 
@@ -275,7 +290,7 @@ def test_training_fits_the_networks_and_the_mixture(gmm_config, tmp_path):
     trained = torch.load(path, weights_only=True)["model"]
     initial = untrained_weights(load_and_check(base=gmm_config))
     untrained = evaluate_with_weights(path, initial, tmp_path / "untrained")
-    initial_globals = {k: v for k, v in initial.items() if k.startswith("q_")}
+    initial_globals = {k: v for k, v in initial.items() if k.startswith("pgm.q_")}
     initial_mixture = evaluate_with_weights(path, {**trained, **initial_globals}, tmp_path / "initial_globals")
     assert results["elbo"] > untrained["elbo"] + 50, (results["elbo"], untrained["elbo"])
     assert results["elbo"] > initial_mixture["elbo"] + 3, (results["elbo"], initial_mixture["elbo"])

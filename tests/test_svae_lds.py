@@ -16,6 +16,7 @@ from model.svae.lds import SVAELDS
 from tests.conftest import ROOT, train_halfway_and_resume
 from tests.test_kalman import dense_joint
 from utils.config import read_config_file
+from utils.distributed import sum_statistics
 from utils.errors import ConfigError
 
 DT = torch.float64
@@ -74,12 +75,16 @@ def random_video(B: int = 4, T: int = 8, P: int = 6, seed: int = 0) -> dict[str,
     return {"x": clean + 0.1 * torch.randn(B, T, P, generator=gen), "clean": clean}
 
 
+def svi_step(model: SVAELDS, out: dict) -> None:
+    """What the Trainer does after the optimizer step (one process, one replica)."""
+    model.after_optimizer_step(sum_statistics(out["statistics"]))
+
+
 def perturb_globals(model: SVAELDS, steps: int = 3) -> None:
     """Move q(theta) away from the prior with a few SVI steps on random statistics."""
     model.train()
     for seed in range(steps):
-        model(random_video(seed=100 + seed))
-        model.after_optimizer_step()
+        svi_step(model, model(random_video(seed=100 + seed)))
 
 
 def test_local_kl_equals_the_dense_gaussian_computation():
@@ -87,9 +92,9 @@ def test_local_kl_equals_the_dense_gaussian_computation():
     model = tiny_model()
     perturb_globals(model)
     batch = random_video(seed=1)
-    potentials, _ = model.global_expectations()
-    post, node_J, node_h = model.infer(batch["x"], potentials, num_samples=1)
-    kl = model.local_kl(post, node_J, node_h)
+    potentials, _ = model.expected_potentials()
+    post = model.infer(batch["x"], potentials, num_samples=1)
+    kl, node_J, node_h = post.kl, post.node_J, post.node_h
 
     B, T, n = node_h.shape
     _, mean, cov = dense_joint(potentials, node_J.detach(), node_h.detach())
@@ -112,12 +117,12 @@ def test_svi_step_equals_the_closed_form_update(rho, num_train):
     model = tiny_model(num_train, rho)
     perturb_globals(model, 1)
     batch = random_video(seed=2)
-    q_niw0, q_mniw0 = model._natural("q", "niw"), model._natural("q", "mniw")
+    q_niw0, q_mniw0 = model.pgm.natural("niw"), model.pgm.natural("mniw")
     q_niw0, q_mniw0 = type(q_niw0)(*(t.clone() for t in q_niw0)), type(q_mniw0)(*(t.clone() for t in q_mniw0))
-    potentials, _ = model.global_expectations()
-    _, node_J, node_h = model.infer(batch["x"], potentials, 1)
-    model.train()(batch)
-    model.after_optimizer_step()
+    potentials, _ = model.expected_potentials()
+    post = model.infer(batch["x"], potentials, 1)
+    node_J, node_h = post.node_J, post.node_h
+    svi_step(model, model.train()(batch))
 
     B, T, n = node_h.shape
     _, mean, cov = dense_joint(potentials, node_J.detach(), node_h.detach())
@@ -129,27 +134,28 @@ def test_svi_step_equals_the_closed_form_update(rho, num_train):
     xy = scale * sum(block(t, t + 1) for t in range(T - 1))
     yy = scale * sum(block(t + 1, t + 1) for t in range(T - 1))
 
-    m0, kappa0, S0, nu0 = niw.natural_to_standard(model._natural("prior", "niw"))
+    m0, kappa0, S0, nu0 = niw.natural_to_standard(model.pgm.natural("niw", prior=True))
     kappa = kappa0 + scale * B
     m = (kappa0 * m0 + x1) / kappa
     S = S0 + x1x1 + kappa0 * torch.outer(m0, m0) - kappa * torch.outer(m, m)
     target_niw = niw.standard_to_natural(m, kappa, S, nu0 + scale * B)
 
-    M0, K0, S0, nu0 = mniw.natural_to_standard(model._natural("prior", "mniw"))
+    M0, K0, S0, nu0 = mniw.natural_to_standard(model.pgm.natural("mniw", prior=True))
     K0_inv = torch.linalg.inv(K0)
     K_inv = K0_inv + xx
     M = (M0 @ K0_inv + xy.mT) @ torch.linalg.inv(K_inv)
     S = S0 + yy + M0 @ K0_inv @ M0.mT - M @ K_inv @ M.mT
     target_mniw = mniw.standard_to_natural(M, torch.linalg.inv(K_inv), S, nu0 + scale * B * (T - 1))
 
-    for got, old, target in [*zip(model._natural("q", "niw"), q_niw0, target_niw),
-                             *zip(model._natural("q", "mniw"), q_mniw0, target_mniw)]:
+    for got, old, target in [*zip(model.pgm.natural("niw"), q_niw0, target_niw),
+                             *zip(model.pgm.natural("mniw"), q_mniw0, target_mniw)]:
         torch.testing.assert_close(got, (1 - rho) * old + rho * target, atol=1e-8, rtol=1e-8)
 
 
 def test_elbo_parts_and_gradients():
     model = tiny_model().train()
     out = model(random_video())
+    out.pop("statistics")
     torch.testing.assert_close(out["elbo"], out["recon"] - out["kl_local"] - out["kl_global"])
     torch.testing.assert_close(out["loss"], -out["elbo"])
     assert out["kl_local"] > 0 and out["kl_global"] == 0  # q(theta) starts at the prior
@@ -180,21 +186,24 @@ def test_prediction_sees_only_the_prefix():
     mean, samples = model.predict(batch["x"], 2)
     assert mean.shape == (4, 7, 6) and samples.shape == (2, 4, 7, 6)
     torch.testing.assert_close(model.predict(changed, 2)[0], mean)
-    per_example = model.evaluate_batch(batch, ("elbo", "pred_mse", "pred_mse_repeat_last"), 1)
+    metrics = ("elbo", "pred_mse", "pred_mse_repeat_last")
+    per_example = model.evaluate_batch(batch, metrics, {"iw_samples": 1})
     truth = batch["clean"][:, 4:7]
-    torch.testing.assert_close(per_example["pred_se"], ((mean[:, 4:] - truth) ** 2).mean((1, 2)))
-    torch.testing.assert_close(per_example["repeat_se"], ((batch["x"][:, 3:4] - truth) ** 2).mean((1, 2)))
-    results = model.summarize_evaluation(per_example)
+    torch.testing.assert_close(per_example["pred_mse"], ((mean[:, 4:] - truth) ** 2).mean((1, 2)))
+    torch.testing.assert_close(per_example["pred_mse_repeat_last"], ((batch["x"][:, 3:4] - truth) ** 2).mean((1, 2)))
+    results = model.summarize_evaluation(per_example, metrics)
     assert len(results["dynamics_eigenvalue_moduli"]) == 3
     assert results["dynamics_eigenvalue_moduli"] == sorted(results["dynamics_eigenvalue_moduli"], reverse=True)
 
 
-def test_skipped_step_discards_its_statistics():
+def test_forward_changes_no_state():
+    """The statistics travel in the output: a forward pass whose step is never taken (a skipped step)
+    leaves the globals as they were."""
     model = tiny_model().train()
     before = [b.clone() for b in model.buffers()]
-    model(random_video())
-    model.on_step_skipped()
-    model.after_optimizer_step()
+    out = model(random_video())
+    assert out["statistics"]["count"].tolist() == [4.0]
+    model.after_optimizer_step(None)
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
 
 
@@ -208,7 +217,8 @@ def test_extreme_encoder_outputs_stay_finite():
         batch = random_video()
         out = model({"x": batch["x"] * scale})
         out["loss"].backward()
-        assert all(torch.isfinite(v).all() for v in out.values())
+        statistics = out.pop("statistics")
+        assert all(torch.isfinite(v).all() for v in [*out.values(), *statistics.values()])
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         model.zero_grad()
 
@@ -228,7 +238,7 @@ def lds_config(tmp_path) -> dict:
 
 def test_train_resume_and_evaluate(lds_config):
     run_dir, state = train_halfway_and_resume(lds_config, epochs=4)
-    assert {"q_niw_phi", "q_mniw_k_inv", "q_mniw_nu"} <= state["model"].keys()
+    assert {"pgm.q_niw_phi", "pgm.q_mniw_k_inv", "pgm.q_mniw_nu"} <= state["model"].keys()
     path = run_dir / "checkpoints" / "last.pt"
 
     results = test_script.evaluate(path, progress=False)

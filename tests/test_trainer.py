@@ -88,6 +88,13 @@ def test_non_finite_loss_is_skipped_with_nan_policy_skip(regression_config):
     assert math.isfinite(run.metrics["loss"])
 
 
+def test_a_skipped_step_never_applies_its_statistics(regression_config):
+    config = dict(regression_config, arch={"type": "HookProbe", "args": {"nan_at_call": 2}})
+    state = final_state(_run(config, "trainer.nan_policy=skip").run_dir)
+    assert state["global_step"] == 12
+    assert int(state["model"]["optimizer_steps"]) == 11 and float(state["model"]["examples_applied"]) == 11 * 16
+
+
 def test_hooks_parameter_groups_and_schedule_state(regression_config):
     config = dict(regression_config, arch={"type": "HookProbe", "args": {"tau": 1.0}})
     config["optimizer"] = {
@@ -99,6 +106,7 @@ def test_hooks_parameter_groups_and_schedule_state(regression_config):
     state = final_state(run.run_dir)
     assert set(state["optimizers"]) == {"weight", "bias"} and set(state["schedulers"]) == {"weight"}
     assert int(state["model"]["optimizer_steps"]) == 12  # after_optimizer_step once per step
+    assert float(state["model"]["examples_applied"]) == 12 * 16  # with the statistics of its step
     assert state["schedule"] == {"tau": 0.125}  # on_epoch_end once per epoch, saved
     assert state["optimizers"]["weight"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.5 ** 3)
     assert "exp_avg" in state["optimizers"]["bias"]["state"][0]
@@ -124,7 +132,8 @@ def test_gradient_clipping_bounds_the_update(regression_config):
     torch.manual_seed(config["seed"])
     from model.registry import ARCHITECTURES
 
-    initial = ARCHITECTURES.build(config["arch"], "arch", data_shape=(4,)).state_dict()
+    model = ARCHITECTURES.build(config["arch"], "arch", data_shape=(4,))
+    initial = {name: param.detach().clone() for name, param in model.named_parameters()}
     run = train(config)
     moved = torch.cat([(final_state(run.run_dir)["model"][k] - initial[k]).flatten() for k in initial])
     assert 0 < moved.norm() <= 0.01 + 1e-6

@@ -127,5 +127,5 @@ def test_batch_norm_vae_evaluates_importance_samples():
     torch.manual_seed(0)
     model = VAE((1, 28, 28), latent_dim=4, hidden_dims=[16, 8], activation="elu", batch_norm=True).eval()
     x = (torch.rand(6, 1, 28, 28) > 0.5).float()
-    out = model.evaluate_batch({"x": x}, ("elbo", "iw_nll"), 10)
+    out = model.evaluate_batch({"x": x}, ("elbo", "iw_nll"), {"iw_samples": 10})
     assert out["iw_nll"].shape == (6,) and torch.isfinite(out["iw_nll"]).all()

@@ -16,7 +16,7 @@ def check_names(config: dict) -> None:
     DATA_LOADERS.check(config["data_loader"], "data_loader")
     check_optimizer_config(config)
     if config["metrics"] is not None:
-        supported = ARCHITECTURES.get(config["arch"]["type"], "arch.type").eval_metrics
+        supported = ARCHITECTURES.get(config["arch"]["type"], "arch.type").metric_names()
         for name in config["metrics"]:
             if name not in supported:
                 raise ConfigError(
@@ -43,4 +43,4 @@ def build_model(config: dict, data: BaseDataLoader) -> BaseModel:
 
 def eval_metric_names(config: dict, model: BaseModel) -> tuple[str, ...]:
     """The metrics test.py computes: config `metrics`, or all the model supports."""
-    return tuple(config["metrics"]) if config["metrics"] is not None else model.eval_metrics
+    return tuple(config["metrics"]) if config["metrics"] is not None else model.metric_names()

@@ -22,7 +22,7 @@ from logger.tensorboard import TensorboardWriter
 from trainer.metric_tracker import MetricTracker
 from utils.config import flatten
 from utils.device import move_to
-from utils.distributed import DistInfo, all_reduce_sum
+from utils.distributed import DistInfo, all_reduce_sum, sum_statistics
 from utils.errors import NonFiniteLossError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -144,6 +144,7 @@ class Trainer(BaseTrainer):
             opt.zero_grad(set_to_none=True)
         with self._autocast():
             out = self.model(batch)
+        statistics = out.pop("statistics", None)
         if self.data_parallel:  # DataParallel gathers one scalar per GPU
             out = {k: v.mean() for k, v in out.items()}
         loss = out["loss"]
@@ -166,7 +167,7 @@ class Trainer(BaseTrainer):
                 opt.step()
         if self.scaler is not None:
             self.scaler.update()
-        self.model_core.after_optimizer_step()
+        self.model_core.after_optimizer_step(None if statistics is None else sum_statistics(statistics))
         return {k: v.detach() for k, v in out.items()}
 
     def _all_finite(self, loss: torch.Tensor) -> bool:
@@ -179,7 +180,6 @@ class Trainer(BaseTrainer):
     def _on_non_finite(self, loss: torch.Tensor, epoch: int) -> None:
         where = f"epoch {epoch}, step {self.global_step + 1}"
         if self.nan_policy == "skip":
-            self.model_core.on_step_skipped()
             self.skipped_steps += 1
             if self.skipped_steps <= 10:
                 self.logger.warning("non-finite loss (%s) at %s: step skipped (trainer.nan_policy=skip)",

@@ -55,6 +55,18 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def sum_statistics(statistics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sum a model's `out["statistics"]` over their leading (replica) dim and over ranks, in one
+    all-reduce: {name: (R, ...)} -> {name: (...)}."""
+    summed = {name: value.sum(0) for name, value in statistics.items()}
+    if not (dist.is_available() and dist.is_initialized()):
+        return summed
+    names = sorted(summed)
+    flat = all_reduce_sum(torch.cat([summed[name].reshape(-1) for name in names]))
+    sizes = [summed[name].numel() for name in names]
+    return {name: part.view_as(summed[name]) for name, part in zip(names, flat.split(sizes))}
+
+
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's `obj` on every rank."""
     if not (dist.is_available() and dist.is_initialized()):

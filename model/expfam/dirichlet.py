@@ -28,7 +28,15 @@ def expected_stats(natural: torch.Tensor) -> torch.Tensor:
     return torch.digamma(alpha) - torch.digamma(alpha.sum(-1, keepdim=True))
 
 
-def kl(natural_q: torch.Tensor, natural_p: torch.Tensor) -> torch.Tensor:
-    """KL(q || p) = <a_q - a_p, E_q[log pi]> - A(a_q) + A(a_p): (...)."""
-    inner = ((natural_q - natural_p) * expected_stats(natural_q)).sum(-1)
+def point_stats(natural: torch.Tensor) -> torch.Tensor:
+    """log pi at the point estimate pi = E[pi] = alpha / sum alpha: (..., K)."""
+    alpha = natural_to_alpha(natural)
+    return alpha.log() - alpha.sum(-1, keepdim=True).log()
+
+
+def kl(natural_q: torch.Tensor, natural_p: torch.Tensor, expected_q: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(q || p) = <a_q - a_p, E_q[log pi]> - A(a_q) + A(a_p): (...). Pass `expected_q` =
+    expected_stats(natural_q) when it is at hand."""
+    expected = expected_stats(natural_q) if expected_q is None else expected_q
+    inner = ((natural_q - natural_p) * expected).sum(-1)
     return inner - log_normalizer(natural_q) + log_normalizer(natural_p)

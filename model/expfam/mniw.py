@@ -44,7 +44,7 @@ def standard_to_natural(M: torch.Tensor, K: torch.Tensor, S: torch.Tensor, nu: t
 
 def natural_to_standard(eta: MNIWNatural) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> (M, K, S, nu)."""
-    chol = psd_cholesky(eta.k_inv)
+    chol, _ = psd_cholesky(eta.k_inv)
     M = torch.cholesky_solve(eta.k_inv_mt, chol).mT
     S = symmetrize(eta.phi - M @ eta.k_inv_mt)
     return M, symmetrize(torch.cholesky_inverse(chol)), S, eta.nu
@@ -53,19 +53,30 @@ def natural_to_standard(eta: MNIWNatural) -> tuple[torch.Tensor, torch.Tensor, t
 def log_normalizer(eta: MNIWNatural) -> torch.Tensor:
     _, _, S, nu = natural_to_standard(eta)
     n = S.shape[-1]
-    return (0.5 * nu * n * math.log(2.0) + torch.mvlgamma(nu / 2, n) - 0.5 * nu * chol_logdet(psd_cholesky(S))
-            - 0.5 * n * chol_logdet(psd_cholesky(eta.k_inv)))
+    return (0.5 * nu * n * math.log(2.0) + torch.mvlgamma(nu / 2, n) - 0.5 * nu * chol_logdet(psd_cholesky(S)[0])
+            - 0.5 * n * chol_logdet(psd_cholesky(eta.k_inv)[0]))
 
 
 def expected_stats(eta: MNIWNatural) -> MNIWExpectations:
     M, K, S, nu = natural_to_standard(eta)
     n = S.shape[-1]
-    chol = psd_cholesky(S)
+    chol, _ = psd_cholesky(S)
     S_inv_M = torch.cholesky_solve(M, chol)
     nu_ = nu[..., None, None]
     aqa = symmetrize(n * K + nu_ * M.mT @ S_inv_M)
     q = nu_ * symmetrize(torch.cholesky_inverse(chol))
     return MNIWExpectations(aqa, nu_ * S_inv_M, q, expected_logdet_precision(nu, chol_logdet(chol), n))
+
+
+def point_stats(eta: MNIWNatural) -> MNIWExpectations:
+    """t(A, Q) at the point estimate A = M, Q^-1 = E[Q^-1] = nu S^-1 (what a plug-in likelihood
+    uses): `expected_stats` without the uncertainty terms."""
+    M, _, S, nu = natural_to_standard(eta)
+    n = S.shape[-1]
+    chol, _ = psd_cholesky(S)
+    q = nu[..., None, None] * symmetrize(torch.cholesky_inverse(chol))
+    qa = q @ M
+    return MNIWExpectations(symmetrize(M.mT @ qa), qa, q, n * torch.log(nu) - chol_logdet(chol))
 
 
 def kl(eta_q: MNIWNatural, eta_p: MNIWNatural, expected_q: MNIWExpectations | None = None) -> torch.Tensor:

@@ -54,18 +54,29 @@ def expected_logdet_precision(nu: torch.Tensor, logdet_S: torch.Tensor, d: int) 
 def log_normalizer(eta: NIWNatural) -> torch.Tensor:
     _, kappa, S, nu = natural_to_standard(eta)
     d = S.shape[-1]
-    return (0.5 * nu * d * math.log(2.0) + torch.mvlgamma(nu / 2, d) - 0.5 * nu * chol_logdet(psd_cholesky(S))
+    return (0.5 * nu * d * math.log(2.0) + torch.mvlgamma(nu / 2, d) - 0.5 * nu * chol_logdet(psd_cholesky(S)[0])
             - 0.5 * d * torch.log(kappa))
 
 
 def expected_stats(eta: NIWNatural) -> NIWExpectations:
     m, kappa, S, nu = natural_to_standard(eta)
     d = S.shape[-1]
-    chol = psd_cholesky(S)
+    chol, _ = psd_cholesky(S)
     S_inv_m = torch.cholesky_solve(m.unsqueeze(-1), chol).squeeze(-1)
     J = nu[..., None, None] * symmetrize(torch.cholesky_inverse(chol))
     quad = d / kappa + nu * (m * S_inv_m).sum(-1)
     return NIWExpectations(J, nu[..., None] * S_inv_m, quad, expected_logdet_precision(nu, chol_logdet(chol), d))
+
+
+def point_stats(eta: NIWNatural) -> NIWExpectations:
+    """t(mu, Sigma) at the point estimate mu = m, Sigma^-1 = E[Sigma^-1] = nu S^-1 (what a plug-in
+    likelihood uses): `expected_stats` without the uncertainty terms."""
+    m, _, S, nu = natural_to_standard(eta)
+    d = S.shape[-1]
+    chol, _ = psd_cholesky(S)
+    J = nu[..., None, None] * symmetrize(torch.cholesky_inverse(chol))
+    h = (J @ m.unsqueeze(-1)).squeeze(-1)
+    return NIWExpectations(J, h, (h * m).sum(-1), d * torch.log(nu) - chol_logdet(chol))
 
 
 def kl(eta_q: NIWNatural, eta_p: NIWNatural, expected_q: NIWExpectations | None = None) -> torch.Tensor:

@@ -1,16 +1,11 @@
-"""Positive-definite linear algebra in one place: symmetrisation, Cholesky with a
-counted jitter retry, inverses and log-determinants. Shapes: (..., n, n)."""
+"""Positive-definite linear algebra in one place: symmetrisation, Cholesky with a counted,
+masked jitter retry, inverses and log-determinants. Shapes: (..., n, n)."""
 from __future__ import annotations
 
 import torch
 
-_RETRIES = {"count": 0}
-MAX_TRIES = 6
-
-
-def jitter_retries() -> int:
-    """How many Cholesky factorisations needed a jitter retry since the process started."""
-    return _RETRIES["count"]
+#: the retry's jitter, relative to the mean absolute diagonal of the matrix that failed
+JITTER = 1e-8
 
 
 def symmetrize(a: torch.Tensor) -> torch.Tensor:
@@ -18,33 +13,31 @@ def symmetrize(a: torch.Tensor) -> torch.Tensor:
     return 0.5 * (a + a.mT)
 
 
-def psd_cholesky(a: torch.Tensor, symmetric: bool = False) -> torch.Tensor:
+def psd_cholesky(a: torch.Tensor, symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower Cholesky factor L (L L^T = sym(A)) of (..., n, n) positive-definite matrices
-    (`symmetric=True`: A is symmetric by construction and is used as it is).
+    (`symmetric=True`: A is symmetric by construction and is used as it is), and which matrices
+    needed a retry: a bool tensor (...) (`.sum()` counts them).
 
-    Matrices that fail get jitter added to the diagonal, starting at 1e-10 times their
-    mean absolute diagonal and growing 100x per retry; each retry is counted
-    (`jitter_retries`). A matrix that still fails after the last retry yields NaN, so
-    the loss turns non-finite and the Trainer's nan_policy decides what happens.
+    The retry is by mask: A + jitter I is factored once more, with the jitter (JITTER times the mean
+    absolute diagonal) nonzero only for the matrices whose first factorisation failed, and the retry
+    is kept for exactly those. A matrix that fails again yields NaN, so the loss turns non-finite
+    and the Trainer's nan_policy decides what happens. Nothing is read back to the host on CUDA or
+    under torch.compile (the loops that call this can be captured whole); in eager mode on the CPU,
+    where the factorisation's status is already in host memory, the retry is skipped when nothing
+    failed (the same result, without the second factorisation).
     """
     if not symmetric:
         a = symmetrize(a)
     chol, info = torch.linalg.cholesky_ex(a)
     failed = info > 0
-    if not bool(failed.any()):
-        return chol
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    if a.is_cpu and not torch.compiler.is_compiling() and not failed.any():
+        return chol, failed
     scale = a.diagonal(dim1=-2, dim2=-1).abs().mean(-1).clamp_min(torch.finfo(a.dtype).tiny)
-    jitter = 1e-10 * scale
-    for _ in range(MAX_TRIES):
-        _RETRIES["count"] += 1
-        retry, info = torch.linalg.cholesky_ex(a + jitter[..., None, None] * eye)
-        chol = torch.where(failed[..., None, None], retry, chol)
-        failed = failed & (info > 0)
-        if not bool(failed.any()):
-            return chol
-        jitter = jitter * 100.0
-    return torch.where(failed[..., None, None], torch.full_like(chol, float("nan")), chol)
+    jitter = (failed * (JITTER * scale))[..., None, None]
+    retry, info = torch.linalg.cholesky_ex(a + jitter * torch.eye(a.shape[-1], dtype=a.dtype, device=a.device))
+    chol = torch.where(failed[..., None, None], retry, chol)
+    chol = torch.where((info > 0)[..., None, None], torch.nan, chol)
+    return chol, failed
 
 
 def chol_logdet(chol: torch.Tensor) -> torch.Tensor:
@@ -54,5 +47,5 @@ def chol_logdet(chol: torch.Tensor) -> torch.Tensor:
 
 def psd_inverse(a: torch.Tensor) -> torch.Tensor:
     """A^-1 (symmetric) for positive-definite A (..., n, n)."""
-    return symmetrize(torch.cholesky_inverse(psd_cholesky(a)))
-
+    chol, _ = psd_cholesky(a)
+    return symmetrize(torch.cholesky_inverse(chol))

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, Mapping, NamedTuple
 
 import torch
 from torch import nn
 
 from base.base_model import BaseModel
+from base.metric import Metric, PerExample, mean_of
 from model.diagonal_gaussian import (bounded_log_variance, gaussian_kl, gaussian_log_prob, precision_weighted_fusion,
                                      reparameterized_log_prob)
 from model.graph.gates import EdgeGates, GateSchedule
@@ -61,7 +62,12 @@ class GraphVAE(GateSchedule, KLWarmup, BaseModel):
             (0: always 1); `elbo` is always the true bound.
     """
 
-    eval_metrics = ("elbo", "iw_nll")
+    metrics = (
+        Metric("elbo", mean_of("elbo"), "evidence lower bound on log p(x) with the hard gates, one posterior sample; "
+               "nats per example"),
+        Metric("iw_nll", mean_of("iw_nll"), "importance-weighted estimate of -log p(x | hard gates) with "
+               "K = iw_samples; nats per example"),
+    )
 
     def __init__(self, data_shape: tuple[int, ...], num_nodes: int = 5, node_dim: int = 16,
                  hidden_dims: list[int] = (512, 512, 256, 128), head_hidden_dims: list[int] = (128,),
@@ -192,7 +198,7 @@ class GraphVAE(GateSchedule, KLWarmup, BaseModel):
 
     @torch.no_grad()
     def evaluate_batch(self, batch: dict[str, torch.Tensor], metrics: tuple[str, ...],
-                       iw_samples: int) -> dict[str, torch.Tensor]:
+                       options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         x = batch["x"].flatten(1)
         out = {}
         if "elbo" in metrics:
@@ -200,14 +206,13 @@ class GraphVAE(GateSchedule, KLWarmup, BaseModel):
             out["elbo"] = self.likelihood.log_prob(self.decode(post.z), x) - post.kl.sum(-1)
             out["kl_nodes"] = post.kl
         if "iw_nll" in metrics:
-            out["iw_nll"] = -self.iw_log_likelihood(x, iw_samples)
+            out["iw_nll"] = -self.iw_log_likelihood(x, options["iw_samples"])
         return out
 
-    def summarize_evaluation(self, per_example: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """Means of elbo and iw_nll (nats per example, hard gates), KL per node, the edge probabilities
-        sigmoid(a) (N x N, [m][n] = P(m -> n)) and the hard adjacency."""
-        results: dict[str, Any] = {name: float(per_example[name].double().mean())
-                                   for name in ("elbo", "iw_nll") if name in per_example}
+    def model_summary(self, per_example: PerExample) -> dict[str, Any]:
+        """The KL per node (nats per example, with `elbo`), the edge probabilities sigmoid(a) (N x N,
+        [m][n] = P(m -> n)) and the hard adjacency."""
+        results: dict[str, Any] = {}
         if "kl_nodes" in per_example:
             results["kl_nodes"] = [round(float(v), 4) for v in per_example["kl_nodes"].double().mean(0)]
         results["edge_probs"] = [[round(float(p), 4) for p in row] for row in self.gates.probs().detach().cpu()]

@@ -2,12 +2,13 @@
 a step and from the previous step's nodes, and a deterministic recurrent state as in a VRNN."""
 from __future__ import annotations
 
-from typing import Any, Literal, NamedTuple
+from typing import Any, Callable, Literal, Mapping, NamedTuple
 
 import torch
 from torch import nn
 
 from base.base_model import BaseModel
+from base.metric import Metric, PerExample, mean_of, ratio_of_sums
 from model.diagonal_gaussian import bounded_log_variance, gaussian_kl, gaussian_log_prob, reparameterized_log_prob
 from model.graph.gates import EdgeGates, GateSchedule
 from model.importance import iw_log_likelihood
@@ -121,6 +122,24 @@ def step_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return mask.bool()
 
 
+def per_sequence_and_step(key: str) -> Callable[[PerExample], dict[str, float]]:
+    """Reduction of per-sequence totals under `key`: their mean (per sequence) and, as `key`_per_step, their sum
+    over the sum of the sequences' steps."""
+    return lambda per_example: {key: mean_of(key)(per_example),
+                                f"{key}_per_step": ratio_of_sums(key, "steps")(per_example)}
+
+
+def over_predicted_sequences(**reported: str) -> Callable[[PerExample], dict[str, Any]]:
+    """Reduction: {name: the mean of per-sequence values `key` over the sequences long enough to score
+    (`pred_valid`)} for `name=key` in `reported`, and their number as `predicted_sequences`."""
+    def reduce(per_example: PerExample) -> dict[str, Any]:
+        valid = per_example["pred_valid"].bool()
+        means = {name: float(per_example[key][valid].double().mean()) for name, key in reported.items()}
+        return {**means, "predicted_sequences": int(valid.sum())}
+
+    return reduce
+
+
 @ARCHITECTURES.register("RecurrentGraphVAE")
 class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
     """N latent nodes z_{t,n} in R^d per step, with learned gated edges within a step (c_{m,n}, m > n, node N-1
@@ -157,7 +176,17 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
         prediction_samples: sampled continuations per sequence for `pred_mse`; figure_samples: drawn in figures.
     """
 
-    eval_metrics = ("elbo", "iw_nll", "pred_mse", "pred_mse_repeat_last")
+    metrics = (
+        Metric("elbo", per_sequence_and_step("elbo"), "evidence lower bound on log p(x_1:T) with the hard gates, "
+               "one posterior sample; nats per sequence, and per step as elbo_per_step"),
+        Metric("iw_nll", per_sequence_and_step("iw_nll"), "importance-weighted estimate of -log p(x_1:T | hard "
+               "gates) with K = iw_samples; nats per sequence, and per step as iw_nll_per_step"),
+        Metric("pred_mse", over_predicted_sequences(pred_mse="pred_se", pred_mse_sample_mean="pred_mean_se"),
+               "squared error per frame entry of `horizon` steps sampled after `prefix_len`, against the clean "
+               "frames (mean over prediction_samples; of the samples' mean as pred_mse_sample_mean)"),
+        Metric("pred_mse_repeat_last", over_predicted_sequences(pred_mse_repeat_last="repeat_se"),
+               "the same error for repeating the last observed frame (a baseline for pred_mse)"),
+    )
     visualization_size = 6
 
     def __init__(self, data_shape: tuple[int, int], num_nodes: int = 4, node_dim: int = 4,
@@ -379,7 +408,7 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
 
     @torch.no_grad()
     def evaluate_batch(self, batch: dict[str, torch.Tensor], metrics: tuple[str, ...],
-                       iw_samples: int) -> dict[str, torch.Tensor]:
+                       options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Per sequence: its steps; the ELBO and KL per node summed over its steps; the IW estimate of
         -log p(x_1:T); the squared errors (means over steps and dims) of the sampled continuations (mean over
         the samples), of their average, and of repeating the last observed frame, with `pred_valid` marking
@@ -391,7 +420,7 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
             out["elbo"] = (log_px - kl.sum(-1)).sum(1)
             out["kl_nodes"] = kl.sum(1)
         if "iw_nll" in metrics:
-            out["iw_nll"] = -self.iw_log_likelihood(x, mask, iw_samples)
+            out["iw_nll"] = -self.iw_log_likelihood(x, mask, options["iw_samples"])
         if "pred_mse" in metrics or "pred_mse_repeat_last" in metrics:
             P, H = self.prefix_len, self.horizon
             if x.shape[1] < P + H:
@@ -407,29 +436,20 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
                 out["repeat_se"] = ((x[:, P - 1:P] - truth) ** 2).mean((1, 2))
         return out
 
-    def summarize_evaluation(self, per_example: dict[str, torch.Tensor]) -> dict[str, Any]:
-        """elbo and iw_nll in nats per sequence (means) and per step (totals / steps); the KL per node per step;
-        both learned graphs (edge probabilities, [m][n] = P(m -> n), and hard adjacencies: `edge_probs` and
-        `adjacency` within a step, `prev_edge_probs` and `prev_adjacency` from z_{t-1,m} to z_{t,n}); pred_mse,
-        pred_mse_sample_mean and pred_mse_repeat_last over the sequences of at least prefix_len + horizon steps."""
+    def model_summary(self, per_example: PerExample) -> dict[str, Any]:
+        """The KL per node per step (nats, with `elbo`); both learned graphs (edge probabilities, [m][n] =
+        P(m -> n), and hard adjacencies: `edge_probs` and `adjacency` within a step, `prev_edge_probs` and
+        `prev_adjacency` from z_{t-1,m} to z_{t,n}); prefix_len and horizon (with a prediction metric); the number
+        of steps evaluated."""
         steps = per_example["steps"].double().sum()
         results: dict[str, Any] = {}
-        for name in ("elbo", "iw_nll"):
-            if name in per_example:
-                values = per_example[name].double()
-                results[name], results[f"{name}_per_step"] = float(values.mean()), float(values.sum() / steps)
         if "kl_nodes" in per_example:
             results["kl_nodes"] = [round(float(v), 4) for v in per_example["kl_nodes"].double().sum(0) / steps]
         for prefix, gates in (("", self.gates), ("prev_", self.prev_gates)):
             results[f"{prefix}edge_probs"] = [[round(float(p), 4) for p in row] for row in gates.probs().detach().cpu()]
             results[f"{prefix}adjacency"] = gates.hard().int().cpu().tolist()
         if "pred_valid" in per_example:
-            valid = per_example["pred_valid"].bool()
-            for key, name in (("pred_se", "pred_mse"), ("pred_mean_se", "pred_mse_sample_mean"),
-                              ("repeat_se", "pred_mse_repeat_last")):
-                if key in per_example:
-                    results[name] = float(per_example[key][valid].double().mean())
-            results.update(prefix_len=self.prefix_len, horizon=self.horizon, predicted_sequences=int(valid.sum()))
+            results.update(prefix_len=self.prefix_len, horizon=self.horizon)
         results["num_steps"] = int(steps)
         return results
 

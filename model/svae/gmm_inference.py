@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 import torch
 
-from model.expfam import dirichlet, niw
-from model.expfam.psd import psd_cholesky
+from model.expfam import niw
+from model.expfam.gaussian import InfoGaussian
 
 
 class MixtureExpectations(NamedTuple):
@@ -31,27 +31,34 @@ class MixtureExpectations(NamedTuple):
     const: torch.Tensor
 
 
-class LocalPosterior(NamedTuple):
-    """q(z) q(x) for B points: responsibilities (B, K); q(x) in natural form J (B, d, d), h (B, d),
-    the Cholesky factor of J, E[x] (B, d), E[x x^T] (B, d, d); local KL (B,)."""
+class MeanFieldPosterior(NamedTuple):
+    """q(z) q(x) for B points: responsibilities (B, K); q(x) (batch (B,)), E[x] (B, d), E[x x^T] (B, d, d);
+    the local KL (B,); which Cholesky factorisations needed a jitter retry, in every sweep (bool, (..., B)),
+    the sweeps without gradient, and S reparameterised samples of q(x) (S, B, d) when asked for."""
     responsibilities: torch.Tensor
-    J: torch.Tensor
-    h: torch.Tensor
-    chol: torch.Tensor
+    gaussian: InfoGaussian
     mean: torch.Tensor
     second: torch.Tensor
     kl: torch.Tensor
+    retried: torch.Tensor
+    iterations: int = 1
+    samples: torch.Tensor | None = None
+
+    @property
+    def retries(self) -> torch.Tensor:
+        """The number of jitter retries over all sweeps: () int64."""
+        return self.retried.sum()
 
 
-def mixture_expectations(dirichlet_natural: torch.Tensor, niw_expected: niw.NIWExpectations) -> MixtureExpectations:
-    """Expected parameters of the K mixture components under q(pi) q(mu, Sigma), from the Dirichlet's
-    natural parameters (K,) and the NIWs' expected statistics."""
-    J, h, const = niw.expected_gaussian_potential(niw_expected)
-    return MixtureExpectations(dirichlet.expected_stats(dirichlet_natural), J, h, const)
+def mixture_expectations(log_weights: torch.Tensor, components: niw.NIWExpectations) -> MixtureExpectations:
+    """The mixture's potentials from log weights (K,) (E[log pi] under q(pi), or log pi at a point) and the
+    components' NIW statistics (expected, or at a point)."""
+    J, h, const = niw.expected_gaussian_potential(components)
+    return MixtureExpectations(log_weights, J, h, const)
 
 
 def meanfield_update(node_J: torch.Tensor, node_h: torch.Tensor, responsibilities: torch.Tensor,
-                     mix: MixtureExpectations) -> LocalPosterior:
+                     mix: MixtureExpectations) -> MeanFieldPosterior:
     """One sweep: q(x) from the responsibilities (B, K), then q(z) from q(x), and the local KL.
     node_J: (B, d) diagonal precisions, node_h: (B, d). Written with few, fused kernels: at these
     sizes the cost is per operation, not per flop."""
@@ -59,40 +66,40 @@ def meanfield_update(node_J: torch.Tensor, node_h: torch.Tensor, responsibilitie
     J_flat = mix.J.reshape(-1, d * d)  # (K, d*d)
     J = (responsibilities @ J_flat).view(B, d, d)  # symmetric: a combination of symmetric J_k
     J.diagonal(dim1=-2, dim2=-1).add_(node_J)
-    h = torch.addmm(node_h, responsibilities, mix.h)
-    chol = psd_cholesky(J, symmetric=True)
-    cov = torch.cholesky_inverse(chol)
-    mean = (cov @ h.unsqueeze(-1)).squeeze(-1)
+    q_x = InfoGaussian.from_natural(J, torch.addmm(node_h, responsibilities, mix.h), symmetric=True)
+    mean, cov = q_x.moments()
     second = torch.baddbmm(cov, mean.unsqueeze(-1), mean.unsqueeze(-2))
     g = torch.addmm(mean @ mix.h.mT, second.view(B, d * d), J_flat.mT, alpha=-0.5)  # (B, K)
     logits = g + (mix.log_weights + mix.const)
     log_responsibilities = torch.log_softmax(logits, -1)
     log_normalizer_z = logits[:, 0] - log_responsibilities[:, 0]
-    # <psi, E t(x)> - A(q(x)), with A = 1/2 h^T mean - 1/2 log|J| + d/2 log 2 pi
-    gaussian_kl = (((node_h - 0.5 * h) * mean).sum(-1) - 0.5 * (node_J * second.diagonal(dim1=-2, dim2=-1)).sum(-1)
-                   + chol.diagonal(dim1=-2, dim2=-1).log().sum(-1) - 0.5 * d * math.log(2 * math.pi))
+    gaussian_kl = ((node_h * mean).sum(-1) - 0.5 * (node_J * second.diagonal(dim1=-2, dim2=-1)).sum(-1)
+                   - q_x.log_normalizer(mean))  # <psi, E t(x)> - A(q(x))
     kl = gaussian_kl + (responsibilities * g).sum(-1) - log_normalizer_z
-    return LocalPosterior(log_responsibilities.exp(), J, h, chol, mean, second, kl)
+    return MeanFieldPosterior(log_responsibilities.exp(), q_x, mean, second, kl, q_x.retried)
 
 
 def local_meanfield(node_J: torch.Tensor, node_h: torch.Tensor, mix: MixtureExpectations, max_iter: int = 100,
-                    tol: float = 1e-3) -> tuple[LocalPosterior, int]:
+                    tol: float = 1e-3) -> MeanFieldPosterior:
     """Mean-field inference: up to `max_iter` sweeps without gradient from uniform responsibilities,
     until the batch-mean local KL changes by less than `tol` nats, then one differentiable sweep
     from the converged responsibilities (the path by which the encoder learns from the local KL).
-    Returns the posterior of the last sweep and the number of sweeps without gradient."""
+    Returns the posterior of the last sweep, with the number of sweeps without gradient and the
+    jitter retries of all sweeps. The stopping test reads one number per sweep: the sweep count is
+    data-dependent by design; the sweep itself reads nothing back."""
     B, K = node_h.shape[0], mix.h.shape[0]
     responsibilities = node_h.new_full((B, K), 1.0 / K)
     previous = math.inf
-    iterations = 0
+    retried = []
     with torch.no_grad():
         node_J_, node_h_ = node_J.detach(), node_h.detach()
-        while iterations < max_iter:
+        while len(retried) < max_iter:
             post = meanfield_update(node_J_, node_h_, responsibilities, mix)
             responsibilities = post.responsibilities
-            iterations += 1
+            retried.append(post.retried)
             current = float(post.kl.mean())
             if abs(previous - current) < tol:
                 break
             previous = current
-    return meanfield_update(node_J, node_h, responsibilities, mix), iterations
+    post = meanfield_update(node_J, node_h, responsibilities, mix)
+    return post._replace(retried=torch.stack([*retried, post.retried]), iterations=len(retried))

@@ -23,10 +23,10 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from model.expfam import gaussian
+from model.expfam.gaussian import InfoGaussian
 from model.expfam.mniw import MNIWExpectations
 from model.expfam.niw import NIWExpectations, expected_gaussian_potential
-from model.expfam.psd import chol_logdet, psd_cholesky
+from model.expfam.psd import psd_cholesky
 from model.svae.scan import associative_scan
 
 Method = Literal["sequential", "parallel"]
@@ -46,13 +46,15 @@ class LDSPotentials(NamedTuple):
 
 
 class LDSPosterior(NamedTuple):
-    """q(x_1:T): log_z (B,), mean (B, T, n), cov (B, T, n, n), cross_cov = Cov(x_t, x_{t+1}) (B, T-1, n, n)
-    and reparameterised samples (S, B, T, n) (None when none were asked for)."""
+    """q(x_1:T): log_z (B,), mean (B, T, n), cov (B, T, n, n), cross_cov = Cov(x_t, x_{t+1}) (B, T-1, n, n),
+    reparameterised samples (S, B, T, n) (None when none were asked for) and the jitter retries of its
+    Cholesky factorisations (a () tensor)."""
     log_z: torch.Tensor
     mean: torch.Tensor
     cov: torch.Tensor
     cross_cov: torch.Tensor
     samples: torch.Tensor | None
+    retries: torch.Tensor
 
 
 def expected_lds_potentials(init: NIWExpectations, dynamics: MNIWExpectations) -> LDSPotentials:
@@ -79,33 +81,46 @@ def lds_posterior(prior: LDSPotentials, node_J: torch.Tensor, node_h: torch.Tens
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     filtered = _filter_parallel if method == "parallel" else _filter_sequential
-    J_f, h_f = filtered(prior, node_J, node_h)
+    J_f, h_f, filter_retries = filtered(prior, node_J, node_h)
     T = node_J.shape[1]
-    # x_t | x_{t+1}, psi_1..t for t < T, batched over time
-    P_chol = psd_cholesky(J_f[:, :-1] + prior.J11, symmetric=True)
-    b = torch.cholesky_solve(h_f[:, :-1].unsqueeze(-1), P_chol).squeeze(-1)
-    G = -torch.cholesky_solve(prior.J12.expand_as(P_chol), P_chol)
-    V = torch.cholesky_inverse(P_chol)
-    last_chol = psd_cholesky(J_f[:, -1], symmetric=True)
-    last_mean = torch.cholesky_solve(h_f[:, -1].unsqueeze(-1), last_chol).squeeze(-1)
-    log_z = (prior.init_const + (T - 1) * prior.pair_const
-             + (0.5 * (h_f[:, :-1] * b).sum(-1) - 0.5 * chol_logdet(P_chol)).sum(-1)
-             + 0.5 * (h_f[:, -1] * last_mean).sum(-1) - 0.5 * chol_logdet(last_chol)
-             + 0.5 * T * node_J.shape[-1] * math.log(2 * math.pi))
+    # x_t | x_{t+1}, psi_1..t for t < T, batched over time: N(G_t x_{t+1} + b_t, V_t), precision P_t
+    conditionals = InfoGaussian.from_natural(J_f[:, :-1] + prior.J11, h_f[:, :-1], symmetric=True)
+    b = conditionals.mean()
+    G = -torch.cholesky_solve(prior.J12.expand_as(conditionals.J), conditionals.chol)
+    V = torch.cholesky_inverse(conditionals.chol)
+    last = InfoGaussian.from_natural(J_f[:, -1], h_f[:, -1], symmetric=True)
+    last_mean = last.mean()
+    # log Z = the constants + the log-normalisers of the factors x_t | x_{t+1} (t < T) and of x_T
+    log_z = (prior.init_const + (T - 1) * prior.pair_const + conditionals.log_normalizer(b).sum(-1)
+             + last.log_normalizer(last_mean))
 
     # offsets of the affine backward maps: column 0 the means, columns 1..S the samples
     offsets = b.unsqueeze(-1)
-    last = last_mean.unsqueeze(-1)
+    last_values = last_mean.unsqueeze(-1)
     if num_samples:
-        noise = gaussian.sample(P_chol, torch.zeros_like(b), num_samples)  # (S, B, T-1, n)
+        noise = conditionals.sample(num_samples, torch.zeros_like(b))  # (S, B, T-1, n)
         offsets = torch.cat([offsets, (b + noise).permute(1, 2, 3, 0)], -1)
-        last_sample = gaussian.sample(last_chol, last_mean, num_samples).permute(1, 2, 0)
-        last = torch.cat([last, last_sample], -1)
+        last_values = torch.cat([last_values, last.sample(num_samples, last_mean).permute(1, 2, 0)], -1)
     backward = _backward_parallel if method == "parallel" else _backward_sequential
-    values, cov = backward(G, offsets, V, last, torch.cholesky_inverse(last_chol))
+    values, cov = backward(G, offsets, V, last_values, torch.cholesky_inverse(last.chol))
     cross_cov = G @ cov[:, 1:]  # Cov(x_t, x_{t+1}) = G_t Cov(x_{t+1})
     samples = values[..., 1:].permute(3, 0, 1, 2) if num_samples else None
-    return LDSPosterior(log_z, values[..., 0], cov, cross_cov, samples)
+    retries = filter_retries + conditionals.retried.sum() + last.retried.sum()
+    return LDSPosterior(log_z, values[..., 0], cov, cross_cov, samples, retries)
+
+
+def chain_log_potential(prior: LDSPotentials, x: torch.Tensor) -> torch.Tensor:
+    """init(x_1) + sum_{t<T} pair(x_t, x_{t+1}), constants included, of paths x (..., T, n): (...). The pair
+    potentials may vary with time (J11, J12, J22 (..., T-1, n, n), pair_const (..., T-1)) or be shared."""
+    first, now, later = x[..., 0, :], x[..., :-1, :], x[..., 1:, :]
+
+    def quadratic(left: torch.Tensor, matrix: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        return (left.unsqueeze(-2) @ matrix @ right.unsqueeze(-1))[..., 0, 0]
+
+    init = -0.5 * quadratic(first, prior.init_J, first) + (prior.init_h * first).sum(-1) + prior.init_const
+    pairs = (-0.5 * quadratic(now, prior.J11, now) - quadratic(now, prior.J12, later)
+             - 0.5 * quadratic(later, prior.J22, later) + prior.pair_const)
+    return init + pairs.sum(-1)
 
 
 def _node_precision(prior_J: torch.Tensor, node_J: torch.Tensor) -> torch.Tensor:
@@ -114,9 +129,9 @@ def _node_precision(prior_J: torch.Tensor, node_J: torch.Tensor) -> torch.Tensor
 
 
 def _filter_sequential(prior: LDSPotentials, node_J: torch.Tensor,
-                       node_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Filtered potentials (J^f (B, T, n, n), h^f (B, T, n)) by the information-form Kalman filter.
-    Differentiable in the node potentials (not in the prior's, which are SVI's)."""
+                       node_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Filtered potentials (J^f (B, T, n, n), h^f (B, T, n)) by the information-form Kalman filter, and its
+    jitter retries. Differentiable in the node potentials (not in the prior's, which are SVI's)."""
     if any(t.requires_grad for t in prior):
         raise ValueError("the sequential Kalman filter does not differentiate the prior potentials; detach them")
     return _InformationFilter.apply(node_J, node_h, prior.init_J, prior.init_h, prior.J11, prior.J12, prior.J22)
@@ -136,23 +151,26 @@ class _InformationFilter(torch.autograd.Function):
         J22_and_zero = torch.cat([J22, J22.new_zeros(n, 1)], -1).expand(B, n, n + 1)
         J12_b = J12.expand(B, n, n)
         J_pred, h_pred = init_J.expand(B, n, n), init_h.expand(B, n)
-        J_f, h_f, gains = [], [], []
+        J_f, h_f, gains, retried = [], [], [], []
         for t, (D_t, h_node_t) in enumerate(zip(node_precision.unbind(1), node_h.unbind(1))):
             J_f.append(J_pred + D_t)
             h_f.append(h_pred + h_node_t)
             if t == T - 1:
                 break
-            chol = psd_cholesky(J_f[-1] + J11, symmetric=True)
+            chol, retried_t = psd_cholesky(J_f[-1] + J11, symmetric=True)
+            retried.append(retried_t)
             gain = torch.cholesky_solve(torch.cat([J12_b, h_f[-1].unsqueeze(-1)], -1), chol)  # [K_t | b_t]
             gains.append(gain)
             prediction = torch.baddbmm(J22_and_zero, J12_t, gain, alpha=-1.0)  # [J^p_t+1 | h^p_t+1]
             J_pred, h_pred = prediction[..., :n], prediction[..., n]
         ctx.save_for_backward(torch.stack(gains, 1) if gains else node_J.new_zeros(B, 0, n, n + 1))
-        return torch.stack(J_f, 1), torch.stack(h_f, 1)
+        retries = torch.stack(retried).sum() if retried else node_J.new_zeros((), dtype=torch.long)
+        ctx.mark_non_differentiable(retries)
+        return torch.stack(J_f, 1), torch.stack(h_f, 1), retries
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_J_f, grad_h_f):
+    def backward(ctx, grad_J_f, grad_h_f, _grad_retries):
         (gains,) = ctx.saved_tensors
         B, T, n = gains.shape[0], gains.shape[1] + 1, gains.shape[2]
         grad_J_f = gains.new_zeros(B, T, n, n) if grad_J_f is None else grad_J_f
@@ -170,17 +188,20 @@ class _InformationFilter(torch.autograd.Function):
         return grad_node_J, torch.stack(grads_h[::-1], 1), None, None, None, None, None
 
 
-def _combine_chain(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+def _combine_chain(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...],
+                   retries: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
     """Integrate out the shared middle state of two adjacent chain segments.
 
     A segment is a potential over its (first, last) states, -1/2 [s; e]^T [[A, C], [C^T, D]] [s; e]
     + a^T s + d^T e, stored as (A, C, D, a, d). Combining (s, m) with (m, e) integrates m out
-    (a Schur complement) and gives the potential over (s, e); the constants are not tracked.
+    (a Schur complement) and gives the potential over (s, e); the constants are not tracked. The
+    factorisation's jitter-retry count is appended to `retries`.
     """
     A1, C1, D1, a1, d1 = a
     A2, C2, D2, a2, d2 = b
     n = A1.shape[-1]
-    chol = psd_cholesky(D1 + A2, symmetric=True)
+    chol, retried = psd_cholesky(D1 + A2, symmetric=True)
+    retries.append(retried.sum())
     W = torch.linalg.solve_triangular(chol, torch.cat([C1.mT, C2, (d1 + a2).unsqueeze(-1)], -1), upper=False)
     W1, W2, w = W[..., :n], W[..., n:2 * n], W[..., 2 * n:]
     return (A1 - W1.mT @ W1, -W1.mT @ W2, D2 - W2.mT @ W2,
@@ -188,7 +209,7 @@ def _combine_chain(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> 
 
 
 def _filter_parallel(prior: LDSPotentials, node_J: torch.Tensor,
-                     node_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                     node_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Filtered potentials by an associative scan over chain segments: segment t is the pair potential
     (x_{t-1}, x_t) plus psi_t (segment 1: the initial potential plus psi_1, not coupled to anything),
     and the prefix ending at t is a potential over (x_0, x_t) whose x_t part is (J^f_t, h^f_t)."""
@@ -198,8 +219,10 @@ def _filter_parallel(prior: LDSPotentials, node_J: torch.Tensor,
     C = torch.cat([zeros, prior.J12.expand(B, T - 1, n, n)], 1)
     D = _node_precision(torch.cat([prior.init_J.expand(B, 1, n, n), prior.J22.expand(B, T - 1, n, n)], 1), node_J)
     d = node_h + torch.cat([prior.init_h.expand(B, 1, n), node_h.new_zeros(B, T - 1, n)], 1)
-    *_, J_f, _, h_f = associative_scan(_combine_chain, (A, C, D, torch.zeros_like(d), d))
-    return J_f, h_f
+    retries = [node_J.new_zeros((), dtype=torch.long)]
+    *_, J_f, _, h_f = associative_scan(lambda x, y: _combine_chain(x, y, retries),
+                                       (A, C, D, torch.zeros_like(d), d))
+    return J_f, h_f, torch.stack(retries).sum()
 
 
 def _backward_sequential(G: torch.Tensor, offsets: torch.Tensor, V: torch.Tensor, last: torch.Tensor,
