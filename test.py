@@ -21,6 +21,7 @@ from tqdm import tqdm  # noqa: E402
 from base.base_trainer import load_model_weights  # noqa: E402
 from base.metric import DEFAULT_OPTIONS  # noqa: E402
 from logger import TensorboardWriter  # noqa: E402
+from logger.figures import FigureWriter, file_stem  # noqa: E402
 from trainer.build import build_data, build_model, eval_metric_names, load_and_check  # noqa: E402
 from utils.checkpoint import load_checkpoint, run_dir_of, write_atomic  # noqa: E402
 from utils.cli import ArgumentParser, run_main  # noqa: E402
@@ -74,16 +75,24 @@ def evaluate(checkpoint_path: str | Path, device: str = "auto", batch_size: int 
 
     run_dir = run_dir_of(checkpoint_path) or Path(checkpoint_path).resolve().parent
     write_atomic(run_dir / "test_metrics.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
-    if config["trainer"]["tensorboard"]:
-        writer = TensorboardWriter(run_dir, enabled=True)
-        for name, value in results.items():
-            if isinstance(value, (int, float)):
-                writer.val.add_scalar(f"test/{name}", value, checkpoint["global_step"])
-        vis = loader.dataset.__getitems__(list(range(min(model.visualization_size, len(loader.dataset)))))
-        with torch.no_grad():
-            model.visualize(writer.train, move_to(vis, torch_device), checkpoint["global_step"], "test")
-        writer.close()
+    writer = TensorboardWriter(run_dir, enabled=config["trainer"]["tensorboard"], splits=("test",))
+    step = checkpoint["global_step"]
+    for name, value in metric_values(results, metrics).items():
+        writer.test.add_scalar(f"test/{name}", value, step)
+    writer.test.add_text("test_metrics", "\n".join("    " + line for line in format_table(results).splitlines()), step)
+    vis = loader.dataset.__getitems__(list(range(min(model.visualization_size, len(loader.dataset)))))
+    figures = FigureWriter(writer.test, run_dir / "figures", lambda tag: f"{file_stem(tag)}.png")
+    with torch.no_grad():
+        model.visualize(figures, move_to(vis, torch_device), step, "test")
+    writer.close()
     return results
+
+
+def metric_values(results: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, float]:
+    """The numbers of `results` that the metrics reported (`elbo`, `elbo_per_step`, ...), for charts;
+    bookkeeping (epoch, num_examples, iw_samples, prefix_len, ...) stays in test_metrics.json and the text tab."""
+    return {key: value for key, value in results.items()
+            if isinstance(value, (int, float)) and any(key == m or key.startswith(f"{m}_") for m in metrics)}
 
 
 MAX_PRINTED_ENTRIES = 64  # larger lists (e.g. predicted_sequences) are only named, with their shape

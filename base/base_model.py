@@ -13,6 +13,7 @@ Optional hooks the Trainer calls (the defaults do nothing):
   after_optimizer_step(statistics)   e.g. the SVAE natural-gradient step of globals
   on_epoch_end(epoch)      e.g. temperature annealing
   schedule_state() / load_schedule_state(state)   saved in checkpoints
+  schedule_values()        logged once per epoch as schedule/<name> (KL weight, temperature)
   visualize(writer, batch, step, tag)   images and figures for TensorBoard
 Evaluation (test.py): the class lists its `metrics` (base/metric.py);
   evaluate_batch(batch, metrics, options) -> per-example values of those metrics
@@ -60,6 +61,11 @@ class BaseModel(nn.Module):
 
     def load_schedule_state(self, state: dict[str, Any]) -> None:
         """Restore what `schedule_state` returned."""
+
+    def schedule_values(self) -> dict[str, float]:
+        """The current values of the model's schedules (e.g. the KL warm-up weight), logged once per
+        epoch as `schedule/<name>`."""
+        return {}
 
     def evaluate_batch(self, batch: dict[str, torch.Tensor], metrics: tuple[str, ...],
                        options: Mapping[str, Any]) -> dict[str, torch.Tensor]:

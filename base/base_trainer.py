@@ -62,6 +62,7 @@ class BaseTrainer:
         log: dict[str, float] = {}
         epoch = self.start_epoch
         try:
+            self._on_fit_start()
             for epoch in range(self.start_epoch, self.epochs + 1):
                 started = time.perf_counter()
                 log = self._run_epoch(epoch)
@@ -72,7 +73,7 @@ class BaseTrainer:
                     self.logger.info("early stopping: %s has not improved by more than %g for %d epochs",
                                      self.monitor_key, self.min_delta, self.not_improved_count)
                     break
-            self._on_fit_end(log)
+            self._on_fit_end(log, epoch)
         except OutputWriteError as err:  # a full disk: say where training stopped and what is safe
             raise OutputWriteError(err.path, f"{err.reason}; training stopped in epoch {epoch} and "
                                              f"{self.last_good_checkpoint()}") from None
@@ -84,8 +85,11 @@ class BaseTrainer:
     def _log_epoch(self, epoch: int, log: dict[str, float], seconds: float, improved: bool) -> None:
         raise NotImplementedError
 
-    def _on_fit_end(self, log: dict[str, float]) -> None:
-        """Called once after the last epoch."""
+    def _on_fit_start(self) -> None:
+        """Called once before the first epoch of this process."""
+
+    def _on_fit_end(self, log: dict[str, float], epoch: int) -> None:
+        """Called once after the last epoch (`epoch`, the last one trained)."""
 
     # -------------------------------------------------------------- monitor
     def _update_monitor(self, log: dict[str, float]) -> bool:

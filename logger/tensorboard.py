@@ -1,9 +1,12 @@
-"""TensorBoard writers of a run: tensorboard/train and tensorboard/val.
+"""TensorBoard writers of a run: tensorboard/train, tensorboard/val and tensorboard/test.
 
-Epoch means go to both under the same tag ("epoch/<metric>"), so TensorBoard
+Epoch means go to train and val under the same tag ("epoch/<metric>"), so TensorBoard
 draws train and validation in one chart, on the global-step axis shared with the
-per-step scalars ("step/<metric>"). Disabled writers (tensorboard off, or not
-rank 0) accept every call and do nothing.
+per-step scalars ("step/<metric>"); test.py writes its metrics and figures to test.
+The tensorboard/ folder itself is the run's HPARAMS session (`write_hparams`): its
+hyperparameters, and as metrics the last value of every scalar of its train, val and
+test runs. Disabled writers (tensorboard off, or not rank 0) accept every call and do
+nothing.
 """
 from __future__ import annotations
 
@@ -56,15 +59,31 @@ class _GuardedWriter:
 
 
 class TensorboardWriter:
-    """`train` and `val` SummaryWriters under <run_dir>/tensorboard/."""
+    """SummaryWriters under <run_dir>/tensorboard/ for the `splits` asked for (attributes `train`,
+    `val`, `test`; the others are disabled)."""
 
-    def __init__(self, run_dir: Path | None, enabled: bool):
-        if enabled and run_dir is not None:
-            self.train: Any = _GuardedWriter(Path(run_dir) / "tensorboard" / "train")
-            self.val: Any = _GuardedWriter(Path(run_dir) / "tensorboard" / "val")
-        else:
-            self.train = self.val = _NullWriter()
+    SPLITS = ("train", "val", "test")
+
+    def __init__(self, run_dir: Path | None, enabled: bool, splits: tuple[str, ...] = ("train", "val")):
+        self.folder = Path(run_dir) / "tensorboard" if enabled and run_dir is not None else None
+        for split in self.SPLITS:
+            on = self.folder is not None and split in splits
+            setattr(self, split, _GuardedWriter(self.folder / split) if on else _NullWriter())
+
+    def write_hparams(self, hparams: dict[str, Any]) -> None:
+        """Record this run as one session of TensorBoard's HPARAMS table. Only the session is written,
+        never an experiment definition: TensorBoard then builds the table from every session under the
+        logdir (the union of their hyperparameters, those that differ first), whatever the architecture."""
+        if self.folder is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        _, session_start, session_end = hparams_summaries(hparams, {})
+        session = _GuardedWriter(self.folder)
+        for summary in (session_start, session_end):
+            session._get_file_writer().add_summary(summary)
+        session.close()
 
     def close(self) -> None:
-        for writer in (self.train, self.val):
-            writer.close()
+        for split in self.SPLITS:
+            getattr(self, split).close()

@@ -32,3 +32,6 @@ class KLWarmup:
 
     def load_schedule_state(self, state: dict[str, Any]) -> None:
         self.epochs_done = state.get("epochs_done", 0)
+
+    def schedule_values(self) -> dict[str, float]:
+        return {"kl_weight": self.kl_weight}

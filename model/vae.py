@@ -15,7 +15,7 @@ from model.kl_warmup import KLWarmup
 from model.likelihoods import LIKELIHOODS
 from model.networks import mlp
 from model.registry import ARCHITECTURES
-from model.visualization import log_scatter, log_image_grids
+from model.visualization import log_figure, log_image_grids, scatter_figure
 
 
 @ARCHITECTURES.register("VAE")
@@ -117,9 +117,13 @@ class VAE(KLWarmup, BaseModel):
         mu, _ = self.encode(x.flatten(1))
         return self.likelihood.mean(self.decode(mu)).view_as(x)
 
+    @torch.no_grad()
     def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
-        x = batch["x"][:32]
+        """Images: `{tag}/reconstructions` and `{tag}/samples`; 2-D data: `{tag}/data_vs_samples`."""
         if len(self.data_shape) == 3:
-            log_image_grids(writer, tag, step, reconstructions=(x, self.reconstruct(x)), samples=self.sample(64))
+            x = batch["x"][:12]
+            log_image_grids(writer, tag, step, reconstructions=(x, self.reconstruct(x)), samples=self.sample(24))
         elif self.data_shape == (2,):
-            log_scatter(writer, f"{tag}/data_vs_samples", step, data=batch["x"], samples=self.sample(len(batch["x"])))
+            x = batch["x"]
+            fig = scatter_figure("Data and samples from the model", data=x, samples=self.sample(len(x)))
+            log_figure(writer, f"{tag}/data_vs_samples", fig, step)

@@ -1,132 +1,412 @@
-"""TensorBoard images and figures shared by the architectures."""
+"""Figures of the architectures for TensorBoard cards and for paper.
+
+Every figure is a matplotlib Figure made by `new_figure` (fixed dpi, at least MIN_SIDE_PX on its shorter side,
+constrained layout, fonts that stay legible when a TensorBoard card shows it about 400 px wide) and is written
+with `log_figure`, which adds it with `writer.add_figure` and closes it. The `*_figure` functions only draw
+(tensors in, Figure out); the `log_*` functions write a small set of them under one tag.
+
+Shapes: B examples or sequences, C channels, H x W pixels, T time steps, P observed dims, N nodes, K mixture
+components, M points.
+"""
 from __future__ import annotations
 
 import math
 from typing import Any, Callable
 
+import numpy as np
 import torch
-from torchvision.utils import make_grid
+from matplotlib.axes import Axes
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+
+DPI = 100
+MIN_SIDE_PX = 480
+TITLE_PT, LABEL_PT, TICK_PT, LEGEND_PT = 15, 14, 12, 12
+#: at most this many figures of one kind (sequences, predictions) per call
+MAX_FIGURES = 3
+
+PROB_CMAP = "viridis"  # perceptually uniform: 0.67 and 0.78 differ in hue and lightness
+INTENSITY_CMAP = "viridis"
+NOT_ALLOWED = dict(facecolor="#e4e4e4", edgecolor="#9a9a9a", hatch="///", linewidth=0.0)
+NOT_ALLOWED_LABEL = "not allowed: a parent needs a higher index (DAG order)"
+EDGE_COLOR, NO_EDGE_COLOR = "#2c5d8f", "#ffffff"
+PREFIX_COLOR = "red"
+PEN_UP_COLOR = "#a0a0a0"
+
+
+# ---------------------------------------------------------------- figures
+def new_figure(width: float = 6.4, height: float = 5.0, nrows: int = 1, ncols: int = 1,
+               **subplot_kw: Any) -> tuple[Figure, np.ndarray]:
+    """A Figure of `width` x `height` inches at DPI (the shorter side raised to MIN_SIDE_PX if needed), with
+    constrained layout and a (nrows, ncols) array of axes whose tick labels are TICK_PT."""
+    min_inches = MIN_SIDE_PX / DPI
+    if width < height:
+        width = max(width, min_inches)
+    else:
+        height = max(height, min_inches)
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **subplot_kw)
+    for ax in axes.flat:
+        ax.tick_params(labelsize=TICK_PT)
+    return fig, axes
+
+
+def log_figure(writer: Any, tag: str, fig: Figure, step: int) -> None:
+    """writer.add_figure(tag, fig, step), then close the figure."""
+    import matplotlib.pyplot as plt
+
+    writer.add_figure(tag, fig, step)
+    plt.close(fig)  # a no-op for a Figure pyplot does not track; frees it if it does
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().cpu().numpy()
+
+
+def _title(fig: Figure, text: str) -> None:
+    fig.suptitle(text, fontsize=TITLE_PT)
+
+
+# ---------------------------------------------------------------- image grids
+def _draw_tiles(ax: Axes, rows: list[np.ndarray], gaps_after: set[int] = frozenset()) -> list[float]:
+    """Draw rows of images (each (n, H, W) or (n, H, W, 3), values in [0, 1]) as tiles on one axes, a small gap
+    between tiles and a wider one after the rows in `gaps_after`. Returns the y centre of each row."""
+    height, width = rows[0].shape[1:3]
+    gap = 0.08 * max(height, width)
+    centres, y = [], 0.0
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            x = c * (width + gap)
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest",
+                      extent=(x, x + width, y + height, y))
+        centres.append(y + height / 2)
+        y += height + gap + (3 * gap if r in gaps_after else 0)
+    ncols = max(len(row) for row in rows)
+    ax.set_xlim(-gap, ncols * (width + gap))
+    ax.set_ylim(y, -gap)
+    ax.set_xticks([c * (width + gap) + width / 2 for c in range(ncols)], [str(c + 1) for c in range(ncols)])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.tick_params(length=0)
+    return centres
+
+
+def _grid_height(rows: list[np.ndarray], width: float, label_width: float, group_gaps: int = 0) -> float:
+    """Figure height (inches) that fits rows of tiles as `_draw_tiles` draws them (with `group_gaps` wide gaps)
+    in a figure `width` inches wide, `label_width` of it taken by the row labels, with room for a one-line
+    title and the x axis."""
+    tile_h, tile_w = rows[0].shape[1:3]
+    gap = 0.08 * max(tile_h, tile_w)
+    ncols = max(len(row) for row in rows)
+    grid_h = len(rows) * (tile_h + gap) + 3 * gap * group_gaps
+    grid_w = ncols * (tile_w + gap)
+    return 1.2 + (width - label_width) * grid_h / grid_w
+
+
+def _as_tiles(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) with C = 1 or 3 -> (B, H, W) or (B, H, W, 3), clipped to [0, 1]."""
+    images = _numpy(images.float().clamp(0, 1))
+    return images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
+
+
+def reconstructions_figure(data: torch.Tensor, recon: torch.Tensor, per_row: int = 6, groups: int = 2) -> Figure:
+    """Data (B, C, H, W) in [0, 1] and their reconstructions (same shape): up to `groups` blocks of `per_row`
+    examples, each a "data" row above its "reconstruction" row."""
+    per_row = min(per_row, len(data))
+    groups = min(groups, math.ceil(len(data) / per_row))
+    data, recon = _as_tiles(data), _as_tiles(recon)
+    rows = []
+    for g in range(groups):
+        rows += [data[g * per_row:(g + 1) * per_row], recon[g * per_row:(g + 1) * per_row]]
+    fig, axes = new_figure(7.0, _grid_height(rows, 7.0, 1.8, groups - 1))
+    ax = axes[0, 0]
+    centres = _draw_tiles(ax, rows, gaps_after={2 * g + 1 for g in range(groups - 1)})
+    ax.set_yticks(centres, ["data", "reconstruction"] * groups, fontsize=LABEL_PT)
+    ax.set_xlabel("example (column)", fontsize=LABEL_PT)
+    _title(fig, "Data and their reconstructions")
+    return fig
+
+
+def samples_figure(samples: torch.Tensor, per_row: int = 6, title: str = "Samples from the model") -> Figure:
+    """Samples (S, C, H, W) in [0, 1] in rows of `per_row`, rows and columns numbered."""
+    per_row = min(per_row, len(samples))
+    tiles = _as_tiles(samples)
+    rows = [tiles[i:i + per_row] for i in range(0, len(tiles), per_row)]
+    fig, axes = new_figure(6.4, _grid_height(rows, 6.4, 0.8))
+    ax = axes[0, 0]
+    centres = _draw_tiles(ax, rows)
+    ax.set_yticks(centres, [str(r + 1) for r in range(len(rows))])
+    ax.set_xlabel("column", fontsize=LABEL_PT)
+    ax.set_ylabel("row", fontsize=LABEL_PT)
+    _title(fig, title)
+    return fig
 
 
 def log_image_grids(writer: Any, tag: str, step: int, reconstructions: tuple[torch.Tensor, torch.Tensor],
                     samples: torch.Tensor) -> None:
-    """Data above reconstructions, and samples, as image grids. Images: (B, C, H, W) in [0, 1]."""
+    """`{tag}/reconstructions` (data (B, C, H, W) and reconstructions, the first 12) and `{tag}/samples`
+    ((S, C, H, W), the first 24), all in [0, 1]: rows of 6, large enough to read in a card."""
     data, recon = reconstructions
-    pairs = torch.cat([data, recon]).float().cpu().clamp(0, 1)
-    writer.add_image(f"{tag}/reconstructions", make_grid(pairs, nrow=len(data)), step)
-    writer.add_image(f"{tag}/samples", make_grid(samples.float().cpu().clamp(0, 1), nrow=8), step)
+    log_figure(writer, f"{tag}/reconstructions", reconstructions_figure(data[:12], recon[:12]), step)
+    log_figure(writer, f"{tag}/samples", samples_figure(samples[:24], title="Samples from the model (decoder means)"),
+               step)
 
 
-def log_scatter(writer: Any, tag: str, step: int, **point_sets: torch.Tensor) -> None:
-    """2-D point sets (name -> (N, 2)) drawn in one matplotlib figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4))
+# ---------------------------------------------------------------- 2-D points
+def scatter_figure(title: str, xlabel: str = "dimension 1", ylabel: str = "dimension 2",
+                   **point_sets: torch.Tensor) -> Figure:
+    """2-D point sets, name -> (M, 2), in one scatter plot with a legend."""
+    fig, axes = new_figure(6.4, 5.6)
+    ax = axes[0, 0]
     for name, points in point_sets.items():
-        points = points.detach().float().cpu()
-        ax.scatter(points[:, 0], points[:, 1], s=4, alpha=0.6, label=name)
-    ax.legend(loc="upper right")
-    ax.set_aspect("equal")
-    writer.add_figure(tag, fig, step)
-    plt.close(fig)
+        points = _numpy(points)
+        ax.scatter(points[:, 0], points[:, 1], s=10, alpha=0.6, label=f"{name} (n = {len(points)})")
+    ax.legend(fontsize=LEGEND_PT, markerscale=2.0, loc="best")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_xlabel(xlabel, fontsize=LABEL_PT)
+    ax.set_ylabel(ylabel, fontsize=LABEL_PT)
+    ax.set_title(title, fontsize=TITLE_PT)
+    return fig
 
 
-def log_gmm_clusters(writer: Any, tag: str, step: int, latent: torch.Tensor, data: torch.Tensor,
-                     assignments: torch.Tensor, weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor,
-                     decode: Callable[[torch.Tensor], torch.Tensor] | None = None, min_weight: float = 0.02) -> None:
-    """Two panels: latent points (N, 2) coloured by their component with the 2-sigma ellipses of the
-    components whose weight exceeds `min_weight` (means (K, 2), covs (K, 2, 2)); and the data (N, 2)
-    in the same colours, with the ellipses pushed through `decode` (latent (M, 2) -> data (M, 2))."""
-    import matplotlib
+def _component_colors(weights: torch.Tensor, shown: list[int]) -> dict[int, tuple]:
+    """A colour per shown component, the heaviest getting the first (strongest) colours of tab10."""
+    from matplotlib import colormaps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    palette = [colormaps["tab10"](i) for i in range(10)] + [colormaps["tab20"](2 * i + 1) for i in range(10)]
+    order = sorted(shown, key=lambda k: -float(weights[k]))
+    return {k: palette[rank % len(palette)] for rank, k in enumerate(order)}
 
+
+def gmm_cluster_figures(latent: torch.Tensor, data: torch.Tensor, assignments: torch.Tensor,
+                        weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor,
+                        decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                        min_weight: float = 0.02) -> dict[str, Figure]:
+    """Two figures, "latent" and "data": latent points (M, 2) coloured by their most likely component
+    (assignments (M,)) with the 2-sigma ellipses of the components whose weight (K,) exceeds `min_weight`
+    (means (K, 2), covs (K, 2, 2)); and the data (M, 2) in the same colours with the ellipses pushed through
+    `decode` (latent (..., 2) -> data (..., 2)). Points of lighter components are grey."""
     angles = torch.linspace(0, 2 * math.pi, 100, dtype=means.dtype, device=means.device)
     circle = torch.stack([angles.cos(), angles.sin()], -1)  # (100, 2)
-    shown = (weights > min_weight).nonzero().flatten().tolist()
+    shown = sorted((weights > min_weight).nonzero().flatten().tolist(), key=lambda k: -float(weights[k]))
     ellipses = means[shown, None, :] + 2.0 * circle @ torch.linalg.cholesky(covs[shown]).mT  # (k, 100, 2)
-    colors = plt.get_cmap("tab20")
-    fig, (ax_latent, ax_data) = plt.subplots(1, 2, figsize=(8, 4))
-    for ax, points, curves in [(ax_latent, latent, ellipses),
-                               (ax_data, data, decode(ellipses) if decode is not None else None)]:
-        points = points.detach().float().cpu()
-        ax.scatter(points[:, 0], points[:, 1], s=4, c=[colors(int(k) % 20) for k in assignments.cpu()])
+    colors = _component_colors(weights, shown)
+    other = (0.6, 0.6, 0.6, 1.0)
+    point_colors = [colors.get(int(k), other) for k in assignments.cpu()]
+    handles = [Line2D([], [], color=colors[k], marker="o", lw=2.5, label=f"{k}: weight {float(weights[k]):.2f}")
+               for k in shown]
+    if any(int(k) not in colors for k in assignments.cpu()):
+        handles.append(Line2D([], [], color=other, marker="o", lw=0, label=f"weight <= {min_weight}"))
+    figures = {}
+    panels = [("latent", latent, ellipses, "latent dimension 1", "latent dimension 2",
+               "Latent means E[x] by most likely component\nlines: 2-sigma ellipses of the components"),
+              ("data", data, decode(ellipses) if decode is not None and shown else None, "data dimension 1",
+               "data dimension 2", "Data coloured by its latent's component\nlines: decoded 2-sigma ellipses")]
+    for name, points, curves, xlabel, ylabel, title in panels:
+        fig, axes = new_figure(7.6, 5.6)
+        ax = axes[0, 0]
+        points = _numpy(points)
+        ax.scatter(points[:, 0], points[:, 1], s=10, c=point_colors, alpha=0.8)
         if curves is not None:
-            for k, curve in zip(shown, curves.detach().float().cpu()):
-                ax.plot(curve[:, 0], curve[:, 1], color=colors(k % 20), lw=1.5)
-        ax.set_aspect("equal")
-    ax_latent.set_title("latent E[x], 2-sigma ellipses")
-    ax_data.set_title("data by component")
-    fig.tight_layout()
-    writer.add_figure(tag, fig, step)
-    plt.close(fig)
+            for k, curve in zip(shown, _numpy(curves)):
+                ax.plot(curve[:, 0], curve[:, 1], color=colors[k], lw=2.5)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.set_xlabel(xlabel, fontsize=LABEL_PT)
+        ax.set_ylabel(ylabel, fontsize=LABEL_PT)
+        ax.set_title(title, fontsize=TITLE_PT)
+        fig.legend(handles=handles, title="component", loc="outside right center", fontsize=LEGEND_PT,
+                   title_fontsize=LEGEND_PT)
+        figures[name] = fig
+    return figures
 
 
-def log_sequence_panels(writer: Any, tag: str, step: int, rows: dict[str, torch.Tensor],
-                        prefix_len: int | None = None) -> None:
-    """For each sequence, one panel of stacked images over time (time left to right, dims top to bottom), one
-    image per named row (B, T, P), e.g. data, a predicted mean and samples; with `prefix_len`, a red line
-    at the end of the observed prefix."""
-    import matplotlib
+def log_gmm_clusters(writer: Any, tag: str, step: int, **kwargs: Any) -> None:
+    """`{tag}/clusters_latent` and `{tag}/clusters_data`, drawn by `gmm_cluster_figures(**kwargs)`."""
+    for name, fig in gmm_cluster_figures(**kwargs).items():
+        log_figure(writer, f"{tag}/clusters_{name}", fig, step)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+# ---------------------------------------------------------------- sequences
+def _prefix_handle(prefix_len: int) -> Line2D:
+    return Line2D([], [], color=PREFIX_COLOR, lw=2.5,
+                  label=f"end of the observed prefix: steps 0-{prefix_len - 1} seen, the rest predicted")
+
+
+def sequence_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None, title: str = "",
+                    value_range: tuple[float, float] | None = None) -> Figure:
+    """One sequence as stacked panels, one per named row (T, P) (e.g. data, mean, samples): time on the x axis,
+    observed dim (pixel) on the y axis, the value as colour with a shared colour bar over `value_range` (default:
+    [0, 1] if the first row lies in it, else its range). NaN entries (steps past the sequence's end) are grey.
+    With `prefix_len`, a red line at the end of the observed prefix, explained in a legend."""
     names = list(rows)
-    batch, _, height = rows[names[0]].shape
-    fig, axes = plt.subplots(batch, 1, figsize=(8, 1.2 * len(names) * batch / 2 + 0.5), squeeze=False)
-    for b, ax in enumerate(axes[:, 0]):
-        image = torch.cat([rows[name][b].detach().float().cpu().T for name in names], 0)  # (rows * P, T)
-        ax.imshow(image.clamp(0, 1).numpy(), cmap="gray", aspect="auto", interpolation="nearest")
+    values = {name: _numpy(rows[name]) for name in names}
+    if value_range is None:
+        first = values[names[0]]
+        low, high = float(np.nanmin(first)), float(np.nanmax(first))
+        value_range = (0.0, 1.0) if low >= 0 and high <= 1 else (low, high)
+    steps, dims = values[names[0]].shape
+    fig, axes = new_figure(7.0, 1.6 + 1.25 * len(names), nrows=len(names), sharex=True)
+    from matplotlib import colormaps
+
+    cmap = colormaps[INTENSITY_CMAP].with_extremes(bad="#c8c8c8")
+    image = None
+    for ax, name in zip(axes[:, 0], names):
+        image = ax.imshow(values[name].T, cmap=cmap, vmin=value_range[0], vmax=value_range[1], aspect="auto",
+                          interpolation="nearest", origin="upper")
         if prefix_len is not None:
-            ax.axvline(prefix_len - 0.5, color="r", lw=1.5)
-        ax.set_yticks([height * (i + 0.5) for i in range(len(names))], names, fontsize=7)
-        for i in range(1, len(names)):
-            ax.axhline(height * i - 0.5, color="tab:blue", lw=0.5)
-        ax.set_xlabel("step", fontsize=7)
-    fig.tight_layout()
-    writer.add_figure(tag, fig, step)
-    plt.close(fig)
+            ax.axvline(prefix_len - 0.5, color=PREFIX_COLOR, lw=2.5)
+        ax.set_title(name, fontsize=LABEL_PT, loc="left")
+        ax.set_ylabel("pixel", fontsize=LABEL_PT)
+        ax.set_yticks([0, dims - 1])
+    axes[-1, 0].set_xlabel("time step", fontsize=LABEL_PT)
+    colorbar = fig.colorbar(image, ax=list(axes[:, 0]), fraction=0.05, pad=0.02)
+    colorbar.set_label("intensity", fontsize=LABEL_PT)
+    colorbar.ax.tick_params(labelsize=TICK_PT)
+    handles = [_prefix_handle(prefix_len)] if prefix_len is not None else []
+    if any(np.isnan(v).any() for v in values.values()):
+        handles.append(Patch(facecolor="#c8c8c8", label="past the end of the sequence"))
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", fontsize=LEGEND_PT, frameon=False)
+    _title(fig, title)
+    return fig
 
 
-def log_strokes(writer: Any, tag: str, step: int, rows: dict[str, torch.Tensor],
-                prefix_len: int | None = None) -> None:
-    """Pen-stroke sequences (B, T, 3) of (pen_lift, dx, dy), one named row each (e.g. data, reconstruction,
-    continuations), drawn as pen paths: a grid of B x rows panels, strokes broken where the pen lifts
-    (pen_lift > 1/2); with `prefix_len`, the steps after the prefix in red."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def strokes_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None, title: str = "") -> Figure:
+    """One pen-stroke sequence per named row (T, 3) of (pen_lift, dx, dy), e.g. data, reconstruction,
+    continuations, each drawn as a pen path from a start dot in its own panel (y downwards, as on a page): the
+    pen's moves after a lift (pen_lift > 1/2) dotted grey, steps with NaN (past the sequence's end) skipped;
+    with `prefix_len`, the steps from the prefix's end on in red. A legend explains the lines."""
     names = list(rows)
-    batch = len(rows[names[0]])
-    fig, axes = plt.subplots(batch, len(names), figsize=(2.2 * len(names), 2.0 * batch), squeeze=False)
-    for col, name in enumerate(names):
-        axes[0, col].set_title(name, fontsize=8)
-        for b in range(batch):
-            seq = rows[name][b].detach().double().cpu()
-            points = torch.cat([torch.zeros(1, 2, dtype=seq.dtype), seq[:, 1:3].cumsum(0)])  # (T + 1, 2)
-            ax = axes[b, col]
-            for t in range(len(seq)):  # one segment per step: from point t to t + 1, unless the pen was up
-                if t > 0 and seq[t - 1, 0] > 0.5:
-                    continue
-                late = prefix_len is not None and t >= prefix_len
-                ax.plot(points[t:t + 2, 0], -points[t:t + 2, 1], color="r" if late else "k", lw=1)
-            ax.set_aspect("equal")
-            ax.axis("off")
-    fig.tight_layout()
-    writer.add_figure(tag, fig, step)
-    plt.close(fig)
+    ncols = len(names) if len(names) <= 2 else 2 if len(names) == 4 else 3
+    nrows = math.ceil(len(names) / ncols)
+    fig, axes = new_figure(3.4 * ncols + 0.4, 3.2 * nrows + 1.4, nrows=nrows, ncols=ncols)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names):
+        seq = _numpy(rows[name])
+        seq = seq[~np.isnan(seq).any(1)]
+        points = np.concatenate([np.zeros((1, 2)), seq[:, 1:3].cumsum(0)])  # (T + 1, 2)
+        for t in range(len(seq)):  # one segment per step: from point t to t + 1, dotted if the pen was up
+            late = prefix_len is not None and t >= prefix_len
+            if t > 0 and seq[t - 1, 0] > 0.5:
+                ax.plot(points[t:t + 2, 0], points[t:t + 2, 1], color=PEN_UP_COLOR, lw=1.2, ls=":")
+            else:
+                ax.plot(points[t:t + 2, 0], points[t:t + 2, 1], color=PREFIX_COLOR if late else "black", lw=1.8)
+        ax.plot(0, 0, "o", color="black", ms=6)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.invert_yaxis()
+        ax.set_title(name, fontsize=LABEL_PT)
+        ax.set_xlabel("pen x", fontsize=LABEL_PT)
+        ax.set_ylabel("pen y", fontsize=LABEL_PT)
+    handles = [Line2D([], [], color="black", marker="o", lw=2,
+                      label="pen down" if prefix_len is None else f"steps 0-{prefix_len - 1} (observed prefix)")]
+    if prefix_len is not None:
+        handles.append(Line2D([], [], color=PREFIX_COLOR, lw=2, label="later steps (data: truth; others: model)"))
+    handles.append(Line2D([], [], color=PEN_UP_COLOR, lw=1.5, ls=":", label="pen up"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=LEGEND_PT, frameon=False)
+    _title(fig, title)
+    return fig
 
 
-def log_adjacency(writer: Any, tag: str, step: int, probs: torch.Tensor, hard: torch.Tensor) -> None:
-    """Edge probabilities and the hard graph of a learned DAG as images (row m, column n: edge m -> n),
-    each cell drawn 16 px wide."""
-    for name, matrix in (("edge_probs", probs), ("adjacency", hard)):
-        image = matrix.detach().float().cpu().clamp(0, 1).repeat_interleave(16, 0).repeat_interleave(16, 1)
-        writer.add_image(f"{tag}/{name}", image.unsqueeze(0), step)
+def log_sequences(writer: Any, tag: str, step: int, rows: dict[str, torch.Tensor], prefix_len: int | None = None,
+                  title: str = "Sequence", strokes: bool = False) -> None:
+    """One figure per sequence, `{tag}_0`, `{tag}_1`, ... (at most MAX_FIGURES): rows name -> (B, T, P) (with
+    `strokes`, (B, T, 3) pen strokes, drawn by `strokes_figure`; else `sequence_figure`, on the colour range of
+    the first row over all B sequences)."""
+    names = list(rows)
+    first = _numpy(rows[names[0]])
+    low, high = float(np.nanmin(first)), float(np.nanmax(first))
+    value_range = (0.0, 1.0) if low >= 0 and high <= 1 else (low, high)
+    for b in range(min(MAX_FIGURES, len(first))):
+        one = {name: rows[name][b] for name in names}
+        heading = f"{title} {b + 1}"
+        fig = (strokes_figure(one, prefix_len, heading) if strokes
+               else sequence_figure(one, prefix_len, heading, value_range))
+        log_figure(writer, f"{tag}_{b}", fig, step)
+
+
+# ---------------------------------------------------------------- learned graphs
+def _matrix_axes(ax: Axes, size: int, parent_label: str, child_label: str) -> None:
+    ax.set_xticks(range(size))
+    ax.set_yticks(range(size))
+    ax.set_xlabel(child_label, fontsize=LABEL_PT)
+    ax.set_ylabel(parent_label, fontsize=LABEL_PT)
+    ax.set_xticks(np.arange(size + 1) - 0.5, minor=True)
+    ax.set_yticks(np.arange(size + 1) - 0.5, minor=True)
+    ax.grid(which="minor", color="#7f7f7f", linewidth=1.5)
+    ax.tick_params(which="minor", length=0)
+    ax.tick_params(which="major", length=0)
+
+
+def _mark_not_allowed(ax: Axes, allowed: np.ndarray) -> bool:
+    """Hatched light-grey cells with a dash where `allowed` (N, N) is False; whether there were any."""
+    for m, n in zip(*np.nonzero(~allowed)):
+        ax.add_patch(Rectangle((n - 0.5, m - 0.5), 1, 1, **NOT_ALLOWED))
+        ax.text(n, m, "–", ha="center", va="center", fontsize=_cell_font(len(allowed)), color="#404040")
+    return bool((~allowed).any())
+
+
+def _cell_font(size: int) -> float:
+    return float(np.clip(100.0 / size, 7.0, 14.0))  # "0.67" fills at most about 2/3 of a cell
+
+
+def edge_probs_figure(probs: torch.Tensor, mask: torch.Tensor, title: str, parent_label: str = "parent node m",
+                      child_label: str = "child node n") -> Figure:
+    """Edge probabilities (N, N), [m, n] = P(m -> n), as a heat map with the value in every allowed cell
+    (mask (N, N) nonzero), a 0-1 colour bar, and the edges the mask forbids hatched grey with a dash."""
+    probs, allowed = _numpy(probs), _numpy(mask) > 0
+    size = len(probs)
+    fig, axes = new_figure(6.4, 5.6)
+    ax = axes[0, 0]
+    image = ax.imshow(np.where(allowed, probs, np.nan), cmap=PROB_CMAP, vmin=0, vmax=1, interpolation="nearest")
+    for m, n in zip(*np.nonzero(allowed)):
+        value = probs[m, n]
+        ax.text(n, m, f"{value:.2f}", ha="center", va="center", fontsize=_cell_font(size),
+                color="white" if value < 0.55 else "black")
+    _matrix_axes(ax, size, parent_label, child_label)
+    colorbar = fig.colorbar(image, ax=ax, fraction=0.06, pad=0.03)
+    colorbar.set_label("P(parent → child)", fontsize=LABEL_PT)
+    colorbar.ax.tick_params(labelsize=TICK_PT)
+    if _mark_not_allowed(ax, allowed):
+        fig.legend(handles=[Patch(**{**NOT_ALLOWED, "linewidth": 1.0}, label=NOT_ALLOWED_LABEL)],
+                   loc="outside lower center", fontsize=LEGEND_PT, frameon=False)
+    ax.set_title(title, fontsize=TITLE_PT)
+    return fig
+
+
+def adjacency_figure(hard: torch.Tensor, mask: torch.Tensor, title: str, parent_label: str = "parent node m",
+                     child_label: str = "child node n") -> Figure:
+    """A hard 0/1 graph (N, N), [m, n] = 1 for an edge m -> n, as a grid of cells: edges filled and marked "1",
+    absent edges white with "0", the edges the mask (N, N) forbids hatched grey with a dash; the title counts the
+    edges."""
+    hard, allowed = _numpy(hard) > 0.5, _numpy(mask) > 0
+    size = len(hard)
+    fig, axes = new_figure(6.4, 5.6)
+    ax = axes[0, 0]
+    ax.imshow(np.where(allowed & hard, 1.0, 0.0), cmap=ListedColormap([NO_EDGE_COLOR, EDGE_COLOR]), vmin=0, vmax=1,
+              interpolation="nearest")
+    for m, n in zip(*np.nonzero(allowed)):
+        ax.text(n, m, "1" if hard[m, n] else "0", ha="center", va="center", fontsize=_cell_font(size),
+                color="white" if hard[m, n] else "#404040")
+    _matrix_axes(ax, size, parent_label, child_label)
+    handles = [Patch(facecolor=EDGE_COLOR, edgecolor="#7f7f7f", label="1: edge"),
+               Patch(facecolor=NO_EDGE_COLOR, edgecolor="#7f7f7f", label="0: no edge")]
+    if _mark_not_allowed(ax, allowed):
+        handles.append(Patch(**{**NOT_ALLOWED, "linewidth": 1.0}, label="not allowed (DAG order)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=LEGEND_PT, frameon=False)
+    edges, possible = int((hard & allowed).sum()), int(allowed.sum())  # the title ends with the count
+    ax.set_title(f"{title}, {edges} of {possible} allowed on (p > 0.5)", fontsize=TITLE_PT)
+    return fig
+
+
+def log_graph(writer: Any, tag: str, step: int, probs: torch.Tensor, hard: torch.Tensor, mask: torch.Tensor,
+              name: str = "Learned graph", parent_label: str = "parent node m",
+              child_label: str = "child node n") -> None:
+    """`{tag}/edge_probs` and `{tag}/adjacency` of a learned graph: probabilities (N, N) and hard graph (N, N),
+    [m, n] for the edge m -> n, with the edges mask (N, N) allows."""
+    log_figure(writer, f"{tag}/edge_probs", edge_probs_figure(
+        probs, mask, f"{name}:\nedge probabilities", parent_label, child_label), step)
+    log_figure(writer, f"{tag}/adjacency", adjacency_figure(
+        hard, mask, f"{name}:\nhard edges", parent_label, child_label), step)

@@ -41,7 +41,7 @@ def pinwheel_config(tmp_path: Path) -> dict:
     config["data_loader"]["args"].update(points_per_class=20, batch_size=10, validation_split=0.2)
     config["lr_scheduler"] = {"type": "StepLR", "args": {"step_size": 1, "gamma": 0.7}}
     config["trainer"].update(epochs=3, save_dir=str(tmp_path / "saved"), save_period=1, keep_last=0,
-                             verbosity=0, tensorboard=False, visualize_every=1)
+                             verbosity=0, tensorboard=False, visualize_every=0)
     return config
 
 
@@ -93,6 +93,13 @@ def mnist_config(tmp_path: Path, mnist_root: Path) -> dict:
     config["trainer"].update(epochs=2, save_dir=str(tmp_path / "saved"), verbosity=0, early_stop=0)
     config["n_gpu"] = 0
     return copy.deepcopy(config)
+
+
+def event_tags(run_dir: Path, split: str) -> dict:
+    """The tags of the TensorBoard run `split` (train, val or test) of a run folder, every image kept."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    return EventAccumulator(str(run_dir / "tensorboard" / split), size_guidance={"images": 0}).Reload().Tags()
 
 
 def final_state(run_dir: Path) -> dict:

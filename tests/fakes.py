@@ -105,6 +105,18 @@ class HookProbe(BaseModel):
         self.optimizer_steps += 1
         self.examples_applied += statistics["count"]
 
+    def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
+        """One small figure, `<tag>/probe`: the weights as bars."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4.8, 4.8), dpi=100)
+        ax.bar(range(self.linear.weight.numel()), self.linear.weight.detach().flatten().tolist())
+        ax.set(title=f"probe weights at step {step}", xlabel="input", ylabel="weight")
+        writer.add_figure(f"{tag}/probe", fig, step)
+
     def on_epoch_end(self, epoch: int) -> None:
         self.epochs_seen.append(epoch)
         self.tau *= 0.5

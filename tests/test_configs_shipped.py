@@ -10,7 +10,7 @@ import yaml
 
 import test as test_script
 import train as train_script
-from tests.conftest import ROOT
+from tests.conftest import ROOT, event_tags
 from tests.test_strokes import make_drawings, save
 from train import train
 from trainer.build import build_data, build_model, load_and_check
@@ -54,11 +54,8 @@ def test_short_flags_and_overrides_reach_the_run(tmp_path):
 
 
 def test_mnist_vae_end_to_end(mnist_config, tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     run = train(load_and_check(base=mnist_config))
-    images = EventAccumulator(str(run.run_dir / "tensorboard" / "train")).Reload().Tags()["images"]
-    assert {"val/reconstructions", "val/samples"} <= set(images)
+    assert {"val/reconstructions", "val/samples"} <= set(event_tags(run.run_dir, "val")["images"])
     results = test_script.evaluate(run.run_dir / "checkpoints" / "model_best.pt", iw_samples=5, progress=False)
     assert results["num_examples"] == 30 and results["iw_nll"] > 0
     assert Path(run.run_dir / "test_metrics.json").exists()

@@ -74,7 +74,7 @@ def test_svae_natural_gradient_step_all_reduces_its_statistics(name, tmp_path):
     config["arch"]["args"].update(arch_args)
     config["data_loader"]["args"].update(data_args)
     config["trainer"].update(epochs=1, len_epoch=1, save_dir=str(tmp_path / "single"), verbosity=0,
-                             tensorboard=False, monitor="off")
+                             tensorboard=False, monitor="off", visualize_every=0)
     single = final_state(train(load_and_check(base=config)).run_dir)
     config["trainer"]["save_dir"] = str(tmp_path / "ddp")
     path = tmp_path / f"{name}.json"

@@ -102,7 +102,7 @@ def trained_svae(request, tmp_path_factory):
     config["arch"]["args"].update(arch_args)
     config["data_loader"]["args"].update(data_args)
     config["trainer"].update(epochs=30, len_epoch=len_epoch, save_dir=str(tmp_path_factory.mktemp(name)),
-                             verbosity=0, tensorboard=False)
+                             verbosity=0, tensorboard=False, visualize_every=0)
     config["metrics"] = ["elbo", "iw_nll"]
     return train(load_and_check(base=config)).run_dir / "checkpoints" / "last.pt"
 

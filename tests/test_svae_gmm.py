@@ -14,7 +14,7 @@ from model.expfam import dirichlet, niw
 from model.expfam.psd import psd_cholesky
 from model.svae.gmm import SVAEGMM
 from model.svae.gmm_inference import local_meanfield, meanfield_update, mixture_expectations
-from tests.conftest import ROOT, train_halfway_and_resume
+from tests.conftest import ROOT, event_tags, train_halfway_and_resume
 from train import train
 from trainer.build import build_data, build_model, load_and_check
 from utils.config import read_config_file
@@ -271,11 +271,10 @@ def test_train_resume_and_evaluate(gmm_config, tmp_path):
     assert 1 <= results["components_in_use"] <= 5 and results["num_examples"] == 40
     assert json.loads((run_dir / "test_metrics.json").read_text())["ari"] == results["ari"]
 
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    train_events = EventAccumulator(str(run_dir / "tensorboard" / "train")).Reload()
-    assert {"val/clusters", "test/clusters"} <= set(train_events.Tags()["images"])
+    assert {"val/clusters_latent", "val/clusters_data"} <= set(event_tags(run_dir, "val")["images"])
+    assert "test/clusters_latent" in event_tags(run_dir, "test")["images"]
     assert {"epoch/kl_local", "epoch/kl_global", "epoch/recon", "epoch/jitter_retries"} <= \
-        set(train_events.Tags()["scalars"])
+        set(event_tags(run_dir, "train")["scalars"])
 
 
 def test_training_fits_the_networks_and_the_mixture(gmm_config, tmp_path):

@@ -46,7 +46,8 @@ def test_short_run_matches_the_pre_core_numbers(name, tmp_path):
     config = read_config_file(ROOT / "configs" / f"{name}.yaml")
     config["arch"]["args"].update(arch_args)
     config["data_loader"]["args"].update(data_args)
-    config["trainer"].update(epochs=3, len_epoch=len_epoch, save_dir=str(tmp_path), verbosity=0, tensorboard=False)
+    config["trainer"].update(epochs=3, len_epoch=len_epoch, save_dir=str(tmp_path), verbosity=0, tensorboard=False,
+                             visualize_every=0)
     config["metrics"] = metrics
     run = train(load_and_check(base=config))
     results = test_script.evaluate(run.run_dir / "checkpoints" / "last.pt", progress=False)

@@ -7,7 +7,7 @@ import logging
 import math
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 import yaml
@@ -18,6 +18,7 @@ from tqdm import tqdm
 from base.base_data_loader import BaseDataLoader
 from base.base_model import BaseModel
 from base.base_trainer import BaseTrainer
+from logger.figures import FigureWriter, file_stem
 from logger.tensorboard import TensorboardWriter
 from trainer.metric_tracker import MetricTracker
 from utils.config import flatten
@@ -68,11 +69,14 @@ class Trainer(BaseTrainer):
         self.show_progress = cfg["verbosity"] > 0 and dist_info.is_main and sys.stderr.isatty()
         self.tracker = MetricTracker()
         self.skipped_steps = 0
+        self.drawn_epoch = 0
+        self.schedules: dict[str, float] = {}
         if dist_info.is_main:
             self.writer.train.add_text("config", _as_markdown_code(yaml.safe_dump(config, sort_keys=False)), 0)
 
     # ------------------------------------------------------------- epochs
     def _run_epoch(self, epoch: int) -> dict[str, float]:
+        self.schedules = self.model_core.schedule_values()  # the values this epoch trains with
         log = self.train_epoch(epoch)
         log.update({f"val_{k}": v for k, v in self.valid_epoch().items()})
         self.model_core.on_epoch_end(epoch)
@@ -211,22 +215,45 @@ class Trainer(BaseTrainer):
         if self.histograms:
             for name, param in self.model_core.named_parameters():
                 self.writer.train.add_histogram(f"params/{name}", param.detach().cpu(), step)
-        if epoch % self.visualize_every == 0:
-            self._visualize(step)
+        for name, value in self.schedules.items():
+            self.writer.train.add_scalar(f"schedule/{name}", value, step)
+        if self.visualize_every and (epoch == 1 or epoch % self.visualize_every == 0):
+            self._visualize(epoch)
 
-    def _visualize(self, step: int) -> None:
-        """Model figures on a fixed batch, without disturbing the training RNG streams."""
+    def _visualize(self, epoch: int) -> None:
+        """Model figures on a fixed validation batch, to the val run and to figures/val_<name>_epoch<N>.png,
+        without disturbing the training RNG streams."""
+        figures = FigureWriter(self.writer.val, self.run_dir / "figures" if self.run_dir is not None else None,
+                               lambda tag: f"{file_stem(tag)}_epoch{epoch}.png")
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             self.model_core.eval()
-            self.model_core.visualize(self.writer.train, move_to(self.vis_batch, self.device), step, "val")
+            self.model_core.visualize(figures, move_to(self.vis_batch, self.device), self.global_step, "val")
+        self.drawn_epoch = epoch
 
-    def _on_fit_end(self, log: dict[str, float]) -> None:
-        if self.dist.is_main and log:
-            hparams = {k: v for k, v in flatten(self.config).items() if not k.startswith("trainer.save_dir")}
-            self.writer.train.add_hparams(hparams, {f"hparam/{k}": v for k, v in log.items()}, run_name="hparams",
-                                          global_step=self.global_step)
+    def _on_fit_start(self) -> None:
+        if self.dist.is_main:
+            self.writer.write_hparams(hparams_of(self.config))
+
+    def _on_fit_end(self, log: dict[str, float], epoch: int) -> None:
+        if self.dist.is_main and log and self.visualize_every and self.drawn_epoch != epoch:  # the last epoch
+            self._visualize(epoch)
         self.writer.close()
+
+
+def hparams_of(config: dict) -> dict[str, Any]:
+    """The HPARAMS columns every run shares: architecture, learning rate(s), batch size, seed, epochs, then
+    the flattened arch.args (lists as text)."""
+    optimizers = config["optimizer"]
+    groups = {"": optimizers} if "type" in optimizers else optimizers
+    columns: dict[str, Any] = {"architecture": config["arch"]["type"]}
+    for group, spec in groups.items():
+        columns[f"lr/{group}" if group else "lr"] = spec["args"].get("lr")
+    columns.update(batch_size=config["data_loader"]["args"].get("batch_size"), seed=config["seed"],
+                   epochs=config["trainer"]["epochs"])
+    for key, value in flatten({"arch": config["arch"].get("args") or {}}).items():
+        columns[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+    return {key: value for key, value in columns.items() if value is not None}
 
 
 def _as_markdown_code(text: str) -> str:

@@ -194,10 +194,10 @@ def validate_schema(config: dict, schema: dict = SCHEMA, prefix: str = "") -> No
 
 def _check_ranges(config: dict) -> None:
     trainer = config["trainer"]
-    for key in ("epochs", "save_period", "log_every", "visualize_every"):
+    for key in ("epochs", "save_period", "log_every"):
         if trainer[key] < 1:
             raise ConfigError(f"config key 'trainer.{key}' must be >= 1, got {trainer[key]}")
-    for key in ("keep_last", "early_stop", "min_delta", "grad_clip"):
+    for key in ("keep_last", "early_stop", "min_delta", "grad_clip", "visualize_every"):
         if trainer[key] < 0:
             raise ConfigError(f"config key 'trainer.{key}' must be >= 0, got {trainer[key]}")
     if trainer["len_epoch"] is not None and trainer["len_epoch"] < 1:

@@ -74,6 +74,9 @@ class GateSchedule:
     def tau(self) -> float:
         return max(self.tau_min, self.tau_init * self.tau_decay ** self.epochs_done)
 
+    def schedule_values(self) -> dict[str, float]:
+        return {**super().schedule_values(), "tau": self.tau}
+
     @property
     def gates_fixed(self) -> bool:
         return 0 < self.fixed_gates_epoch <= self.epochs_done

@@ -20,7 +20,7 @@ from model.kl_warmup import KLWarmup
 from model.likelihoods import LIKELIHOODS
 from model.networks import ACTIVATIONS, StackedMLP, mlp
 from model.registry import ARCHITECTURES
-from model.visualization import log_adjacency, log_image_grids
+from model.visualization import log_graph, log_image_grids
 
 class Posterior(NamedTuple):
     """One top-down pass: z (..., N, d), KL per node (..., N), and log p(z | c) and log q(z | x, c) (...) when
@@ -181,7 +181,6 @@ class GraphVAE(GateSchedule, KLWarmup, BaseModel):
             "recon": log_px.detach().mean(),
             "kl": kl.detach().mean(),
             **{f"kl_node{n}": node_kl[n] for n in range(self.num_nodes)},
-            "tau": torch.tensor(self.tau),
             "edges": self.gates.hard().sum(),
         }
 
@@ -236,12 +235,15 @@ class GraphVAE(GateSchedule, KLWarmup, BaseModel):
 
     @torch.no_grad()
     def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
-        log_adjacency(writer, tag, step, self.gates.probs(), self.gates.hard())
+        """`{tag}/edge_probs` and `{tag}/adjacency` (the learned DAG); for images, `{tag}/reconstructions` and
+        `{tag}/samples`."""
+        log_graph(writer, tag, step, self.gates.probs(), self.gates.hard(), self.gates.mask,
+                  name=f"Learned graph (node {self.num_nodes - 1} = root)")
         if len(self.data_shape) == 3:
-            x = batch["x"][:32]
+            x = batch["x"][:12]
             post = self.top_down_pass(self.encoder(x.flatten(1)), self.gates.hard())
             recon = self.likelihood.mean(self.decode(post.z)).view_as(x)
-            log_image_grids(writer, tag, step, reconstructions=(x, recon), samples=self.sample(64))
+            log_image_grids(writer, tag, step, reconstructions=(x, recon), samples=self.sample(24))
 
 
 @ARCHITECTURES.register("GraphLSTMVAE")

@@ -16,7 +16,7 @@ from model.kl_warmup import KLWarmup
 from model.likelihoods import LIKELIHOODS, StrokeLikelihood
 from model.networks import ACTIVATIONS, StackedMLP, mlp
 from model.registry import ARCHITECTURES
-from model.visualization import log_adjacency, log_sequence_panels, log_strokes
+from model.visualization import log_graph, log_sequences
 from utils.errors import ConfigError, DataError
 
 
@@ -344,7 +344,6 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
             "recon": (recon / steps).detach(),
             "kl": (kl_total / steps).detach(),
             **{f"kl_node{n}": node_kl[n] for n in range(self.num_nodes)},
-            "tau": torch.tensor(self.tau),
             "edges": self.gates.hard().sum(),
             "prev_edges": self.prev_gates.hard().sum(),
         }
@@ -456,11 +455,17 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
     # ---------------------------------------------------------------- figures
     @torch.no_grad()
     def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
-        """Both graphs as images; data, reconstructions and sampled continuations (after the red line)."""
-        log_adjacency(writer, f"{tag}/same_step", step, self.gates.probs(), self.gates.hard())
-        log_adjacency(writer, f"{tag}/previous_step", step, self.prev_gates.probs(), self.prev_gates.hard())
-        x, mask = batch["x"], step_mask(batch)[..., None]
-        rows = {"data": torch.where(mask, x, 0.0), "reconstruction": torch.where(mask, self.reconstruct(x), 0.0)}
+        """Both graphs, `{tag}/same_step/{edge_probs,adjacency}` and `{tag}/previous_step/...`; and per sequence
+        (the first 3), `{tag}/sequences_{i}`: data, reconstruction and sampled continuations after the prefix
+        (pen paths for strokes)."""
+        log_graph(writer, f"{tag}/same_step", step, self.gates.probs(), self.gates.hard(), self.gates.mask,
+                  name=f"Graph within a step (node {self.num_nodes - 1} = root)")
+        log_graph(writer, f"{tag}/previous_step", step, self.prev_gates.probs(), self.prev_gates.hard(),
+                  self.prev_gates.mask, name="Graph from step t-1 to step t",
+                  parent_label="parent node m at step t-1", child_label="child node n at step t")
+        x, mask = batch["x"][:3], step_mask(batch)[:3, :, None]
+        rows = {"data": torch.where(mask, x, torch.nan),
+                "reconstruction": torch.where(mask, self.reconstruct(x), torch.nan)}
         length = self.prefix_len + self.horizon
         prefix_len = None
         if x.shape[1] >= length:
@@ -468,5 +473,6 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
             rows.update({f"continuation {i + 1}": sample
                          for i, sample in enumerate(self.predict(x, self.figure_samples))})
             prefix_len = self.prefix_len
-        draw = log_strokes if self.likelihood is StrokeLikelihood else log_sequence_panels
-        draw(writer, f"{tag}/sequences", step, rows, prefix_len)
+        strokes = self.likelihood is StrokeLikelihood
+        log_sequences(writer, f"{tag}/sequences", step, rows, prefix_len, strokes=strokes,
+                      title="Pen strokes, sequence" if strokes else "Sequence")

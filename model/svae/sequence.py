@@ -12,7 +12,7 @@ from base.metric import Metric, PerExample, mean_of
 from model.svae.graphical_model import GraphicalModel, LocalPosterior
 from model.svae.recognition import GaussianRecognition
 from model.svae.structured_vae import StructuredVAE
-from model.visualization import log_sequence_panels
+from model.visualization import log_sequences
 from utils.errors import ConfigError, DataError
 
 
@@ -96,10 +96,12 @@ class SequenceSVAE(StructuredVAE):
 
     @torch.no_grad()
     def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
-        """Data, the predicted mean and sampled continuations, with the end of the prefix marked."""
-        y = self.observations(batch)
+        """Per sequence (the first 3), `{tag}/predictions_{i}`: data, the predicted mean and sampled paths,
+        conditioned on the prefix, whose end is marked."""
+        y = self.observations(batch)[:3]
         if y.shape[1] < self.prefix_len + self.horizon:
             return
         mean, samples = self.predict(y, self.figure_samples)
-        rows = {"data": y[:, :mean.shape[1]], "mean": mean, **{f"sample {i + 1}": s for i, s in enumerate(samples)}}
-        log_sequence_panels(writer, f"{tag}/predictions", step, rows, self.prefix_len)
+        rows = {"data": y[:, :mean.shape[1]], "predicted mean": mean,
+                **{f"sample {i + 1}": s for i, s in enumerate(samples)}}
+        log_sequences(writer, f"{tag}/predictions", step, rows, self.prefix_len, title="Prediction, sequence")

@@ -1,0 +1,122 @@
+"""What a researcher sees: figures as files at the first, periodic and last epochs, one `test` run with test.py's
+metrics and figures and no bookkeeping charts, schedules, and one HPARAMS table across architectures read back
+with TensorBoard's own hparams backend."""
+from __future__ import annotations
+
+import matplotlib.image
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import test as test_script
+from tests.conftest import ROOT
+from tests.test_svae_regression import SHRINKS
+from train import train
+from trainer.build import load_and_check
+from utils.config import read_config_file
+
+MIN_SIDE = 480
+
+
+def readable_png(path) -> tuple[int, int]:
+    """(height, width) of a PNG that matplotlib can read."""
+    image = matplotlib.image.imread(path)
+    return image.shape[:2]
+
+
+def probe_config(regression_config: dict, *overrides: str) -> dict:
+    config = dict(regression_config, arch={"type": "HookProbe", "args": {"tau": 1.0}})
+    return load_and_check(base=config, overrides=list(overrides))
+
+
+def figure_files(run_dir) -> list[str]:
+    return sorted(path.name for path in (run_dir / "figures").glob("*.png"))
+
+
+def test_figures_are_files_at_the_first_periodic_and_last_epochs(regression_config):
+    run = train(probe_config(regression_config, "trainer.epochs=5", "trainer.visualize_every=2",
+                             "trainer.tensorboard=true"))
+    assert figure_files(run.run_dir) == [f"val_probe_epoch{e}.png" for e in (1, 2, 4, 5)]
+    assert all(min(readable_png(run.run_dir / "figures" / name)) >= MIN_SIDE for name in figure_files(run.run_dir))
+    val = EventAccumulator(str(run.run_dir / "tensorboard" / "val")).Reload()
+    assert val.Tags()["images"] == ["val/probe"] and len(val.Images("val/probe")) == 4
+    assert EventAccumulator(str(run.run_dir / "tensorboard" / "train")).Reload().Tags()["images"] == []
+
+
+def test_early_stopping_still_draws_the_last_epoch(regression_config):
+    """lr 0: no improvement after epoch 1, so early_stop=2 ends the run at epoch 3, off the period."""
+    run = train(probe_config(regression_config, "trainer.epochs=20", "trainer.visualize_every=10",
+                             "trainer.early_stop=2", "optimizer.args.lr=0.0"))
+    assert figure_files(run.run_dir) == ["val_probe_epoch1.png", "val_probe_epoch3.png"]
+
+
+@pytest.fixture(scope="module")
+def svae_gmm_run(tmp_path_factory):
+    """The shrunk SVAE-GMM config (KL warm-up over 2 epochs) trained for 3 epochs and evaluated by test.py."""
+    arch_args, data_args, len_epoch, _ = SHRINKS["svae_gmm"]
+    config = read_config_file(ROOT / "configs" / "svae_gmm.yaml")
+    config["arch"]["args"].update(arch_args, kl_warmup_epochs=2)
+    config["data_loader"]["args"].update(data_args)
+    config["trainer"].update(epochs=3, len_epoch=len_epoch, save_dir=str(tmp_path_factory.mktemp("saved")),
+                             verbosity=0, tensorboard=True, visualize_every=5)
+    run_dir = train(load_and_check(base=config)).run_dir
+    results = test_script.evaluate(run_dir / "checkpoints" / "last.pt", iw_samples=3, progress=False)
+    return run_dir, results
+
+
+def test_the_test_run_holds_test_metrics_and_figures_and_no_bookkeeping(svae_gmm_run):
+    run_dir, results = svae_gmm_run
+    test_events = EventAccumulator(str(run_dir / "tensorboard" / "test")).Reload()
+    metrics = {"elbo", "iw_nll", "ari", "nmi", "components_in_use"}
+    assert set(test_events.Tags()["scalars"]) == {f"test/{name}" for name in metrics}
+    assert {"epoch", "num_examples", "iw_samples"} <= results.keys()  # bookkeeping: in the JSON and the text tab
+    images = test_events.Tags()["images"]
+    assert images and all(tag.startswith("test/clusters") for tag in images)
+    assert any(tag.startswith("test_metrics") for tag in test_events.Tags()["tensors"])
+    for split in ("train", "val"):
+        other = EventAccumulator(str(run_dir / "tensorboard" / split)).Reload().Tags()["images"]
+        assert not any(tag.startswith("test/") for tag in other)
+    for tag in images:  # every figure also as figures/test_<name>.png
+        assert min(readable_png(run_dir / "figures" / f"{tag.replace('/', '_')}.png")) >= MIN_SIDE
+
+
+def test_schedules_are_logged_once_per_epoch(svae_gmm_run):
+    run_dir, _ = svae_gmm_run
+    train_events = EventAccumulator(str(run_dir / "tensorboard" / "train")).Reload()
+    assert [e.value for e in train_events.Scalars("schedule/kl_weight")] == [0.0, 0.5, 1.0]
+    assert not any(tag.startswith(("hparam/", "epoch/tau", "epoch/kl_weight"))
+                   for tag in train_events.Tags()["scalars"])
+
+
+def hparams_experiment(logdir):
+    """The HPARAMS table's experiment (columns and metrics) as TensorBoard's hparams backend builds it."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import backend_context
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    backend = backend_context.Context(base_plugin.TBContext(logdir=str(logdir), multiplexer=multiplexer,
+                                                            data_provider=provider))
+    request = context.RequestContext()
+    return backend.experiment_from_metadata(request, "", True, backend.hparams_metadata(request, ""),
+                                            backend.hparams_from_data_provider(request, "", None))
+
+
+def test_one_hparams_table_spans_architectures(svae_gmm_run, regression_config):
+    """A second run of another architecture under the same logdir: the table has both runs' columns and
+    test.py's metrics, not the first run's definition alone."""
+    run_dir, _ = svae_gmm_run
+    logdir = run_dir.parent.parent
+    regression_config["trainer"].update(save_dir=str(logdir), tensorboard=True)
+    train(probe_config(regression_config, "trainer.epochs=2", "data_loader.args.validation_split=0.25"))
+    experiment = hparams_experiment(logdir)
+    columns = {info.name: info for info in experiment.hparam_infos}
+    assert {"architecture", "lr", "batch_size", "seed", "epochs", "arch.num_components", "arch.tau"} <= set(columns)
+    assert set(columns["architecture"].domain_discrete) == {"SVAE-GMM", "HookProbe"}
+    assert [info.name for info in experiment.hparam_infos][:3] == ["architecture", "batch_size", "epochs"]  # differ
+    metrics = {(info.name.group, info.name.tag) for info in experiment.metric_infos}
+    assert {("test", "test/elbo"), ("test", "test/ari"), ("val", "epoch/loss"), ("train", "epoch/loss")} <= metrics
+    assert not any(tag.startswith("hparam/") for _, tag in metrics)
