@@ -134,11 +134,10 @@ class StructuredVAE(KLWarmup, BaseModel):
             self.pgm.natural_gradient_step(statistics, self.num_train, self.rho)
 
     # ---------------------------------------------------------------- evaluation
-    def iw_log_likelihood(self, y: torch.Tensor, num_samples: int) -> torch.Tensor:
+    def iw_log_likelihood(self, y: torch.Tensor, num_samples: int, potentials: Any) -> torch.Tensor:
         """Importance-weighted estimate of log p(y) for y (B, *nodes, P), summed over frames: (B,). The
-        globals sit at their point estimate, the local posterior under q(theta) is the proposal and the
-        graphical model sums its discrete latents out exactly."""
-        potentials, _ = self.expected_potentials()
+        globals sit at their point estimate, the local posterior under q(theta) (`potentials`, from
+        `expected_potentials`) is the proposal and the graphical model sums its discrete latents out exactly."""
         point = self.pgm.potentials(self.pgm.global_stats(point=True))
 
         def log_weights(n: int) -> torch.Tensor:
@@ -162,7 +161,7 @@ class StructuredVAE(KLWarmup, BaseModel):
             out["elbo"] = self.log_likelihood(y, post.samples).mean(0) - post.kl - kl_global / self.num_train
         out.update(self.evaluate_more(batch, y, post, metrics))
         if "iw_nll" in metrics:
-            out["iw_nll"] = -self.iw_log_likelihood(y, options["iw_samples"])
+            out["iw_nll"] = -self.iw_log_likelihood(y, options["iw_samples"], potentials)
         return out
 
     def evaluate_more(self, batch: dict[str, torch.Tensor], y: torch.Tensor, post: LocalPosterior,
