@@ -20,7 +20,13 @@ def render_dots(times: torch.Tensor, speed: torch.Tensor, x0: torch.Tensor, imag
     """Noiseless frames: position(t) = triangle(v (t + (1 + x0) / 2)), frame = exp(-1/2 (pos - grid)^2 / sigma^2)
     on `image_width` pixels in [-1, 1]. times (..., T), speed and x0 broadcast to (...) -> (..., T, image_width)."""
     position = triangle_wave(speed[..., None] * (times + (1.0 + x0[..., None]) / 2.0))
-    grid = torch.linspace(-1.0, 1.0, image_width, dtype=times.dtype)
+    return render_positions(position, image_width, render_sigma)
+
+
+def render_positions(position: torch.Tensor, image_width: int, render_sigma: float) -> torch.Tensor:
+    """Noiseless frames of a dot at `position` (...) in [-1, 1]: exp(-1/2 (pos - grid)^2 / sigma^2) on
+    `image_width` pixels in [-1, 1]: (..., image_width)."""
+    grid = torch.linspace(-1.0, 1.0, image_width, dtype=position.dtype)
     return torch.exp(-0.5 * (position[..., None] - grid) ** 2 / render_sigma ** 2)
 
 

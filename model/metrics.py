@@ -1,6 +1,8 @@
 """Clustering metrics: adjusted Rand index and normalised mutual information of two labelings."""
 from __future__ import annotations
 
+from itertools import permutations
+
 import torch
 
 
@@ -48,3 +50,13 @@ def normalized_mutual_info(labels_true: torch.Tensor, labels_pred: torch.Tensor)
     nz = p > 0
     mutual = (p[nz] * (p[nz] / (pa[:, None] * pb[None, :])[nz]).log()).sum()
     return float(mutual / ((ha + hb) / 2))
+
+
+def match_labels(labels_pred: torch.Tensor, labels_true: torch.Tensor, num_labels: int) -> torch.Tensor:
+    """`labels_pred` relabelled by the permutation of {0..num_labels-1} that agrees with `labels_true` most often
+    (all permutations tried: for a handful of labels), e.g. to colour inferred states like the true ones."""
+    agree = torch.zeros(num_labels, num_labels, dtype=torch.long)
+    agree.index_put_((labels_pred.flatten().cpu(), labels_true.flatten().cpu()),
+                     torch.ones(labels_pred.numel(), dtype=torch.long), accumulate=True)
+    best = max(permutations(range(num_labels)), key=lambda p: sum(int(agree[k, p[k]]) for k in range(num_labels)))
+    return torch.tensor(best, device=labels_pred.device)[labels_pred]

@@ -34,6 +34,7 @@ NOT_ALLOWED_LABEL = "not allowed: a parent needs a higher index (DAG order)"
 EDGE_COLOR, NO_EDGE_COLOR = "#2c5d8f", "#ffffff"
 PREFIX_COLOR = "red"
 PEN_UP_COLOR = "#a0a0a0"
+STATE_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
 
 
 # ---------------------------------------------------------------- figures
@@ -234,20 +235,44 @@ def _prefix_handle(prefix_len: int) -> Line2D:
                   label=f"end of the observed prefix: steps 0-{prefix_len - 1} seen, the rest predicted")
 
 
+def _state_bars(axes: np.ndarray, states: dict[str, np.ndarray]) -> None:
+    """Discrete states (T,) per named bar, one thin axes each, coloured by state (STATE_COLORS), with a legend
+    of the states that occur above the first."""
+    cmap = ListedColormap(STATE_COLORS)
+    present = sorted({int(k) for bar in states.values() for k in np.unique(bar)})
+    for ax, (name, bar) in zip(axes, states.items()):
+        ax.imshow(bar[None, :] % len(STATE_COLORS), cmap=cmap, vmin=-0.5, vmax=len(STATE_COLORS) - 0.5,
+                  aspect="auto", interpolation="nearest")
+        ax.set_yticks([0], [name], fontsize=LABEL_PT)
+    axes[0].set_title("state per frame" + (" (matched labels)" if len(states) > 1 else ""), fontsize=LABEL_PT,
+                      loc="left")
+    handles = [Patch(facecolor=STATE_COLORS[k % len(STATE_COLORS)], label=str(k)) for k in present]
+    axes[0].legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(handles),
+                   fontsize=LEGEND_PT, frameon=False, borderaxespad=0.1, handlelength=1.2, columnspacing=0.8)
+
+
 def sequence_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None, title: str = "",
-                    value_range: tuple[float, float] | None = None) -> Figure:
+                    value_range: tuple[float, float] | None = None,
+                    states: dict[str, torch.Tensor] | None = None) -> Figure:
     """One sequence as stacked panels, one per named row (T, P) (e.g. data, mean, samples): time on the x axis,
     observed dim (pixel) on the y axis, the value as colour with a shared colour bar over `value_range` (default:
     [0, 1] if the first row lies in it, else its range). NaN entries (steps past the sequence's end) are grey.
-    With `prefix_len`, a red line at the end of the observed prefix, explained in a legend."""
+    With `prefix_len`, a red line at the end of the observed prefix, explained in a legend. With `states`
+    (name -> (T,) integer states, e.g. inferred and true), a colour bar of the state per frame above the panels."""
     names = list(rows)
     values = {name: _numpy(rows[name]) for name in names}
+    bars = {name: states[name].detach().cpu().numpy() for name in states} if states else {}
     if value_range is None:
         first = values[names[0]]
         low, high = float(np.nanmin(first)), float(np.nanmax(first))
         value_range = (0.0, 1.0) if low >= 0 and high <= 1 else (low, high)
     steps, dims = values[names[0]].shape
-    fig, axes = new_figure(7.0, 1.6 + 1.25 * len(names), nrows=len(names), sharex=True)
+    ratios = [0.3] * len(bars) + [1.0] * len(names)
+    fig, all_axes = new_figure(7.0, 1.6 + 1.25 * len(names) + 0.5 * len(bars), nrows=len(ratios), sharex=True,
+                               gridspec_kw={"height_ratios": ratios})
+    axes = all_axes[len(bars):]
+    if bars:
+        _state_bars(all_axes[:len(bars), 0], bars)
     from matplotlib import colormaps
 
     cmap = colormaps[INTENSITY_CMAP].with_extremes(bad="#c8c8c8")
@@ -311,10 +336,10 @@ def strokes_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None,
 
 
 def log_sequences(writer: Any, tag: str, step: int, rows: dict[str, torch.Tensor], prefix_len: int | None = None,
-                  title: str = "Sequence", strokes: bool = False) -> None:
+                  title: str = "Sequence", strokes: bool = False, states: dict[str, torch.Tensor] | None = None) -> None:
     """One figure per sequence, `{tag}_0`, `{tag}_1`, ... (at most MAX_FIGURES): rows name -> (B, T, P) (with
     `strokes`, (B, T, 3) pen strokes, drawn by `strokes_figure`; else `sequence_figure`, on the colour range of
-    the first row over all B sequences)."""
+    the first row over all B sequences, with the discrete `states` name -> (B, T) as bars above)."""
     names = list(rows)
     first = _numpy(rows[names[0]])
     low, high = float(np.nanmin(first)), float(np.nanmax(first))
@@ -323,7 +348,8 @@ def log_sequences(writer: Any, tag: str, step: int, rows: dict[str, torch.Tensor
         one = {name: rows[name][b] for name in names}
         heading = f"{title} {b + 1}"
         fig = (strokes_figure(one, prefix_len, heading) if strokes
-               else sequence_figure(one, prefix_len, heading, value_range))
+               else sequence_figure(one, prefix_len, heading, value_range,
+                                    {name: bar[b] for name, bar in states.items()} if states else None))
         log_figure(writer, f"{tag}_{b}", fig, step)
 
 

@@ -14,7 +14,9 @@ from torch.distributions import MultivariateNormal
 import test as test_script
 from model.metrics import adjusted_rand_index
 from train import train
-from trainer.build import build_data, load_and_check
+from base.base_trainer import load_model_weights
+from trainer.build import build_data, build_model, load_and_check
+from utils.checkpoint import load_checkpoint
 
 F64 = torch.float64
 
@@ -215,3 +217,46 @@ def test_default_recurrent_graph_vae_job_predicts_the_dot(tmp_path):
     assert without_latents["elbo_per_step"] + 1.0 < results["elbo_per_step"] <= -results["iw_nll_per_step"] < ceiling
     assert results["pred_mse"] < min(blind_sample_mse, results["pred_mse_repeat_last"])
     assert results["pred_mse_sample_mean"] < blind_mean_mse
+
+
+def kmeans_labels(points: torch.Tensor, num_clusters: int, restarts: int = 10, iterations: int = 100,
+                  seed: int = 0) -> torch.Tensor:
+    """Lloyd's K-means on points (N, D), the best of `restarts` starts from random points: labels (N,)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = points.to(F64)
+    best, best_cost = None, math.inf
+    for _ in range(restarts):
+        centres = x[torch.randperm(len(x), generator=gen)[:num_clusters]]
+        for _ in range(iterations):
+            labels = torch.cdist(x, centres).argmin(-1)
+            centres = torch.stack([x[labels == k].mean(0) if (labels == k).any() else centres[k]
+                                   for k in range(num_clusters)])
+        cost = float(torch.cdist(x, centres).min(-1).values.pow(2).sum())
+        if cost < best_cost:
+            best, best_cost = labels, cost
+    return best
+
+
+@pytest.mark.slow
+def test_default_svae_slds_job_segments_the_speed_regimes(tmp_path):
+    """Switching dots: the most likely state per held-out frame agrees with the true speed regimes better than
+    K-means (K = the number of regimes) of the trained recognition network's per-frame means and their changes
+    [mu_t, mu_t+1 - mu_t], i.e. position and velocity in the learned latent without the switching dynamics."""
+    config = load_and_check("configs/svae_slds.yaml", [f"trainer.save_dir={tmp_path}", "trainer.verbosity=0"])
+    run = train(config)
+    checkpoint = run.run_dir / "checkpoints" / "last.pt"
+    results = test_script.evaluate(checkpoint, progress=False)
+    data = build_data(config)
+    test = data.test_set.tensors
+    model = build_model(config, data)
+    load_model_weights(model, load_checkpoint(checkpoint))
+    with torch.no_grad():
+        node_J, node_h = model.encoder(test["x"])
+    means = node_h / node_J
+    features = torch.cat([means[:, :-1], means[:, 1:] - means[:, :-1]], -1).flatten(0, 1)
+    baseline = adjusted_rand_index(test["states"][:, :-1].flatten(), kmeans_labels(features, data.num_states))
+    print(f"state_ari {results['state_ari']:.4f} (K-means of recognition means and changes {baseline:.4f}); "
+          f"elbo {results['elbo']:.4f}; pred_mse {results['pred_mse']:.6f} "
+          f"(repeat last {results['pred_mse_repeat_last']:.6f})")
+    assert results["state_ari"] > baseline + 0.2
+    assert results["pred_mse"] < results["pred_mse_repeat_last"]

@@ -34,8 +34,9 @@ METHODS = ("sequential", "parallel")
 
 
 class LDSPotentials(NamedTuple):
-    """The chain's prior log-potentials (shared by all sequences): init_J (n, n), init_h (n,),
-    init_const (), J11, J12, J22 (n, n), pair_const ()."""
+    """The chain's prior log-potentials: init_J (n, n), init_h (n,), init_const (), and the pair potentials,
+    either shared by all steps and sequences (J11, J12, J22 (n, n), pair_const ()) or one per step of each
+    sequence (J11, J12, J22 (B, T-1, n, n), pair_const (B, T-1); a switching LDS's expected dynamics)."""
     init_J: torch.Tensor
     init_h: torch.Tensor
     init_const: torch.Tensor
@@ -91,8 +92,8 @@ def lds_posterior(prior: LDSPotentials, node_J: torch.Tensor, node_h: torch.Tens
     last = InfoGaussian.from_natural(J_f[:, -1], h_f[:, -1], symmetric=True)
     last_mean = last.mean()
     # log Z = the constants + the log-normalisers of the factors x_t | x_{t+1} (t < T) and of x_T
-    log_z = (prior.init_const + (T - 1) * prior.pair_const + conditionals.log_normalizer(b).sum(-1)
-             + last.log_normalizer(last_mean))
+    pair_const = prior.pair_const.sum(-1) if prior.pair_const.dim() else (T - 1) * prior.pair_const
+    log_z = prior.init_const + pair_const + conditionals.log_normalizer(b).sum(-1) + last.log_normalizer(last_mean)
 
     # offsets of the affine backward maps: column 0 the means, columns 1..S the samples
     offsets = b.unsqueeze(-1)
@@ -112,15 +113,20 @@ def lds_posterior(prior: LDSPotentials, node_J: torch.Tensor, node_h: torch.Tens
 def chain_log_potential(prior: LDSPotentials, x: torch.Tensor) -> torch.Tensor:
     """init(x_1) + sum_{t<T} pair(x_t, x_{t+1}), constants included, of paths x (..., T, n): (...). The pair
     potentials may vary with time (J11, J12, J22 (..., T-1, n, n), pair_const (..., T-1)) or be shared."""
-    first, now, later = x[..., 0, :], x[..., :-1, :], x[..., 1:, :]
+    now, later = x[..., :-1, :], x[..., 1:, :]
+    pairs = (-0.5 * _quadratic(now, prior.J11, now) - _quadratic(now, prior.J12, later)
+             - 0.5 * _quadratic(later, prior.J22, later) + prior.pair_const)
+    return initial_log_potential(prior, x[..., 0, :]) + pairs.sum(-1)
 
-    def quadratic(left: torch.Tensor, matrix: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        return (left.unsqueeze(-2) @ matrix @ right.unsqueeze(-1))[..., 0, 0]
 
-    init = -0.5 * quadratic(first, prior.init_J, first) + (prior.init_h * first).sum(-1) + prior.init_const
-    pairs = (-0.5 * quadratic(now, prior.J11, now) - quadratic(now, prior.J12, later)
-             - 0.5 * quadratic(later, prior.J22, later) + prior.pair_const)
-    return init + pairs.sum(-1)
+def initial_log_potential(prior: LDSPotentials, first: torch.Tensor) -> torch.Tensor:
+    """init(x_1), constant included, of first states x_1 (..., n): (...)."""
+    return -0.5 * _quadratic(first, prior.init_J, first) + (prior.init_h * first).sum(-1) + prior.init_const
+
+
+def _quadratic(left: torch.Tensor, matrix: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """left^T matrix right, batched: (...)."""
+    return (left.unsqueeze(-2) @ matrix @ right.unsqueeze(-1))[..., 0, 0]
 
 
 def _node_precision(prior_J: torch.Tensor, node_J: torch.Tensor) -> torch.Tensor:
@@ -147,9 +153,13 @@ class _InformationFilter(torch.autograd.Function):
     def forward(ctx, node_J, node_h, init_J, init_h, J11, J12, J22):
         B, T, n = node_h.shape
         node_precision = torch.diag_embed(node_J)
-        J12_t = J12.mT.expand(B, n, n)
-        J22_and_zero = torch.cat([J22, J22.new_zeros(n, 1)], -1).expand(B, n, n + 1)
-        J12_b = J12.expand(B, n, n)
+        if J11.dim() == 2:  # shared by every step: the same tensors each time
+            J11_steps, J12_steps = [J11] * (T - 1), [J12.expand(B, n, n)] * (T - 1)
+            J12t_steps = [J12.mT.expand(B, n, n)] * (T - 1)
+            J22_steps = [torch.cat([J22, J22.new_zeros(n, 1)], -1).expand(B, n, n + 1)] * (T - 1)
+        else:  # one per step (B, T-1, n, n)
+            J11_steps, J12_steps, J12t_steps = J11.unbind(1), J12.unbind(1), J12.mT.unbind(1)
+            J22_steps = torch.cat([J22, J22.new_zeros(B, T - 1, n, 1)], -1).unbind(1)
         J_pred, h_pred = init_J.expand(B, n, n), init_h.expand(B, n)
         J_f, h_f, gains, retried = [], [], [], []
         for t, (D_t, h_node_t) in enumerate(zip(node_precision.unbind(1), node_h.unbind(1))):
@@ -157,11 +167,11 @@ class _InformationFilter(torch.autograd.Function):
             h_f.append(h_pred + h_node_t)
             if t == T - 1:
                 break
-            chol, retried_t = psd_cholesky(J_f[-1] + J11, symmetric=True)
+            chol, retried_t = psd_cholesky(J_f[-1] + J11_steps[t], symmetric=True)
             retried.append(retried_t)
-            gain = torch.cholesky_solve(torch.cat([J12_b, h_f[-1].unsqueeze(-1)], -1), chol)  # [K_t | b_t]
+            gain = torch.cholesky_solve(torch.cat([J12_steps[t], h_f[-1].unsqueeze(-1)], -1), chol)  # [K_t | b_t]
             gains.append(gain)
-            prediction = torch.baddbmm(J22_and_zero, J12_t, gain, alpha=-1.0)  # [J^p_t+1 | h^p_t+1]
+            prediction = torch.baddbmm(J22_steps[t], J12t_steps[t], gain, alpha=-1.0)  # [J^p_t+1 | h^p_t+1]
             J_pred, h_pred = prediction[..., :n], prediction[..., n]
         ctx.save_for_backward(torch.stack(gains, 1) if gains else node_J.new_zeros(B, 0, n, n + 1))
         retries = torch.stack(retried).sum() if retried else node_J.new_zeros((), dtype=torch.long)

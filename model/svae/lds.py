@@ -39,6 +39,27 @@ class ChainPosterior(NamedTuple):
         return self.chain.retries
 
 
+def expected_node_potential(chain: LDSPosterior, node_J: torch.Tensor, node_h: torch.Tensor) -> torch.Tensor:
+    """sum_t E_q[psi_t(x_t)] of diagonal node potentials (B, T, n) under q(x_1:T): (B,)."""
+    second = chain.cov.diagonal(dim1=-2, dim2=-1) + chain.mean ** 2
+    return (-0.5 * node_J * second + node_h * chain.mean).sum((-2, -1))
+
+
+def second_moments(chain: LDSPosterior) -> tuple[torch.Tensor, torch.Tensor]:
+    """E_q[x_t x_t^T] (B, T, n, n) and E_q[x_t x_t+1^T] (B, T-1, n, n)."""
+    mean = chain.mean
+    second = chain.cov + mean.unsqueeze(-1) * mean.unsqueeze(-2)
+    cross = chain.cross_cov + mean[:, :-1].unsqueeze(-1) * mean[:, 1:].unsqueeze(-2)
+    return second, cross
+
+
+def chain_posterior_log_prob(post: ChainPosterior, x: torch.Tensor) -> torch.Tensor:
+    """log q(x) of a Gaussian chain posterior = the chain's and the node potentials that built it at x
+    (S, B, T, n), minus its log Z: (S, B)."""
+    nodes = (-0.5 * post.node_J * x ** 2 + post.node_h * x).sum((-2, -1))
+    return chain_log_potential(post.potentials, x) + nodes - post.chain.log_z
+
+
 class LinearDynamicalSystem(GraphicalModel):
     """x_1 ~ N(mu0, Sigma0), x_{t+1} = A x_t + eps, eps ~ N(0, Q): one n-dimensional latent per frame.
     Global factors "niw" (mu0, Sigma0) and "mniw" (A, Q), at the authors' prior (nu = n + 1,
@@ -70,15 +91,13 @@ class LinearDynamicalSystem(GraphicalModel):
     @staticmethod
     def local_kl(chain: LDSPosterior, node_J: torch.Tensor, node_h: torch.Tensor) -> torch.Tensor:
         """KL(q(x) || p(x | theta)) = sum_t E_q[psi_t(x_t)] - log Z: (B,)."""
-        second = chain.cov.diagonal(dim1=-2, dim2=-1) + chain.mean ** 2
-        return (-0.5 * node_J * second + node_h * chain.mean).sum((-2, -1)) - chain.log_z
+        return expected_node_potential(chain, node_J, node_h) - chain.log_z
 
     def statistics(self, post: ChainPosterior) -> dict[str, torch.Tensor]:
         """NIW (initial state): (E x_1 x_1^T, E x_1, count, count); MNIW (pairs): (sum_t E x_t x_t^T,
         sum_t E x_t x_{t+1}^T, sum_t E x_{t+1} x_{t+1}^T, pairs); summed over sequences."""
-        mean, cov = post.chain.mean.detach(), post.chain.cov.detach()
-        second = cov + mean.unsqueeze(-1) * mean.unsqueeze(-2)  # (B, T, n, n)
-        cross = post.chain.cross_cov.detach() + mean[:, :-1].unsqueeze(-1) * mean[:, 1:].unsqueeze(-2)
+        mean = post.chain.mean.detach()
+        second, cross = (m.detach() for m in second_moments(post.chain))
         B, T = mean.shape[:2]
         count = mean.new_tensor(float(B))
         pairs = mean.new_tensor(float(B * (T - 1)))
@@ -87,9 +106,7 @@ class LinearDynamicalSystem(GraphicalModel):
                 "mniw_phi": second[:, 1:].sum((0, 1)), "mniw_nu": pairs, "count": count}
 
     def posterior_log_prob(self, post: ChainPosterior, x: torch.Tensor) -> torch.Tensor:
-        """log q(x) = the chain's and the node potentials at x (S, B, T, n), minus log Z: (S, B)."""
-        nodes = (-0.5 * post.node_J * x ** 2 + post.node_h * x).sum((-2, -1))
-        return chain_log_potential(post.potentials, x) + nodes - post.chain.log_z
+        return chain_posterior_log_prob(post, x)
 
     def prior_log_prob(self, potentials: LDSPotentials, x: torch.Tensor) -> torch.Tensor:
         return chain_log_potential(potentials, x)

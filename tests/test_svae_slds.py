@@ -1,0 +1,180 @@
+"""SVAE-SLDS beyond the inference math (tests/test_slds_inference.py): the switching-dots data, the revival of
+unused states, state_ari, numerical safety and the architecture end to end (train, resume, test.py, figures)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import test as test_script
+from data_loader.dots import render_positions, triangle_wave
+from data_loader.switching_dots import SwitchingDotsDataLoader, sticky_markov_states
+from model.expfam import mniw
+from model.svae.slds import SVAESLDS, SwitchingLinearDynamicalSystem
+from tests.conftest import ROOT, event_tags, train_halfway_and_resume
+from utils.config import read_config_file
+from utils.errors import ConfigError
+
+DT = torch.float64
+
+
+# ---------------------------------------------------------------- data
+def test_states_set_the_speed_of_each_move():
+    """Frame t + 1's phase is frame t's plus speeds[z_t] * frame_interval: recover the phases from the
+    noiseless frames' positions and check every move."""
+    speeds = [0.3, 1.0, 2.0]
+    data = SwitchingDotsDataLoader(batch_size=4, speeds=speeds, num_sequences=6, num_test_sequences=2,
+                                   chunk_len=30, render_sigma=0.15, image_width=200)
+    batch = data.train_set.tensors
+    states, clean = batch["states"], batch["clean"].double()
+    assert states.shape == (6, 30) and states.dtype == torch.long and clean.shape == (6, 30, 200)
+    grid = torch.linspace(-1, 1, 200, dtype=DT)
+    position = grid[clean.argmax(-1)]
+    # with each move's speed known, the first frame's phase reproduces every later position
+    moves = torch.tensor(speeds, dtype=DT)[states[:, :-1]] * 0.1
+    phase0 = torch.linspace(0, 2, 20001, dtype=DT)
+    candidates = triangle_wave(phase0[:, None, None] + torch.cat([torch.zeros(6, 1, dtype=DT), moves.cumsum(1)], 1))
+    error = (candidates - position).abs().amax(-1)  # (phases, B)
+    assert (error.min(0).values < 0.02).all()  # grid spacing 0.01
+    assert torch.allclose(render_positions(position[:, :1], 200, 0.15).float(), batch["clean"][:, :1], atol=0.05)
+    assert (batch["x"] - batch["clean"]).std() == pytest.approx(0.1, rel=0.1)
+
+
+def test_sticky_chain_stays_with_its_probability_and_is_seeded():
+    gen = torch.Generator().manual_seed(0)
+    states = sticky_markov_states(400, 100, 3, 0.9, gen)
+    stays = (states[:, 1:] == states[:, :-1]).double().mean()
+    assert float(stays) == pytest.approx(0.9, abs=0.01)
+    assert torch.bincount(states.flatten(), minlength=3).double().div(states.numel()).sub(1 / 3).abs().max() < 0.03
+    again = sticky_markov_states(400, 100, 3, 0.9, torch.Generator().manual_seed(0))
+    assert torch.equal(states, again)
+
+
+@pytest.mark.parametrize("args", [{"speeds": []}, {"speeds": [1.0, -1.0]}, {"stay_prob": 1.5}, {"chunk_len": 1},
+                                  {"num_test_sequences": 0}])
+def test_bad_data_arguments_name_the_key(args):
+    with pytest.raises(ConfigError, match=next(iter(args))):
+        SwitchingDotsDataLoader(**args)
+
+
+# ---------------------------------------------------------------- revival of unused states
+def test_an_unused_state_restarts_as_a_split_of_the_most_used_one():
+    torch.manual_seed(0)
+    pgm = SwitchingLinearDynamicalSystem(num_states=3, latent_dim=2, revive_below=0.05)
+    before = mniw.natural_to_standard(pgm.natural("mniw"))
+    usage = torch.tensor([0.01, 0.9, 0.09], dtype=DT)
+    pgm.revive_unused_states(usage)
+    M, K, S, nu = mniw.natural_to_standard(pgm.natural("mniw"))
+    best = before[0][1]
+    expected = best @ best if int(pgm.revivals - 1) % 2 == 0 else 0.5 * (torch.eye(2, dtype=DT) + best)
+    assert torch.allclose(M[0], expected)  # state 0, revival 0: parity 0, the faster split
+    assert torch.allclose(K[0], before[1][1]) and torch.allclose(S[0], before[2][1]) and nu[0] == before[3][1]
+    for k in (1, 2):  # used states are untouched
+        assert all(torch.allclose(a[k], b[k]) for a, b in zip((M, K, S, nu), before))
+    assert int(pgm.revivals) == 1
+    pgm.revive_unused_states(torch.tensor([0.3, 0.4, 0.3], dtype=DT))  # everything used: nothing changes
+    assert int(pgm.revivals) == 1
+    pgm.revive_unused_states(torch.tensor([0.0, 0.0, 1.0], dtype=DT))  # two at once: one faster, one slower
+    M2 = mniw.natural_to_standard(pgm.natural("mniw"))[0]
+    best = M[2]
+    assert {0, 1} == {k for k in (0, 1) for cand in (best @ best, 0.5 * (torch.eye(2, dtype=DT) + best))
+                      if torch.allclose(M2[k], cand)}
+    assert not torch.allclose(M2[0], M2[1])
+
+
+def test_revival_follows_the_svi_step_and_can_be_switched_off():
+    torch.manual_seed(0)
+    model = tiny_model()
+    out = model.train()(random_batch())
+    statistics = {k: v.sum(0) for k, v in out["statistics"].items()}
+    statistics["mniw_nu"] = torch.tensor([0.0, 30.0, 5.0], dtype=DT)
+    model.after_optimizer_step(statistics)
+    assert int(model.pgm.revivals) == 1
+    off = tiny_model(revive_below=0.0)
+    off.after_optimizer_step(statistics)
+    assert int(off.pgm.revivals) == 0
+
+
+# ---------------------------------------------------------------- the architecture
+def tiny_model(num_train: int = 8, **kwargs) -> SVAESLDS:
+    torch.manual_seed(0)
+    args = dict(num_states=3, latent_dim=2, hidden_dims=[8], prefix_len=4, horizon=3, eval_samples=3, rho=0.5)
+    return SVAESLDS(data_shape=(8, 6), num_train=num_train, **{**args, **kwargs})
+
+
+def random_batch(B: int = 4, T: int = 8, P: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    clean = torch.rand(B, T, P, generator=gen)
+    return {"x": clean + 0.1 * torch.randn(B, T, P, generator=gen), "clean": clean,
+            "states": torch.randint(3, (B, T), generator=gen)}
+
+
+def test_forward_changes_no_state_and_the_statistics_count_frames():
+    model = tiny_model().train()
+    before = [b.clone() for b in model.buffers()]
+    out = model(random_batch())
+    statistics = out["statistics"]
+    assert statistics["count"].tolist() == [4.0]
+    assert float(statistics["mniw_nu"].sum()) == pytest.approx(4 * 7)
+    assert float(statistics["transitions"].sum()) == pytest.approx(4 * 7)
+    assert float(statistics["initial_state"].sum()) == pytest.approx(4)
+    model.after_optimizer_step(None)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
+    assert {"states_in_use", "meanfield_iters", "jitter_retries", "kl_local"} <= out.keys()
+
+
+def test_extreme_encoder_outputs_stay_finite():
+    model = tiny_model().train()
+    with torch.no_grad():
+        last = model.encoder.net.net[-1]
+        last.bias[:2] = 1e30  # means
+        last.bias[2:] = torch.tensor([1e30, -1e30])  # raw precisions: exp(+-10) after the bound
+    for scale in (1.0, 1e6):
+        batch = random_batch()
+        out = model({"x": batch["x"] * scale})
+        out["loss"].backward()
+        statistics = out.pop("statistics")
+        assert all(torch.isfinite(v).all() for v in [*out.values(), *statistics.values()])
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        model.zero_grad()
+
+
+def test_state_ari_is_one_for_a_relabelled_segmentation():
+    model = tiny_model().eval()
+    batch = random_batch()
+    out = model.evaluate_batch(batch, ("state_ari",), {})
+    assert out["state_probs"].shape == (4, 8, 3) and torch.equal(out["true_states"], batch["states"])
+    metric = next(m for m in model.metrics if m.name == "state_ari")
+    relabelled = torch.nn.functional.one_hot((batch["states"] + 1) % 3, 3).double()
+    assert metric.report({"state_probs": relabelled, "true_states": batch["states"]}) == {"state_ari": 1.0}
+    assert abs(metric.report(out)["state_ari"]) < 0.5  # an untrained model: about chance
+
+
+# ---------------------------------------------------------------- end to end
+@pytest.fixture
+def slds_config(tmp_path) -> dict:
+    """configs/svae_slds.yaml shrunk: 12 sequences of 12 frames, latent 2, 2 epochs of 3 steps."""
+    config = read_config_file(ROOT / "configs" / "svae_slds.yaml")
+    config["arch"]["args"].update(latent_dim=2, hidden_dims=[8], prefix_len=6, horizon=5, eval_samples=2,
+                                  max_iter=5)
+    config["data_loader"]["args"].update(chunk_len=12, num_sequences=12, num_test_sequences=3, batch_size=4)
+    config["trainer"].update(epochs=2, len_epoch=3, save_dir=str(tmp_path / "saved"), save_period=1,
+                             verbosity=0, tensorboard=True, visualize_every=1)
+    return config
+
+
+def test_train_resume_and_evaluate(slds_config):
+    run_dir, state = train_halfway_and_resume(slds_config, epochs=4)
+    assert {"pgm.q_transitions", "pgm.q_initial_state", "pgm.q_mniw_k_inv", "pgm.revivals"} <= state["model"].keys()
+    path = run_dir / "checkpoints" / "last.pt"
+
+    results = test_script.evaluate(path, progress=False)
+    assert {"elbo", "iw_nll", "state_ari", "pred_mse", "pred_mse_repeat_last", "transition_matrix",
+            "state_usage"} <= results.keys()
+    assert results["num_examples"] == 3 and -1 <= results["state_ari"] <= 1
+    assert len(results["transition_matrix"]) == 3 and sum(results["state_usage"]) == pytest.approx(1, abs=1e-3)
+    assert json.loads((run_dir / "test_metrics.json").read_text())["state_ari"] == results["state_ari"]
+    assert "val/segmentation_0" in event_tags(run_dir, "val")["images"]
+    assert "test/segmentation_0" in event_tags(run_dir, "test")["images"]
+    assert (run_dir / "figures" / "test_segmentation_0.png").is_file()
