@@ -336,7 +336,8 @@ def strokes_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None,
 
 
 def log_sequences(writer: Any, tag: str, step: int, rows: dict[str, torch.Tensor], prefix_len: int | None = None,
-                  title: str = "Sequence", strokes: bool = False, states: dict[str, torch.Tensor] | None = None) -> None:
+                  title: str = "Sequence", strokes: bool = False,
+                  states: dict[str, torch.Tensor] | None = None) -> None:
     """One figure per sequence, `{tag}_0`, `{tag}_1`, ... (at most MAX_FIGURES): rows name -> (B, T, P) (with
     `strokes`, (B, T, 3) pen strokes, drawn by `strokes_figure`; else `sequence_figure`, on the colour range of
     the first row over all B sequences, with the discrete `states` name -> (B, T) as bars above)."""

@@ -123,3 +123,22 @@ def train_halfway_and_resume(config: dict, epochs: int) -> tuple[Path, dict]:
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     return half.run_dir, b
+
+
+def assert_finite_under_extreme_encoder(model: torch.nn.Module, observations: list[torch.Tensor],
+                                        latent_dim: int) -> None:
+    """With the recognition network's last bias at +-1e30 (means 1e30; raw precisions 1e30, -1e30, then 0:
+    the bounds' extremes), a training step on each of `observations` keeps the outputs, statistics and
+    gradients finite."""
+    model.train()
+    with torch.no_grad():
+        last = model.encoder.net.net[-1]
+        last.bias[:latent_dim] = 1e30
+        last.bias[latent_dim:] = torch.tensor([1e30, -1e30, 0.0][:latent_dim] + [0.0] * (latent_dim - 3))
+    for y in observations:
+        out = model({"x": y})
+        out["loss"].backward()
+        statistics = out.pop("statistics")
+        assert all(torch.isfinite(v).all() for v in [*out.values(), *statistics.values()])
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+        model.zero_grad()

@@ -12,7 +12,7 @@ from data_loader.dots import render_positions, triangle_wave
 from data_loader.switching_dots import SwitchingDotsDataLoader, sticky_markov_states
 from model.expfam import mniw
 from model.svae.slds import SVAESLDS, SwitchingLinearDynamicalSystem
-from tests.conftest import ROOT, event_tags, train_halfway_and_resume
+from tests.conftest import ROOT, assert_finite_under_extreme_encoder, event_tags, train_halfway_and_resume
 from utils.config import read_config_file
 from utils.errors import ConfigError
 
@@ -125,19 +125,8 @@ def test_forward_changes_no_state_and_the_statistics_count_frames():
 
 
 def test_extreme_encoder_outputs_stay_finite():
-    model = tiny_model().train()
-    with torch.no_grad():
-        last = model.encoder.net.net[-1]
-        last.bias[:2] = 1e30  # means
-        last.bias[2:] = torch.tensor([1e30, -1e30])  # raw precisions: exp(+-10) after the bound
-    for scale in (1.0, 1e6):
-        batch = random_batch()
-        out = model({"x": batch["x"] * scale})
-        out["loss"].backward()
-        statistics = out.pop("statistics")
-        assert all(torch.isfinite(v).all() for v in [*out.values(), *statistics.values()])
-        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
-        model.zero_grad()
+    x = random_batch()["x"]
+    assert_finite_under_extreme_encoder(tiny_model(), [x, x * 1e6], 2)
 
 
 def test_state_ari_is_one_for_a_relabelled_segmentation():
@@ -178,3 +167,38 @@ def test_train_resume_and_evaluate(slds_config):
     assert "val/segmentation_0" in event_tags(run_dir, "val")["images"]
     assert "test/segmentation_0" in event_tags(run_dir, "test")["images"]
     assert (run_dir / "figures" / "test_segmentation_0.png").is_file()
+
+
+def test_prediction_samples_futures_from_the_switching_dynamics():
+    """With the decoder made the identity, nearly noise-free dynamics (Q = 1e-6 I), rotations by different angles per state
+    and a chain that never switches, every sampled future rolls its last prefix state forward by one state's
+    rotation, with the states drawn by q(z) at the prefix's end; the prediction averages the futures."""
+    torch.manual_seed(0)
+    model = SVAESLDS(data_shape=(8, 2), num_train=8, num_states=2, latent_dim=2, hidden_dims=[8], prefix_len=4,
+                     horizon=4, predictive_samples=200).eval()
+    model.decode = lambda x: torch.cat([x, torch.zeros_like(x)], -1)  # decoded mean = x
+    pgm = model.pgm
+    angles = torch.tensor([0.3, 1.2], dtype=DT)
+    rotations = torch.stack([torch.stack([torch.stack([a.cos(), -a.sin()]), torch.stack([a.sin(), a.cos()])])
+                             for a in angles])
+    eye = torch.eye(2, dtype=DT).expand(2, 2, 2)
+    natural = mniw.standard_to_natural(rotations, eye, 1e-2 * eye, torch.full((2,), 1e4, dtype=DT))  # Q = 1e-6 I
+    for field, value in zip(natural._fields, natural):
+        getattr(pgm, f"q_mniw_{field}").copy_(value)
+    pgm.q_transitions.copy_(1e8 * torch.eye(2, dtype=DT))
+    with torch.no_grad():
+        model.encoder.net.net[-1].bias.copy_(torch.tensor([1.0, -1.0, 5.0, 5.0]))  # x near (1, -1), precise
+        y = torch.randn(3, 8, 2)
+        mean, paths = model.predict(y, 200)
+    assert mean.shape == (3, 8, 2) and paths.shape == (200, 3, 8, 2)
+    start = paths[:, :, 3].double()  # x at the prefix's last frame, per sampled path
+    futures = paths[:, :, 4:].double()
+    rolled = torch.stack([torch.stack([start @ torch.linalg.matrix_power(R, h + 1).mT for h in range(4)], 2)
+                          for R in rotations])  # (K, S, B, H, 2)
+    error = (rolled - futures).abs().amax((-2, -1))  # (K, S, B)
+    assert (error.min(0).values < 2e-2).all() and (error.max(0).values > 0.1).all()
+    chosen = error.argmin(0)
+    post = model.infer(y[:, :4], model.expected_potentials()[0], 0)
+    share = (chosen == 1).double().mean(0)
+    assert torch.allclose(share, post.states.marginals[:, -1, 1], atol=0.12)
+    assert torch.allclose(mean[:, 4:], paths[:, :, 4:].mean(0), atol=1e-5)

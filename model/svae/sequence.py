@@ -60,13 +60,18 @@ class SequenceSVAE(StructuredVAE):
     def predict(self, y: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Condition on the first `prefix_len` frames of y (B, T, P) and continue for `horizon` frames:
         decoded means of the posterior mean path (B, P+H, P) and of S sampled paths (S, B, P+H, P)."""
+        length = self.check_prediction_length(y)
+        post = self.infer(y[:, :length], self.expected_potentials()[0], num_samples, observed=self.prefix_len)
+        decode_mean = lambda x: self.likelihood.mean(self.decode(x.to(y.dtype)))  # noqa: E731
+        return decode_mean(post.mean), decode_mean(post.samples)
+
+    def check_prediction_length(self, y: torch.Tensor) -> int:
+        """prefix_len + horizon, after checking that the sequences y (B, T, P) are that long."""
         length = self.prefix_len + self.horizon
         if y.shape[1] < length:
             raise DataError(f"prediction needs sequences of at least prefix_len + horizon = {length} frames, "
                             f"got {y.shape[1]}; lower arch.args.prefix_len or horizon")
-        post = self.infer(y[:, :length], self.expected_potentials()[0], num_samples, observed=self.prefix_len)
-        decode_mean = lambda x: self.likelihood.mean(self.decode(x.to(y.dtype)))  # noqa: E731
-        return decode_mean(post.mean), decode_mean(post.samples)
+        return length
 
     def evaluate_more(self, batch: dict[str, torch.Tensor], y: torch.Tensor, post: LocalPosterior,
                       metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:

@@ -268,6 +268,12 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         return {"states_in_use": (usage > 0.05).sum().double(),
                 "meanfield_iters": torch.tensor(float(post.iterations), dtype=torch.float64)}
 
+    def point_dynamics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dynamics at the point estimate of iw_nll, A_k = M_k (K, n, n), and the Cholesky factors of
+        Q_k = S_k / nu_k (K, n, n) (Q_k^-1 = E[Q_k^-1])."""
+        M, _, S, nu = mniw.natural_to_standard(self.natural("mniw"))
+        return M, torch.linalg.cholesky(S / nu[:, None, None])
+
     def transition_matrix(self) -> torch.Tensor:
         """E[P] (K, K), rows summing to 1."""
         alpha = dirichlet.natural_to_alpha(self.natural("transitions"))
@@ -293,6 +299,7 @@ class SVAESLDS(SequenceSVAE):
         init_dynamics_scale: spread of the initial dynamics means of q(theta) around I.
         revive_below: a state used by fewer than this share of a batch's frames restarts as a split of the most
             used state after the SVI step (0: never).
+        predictive_samples: sampled futures whose decoded mean is the prediction (`predict`).
         kl_warmup_epochs: the local KL's weight in the training loss rises from 0 to 1 over this many epochs.
     """
 
@@ -306,7 +313,8 @@ class SVAESLDS(SequenceSVAE):
                  num_samples: int = 1, eval_samples: int = 10, rho: float = 0.02, inference: str = "sequential",
                  prefix_len: int = 25, horizon: int = 20, figure_samples: int = 3, max_iter: int = 20,
                  tol: float = 1e-2, prior_alpha: float = 1.0, stickiness: float = 10.0,
-                 init_dynamics_scale: float = 0.5, revive_below: float = 0.02, kl_warmup_epochs: int = 0):
+                 init_dynamics_scale: float = 0.5, revive_below: float = 0.02, predictive_samples: int = 100,
+                 kl_warmup_epochs: int = 0):
         obs_dim = data_shape[-1]
         encoder = GaussianRecognition(obs_dim, latent_dim, list(hidden_dims), activation, init_scale,
                                       precision_bound="exp_tanh")
@@ -315,7 +323,37 @@ class SVAESLDS(SequenceSVAE):
                                              init_dynamics_scale, revive_below, inference)
         super().__init__(pgm, encoder, decoder, data_shape, num_train, rho, num_samples, eval_samples, prefix_len,
                          horizon, figure_samples, kl_warmup_epochs)
-        self.latent_dim = latent_dim
+        if predictive_samples < 1:
+            raise ValueError(f"predictive_samples must be >= 1, got {predictive_samples}")
+        self.latent_dim, self.predictive_samples = latent_dim, predictive_samples
+
+    def predict(self, y: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Condition on the first `prefix_len` frames of y (B, T, P) and sample `predictive_samples` futures
+        from the model: z and x at the prefix's last frame from q(z) q(x), then z_t+1 ~ E[P][z_t] and
+        x_t+1 = A_{z_t} x_t + eps, eps ~ N(0, Q_{z_t}) (globals at their point estimate) for `horizon` frames.
+        Returns the prediction, (B, P+H, P): the decoded posterior mean over the prefix, then the mean of the
+        decoded futures (the predictive mean, which averages over the regime switches to come), and the first
+        `num_samples` decoded paths (S, B, P+H, P). The mean-field q(x) of unobserved frames, which SVAE-LDS
+        decodes, follows one blend of the dynamics instead."""
+        self.check_prediction_length(y)
+        P, H, S = self.prefix_len, self.horizon, max(num_samples, self.predictive_samples)
+        post = self.infer(y[:, :P], self.expected_potentials()[0], S)
+        A, Q_chol = self.pgm.point_dynamics()
+        transitions = self.pgm.transition_matrix()
+        B, K = len(y), self.pgm.num_states
+        state = torch.multinomial(post.states.marginals[:, -1], S, replacement=True).T  # (S, B)
+        x = post.samples[:, :, -1]  # (S, B, n)
+        future = []
+        for _ in range(H):
+            x = (A[state] @ x.unsqueeze(-1) + Q_chol[state] @ torch.randn_like(x).unsqueeze(-1)).squeeze(-1)
+            future.append(x)
+            state = torch.multinomial(transitions[state.flatten()], 1).view(S, B)
+        decode_mean = lambda x: self.likelihood.mean(self.decode(x.to(y.dtype)))  # noqa: E731
+        prefix_mean = decode_mean(post.mean)
+        futures = decode_mean(torch.stack(future, 2))  # (S, B, H, P)
+        mean = torch.cat([prefix_mean, futures.mean(0)], 1)
+        paths = torch.cat([decode_mean(post.samples[:num_samples]), futures[:num_samples]], 2)
+        return mean, paths
 
     def evaluate_more(self, batch: dict[str, torch.Tensor], y: torch.Tensor, post: SwitchingPosterior,
                       metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
