@@ -170,9 +170,9 @@ def test_train_resume_and_evaluate(slds_config):
 
 
 def test_prediction_samples_futures_from_the_switching_dynamics():
-    """With the decoder made the identity, nearly noise-free dynamics (Q = 1e-6 I), rotations by different angles per state
-    and a chain that never switches, every sampled future rolls its last prefix state forward by one state's
-    rotation, with the states drawn by q(z) at the prefix's end; the prediction averages the futures."""
+    """With the decoder made the identity, nearly noise-free dynamics (Q = 1e-6 I), rotations by different angles
+    per state and a chain that never switches, every sampled future rolls its last prefix state forward by one
+    state's rotation, with the states drawn by q(z) at the prefix's end; the prediction averages the futures."""
     torch.manual_seed(0)
     model = SVAESLDS(data_shape=(8, 2), num_train=8, num_states=2, latent_dim=2, hidden_dims=[8], prefix_len=4,
                      horizon=4, predictive_samples=200).eval()
@@ -202,3 +202,34 @@ def test_prediction_samples_futures_from_the_switching_dynamics():
     share = (chosen == 1).double().mean(0)
     assert torch.allclose(share, post.states.marginals[:, -1, 1], atol=0.12)
     assert torch.allclose(mean[:, 4:], paths[:, :, 4:].mean(0), atol=1e-5)
+
+
+def test_mean_field_starts_from_each_states_own_fit():
+    """Precise observations of a path that rotates by state 1's angle for 10 steps, then by state 0's: the
+    first q(z) (`initial_state_weights`) already picks the right state at almost every step."""
+    from model.expfam.niw import standard_to_natural as niw_natural
+    from model.svae.graphical_model import MNIW, NIW
+    from model.svae.kalman import expected_lds_potentials
+    from model.svae.slds import SwitchingPotentials, initial_state_weights
+
+    angles = torch.tensor([0.2, 0.9], dtype=DT)
+    rotations = torch.stack([torch.stack([torch.stack([a.cos(), -a.sin()]), torch.stack([a.sin(), a.cos()])])
+                             for a in angles])
+    eye = torch.eye(2, dtype=DT)
+    eyes = eye.expand(2, 2, 2)
+    dynamics = MNIW.expected_stats(mniw.standard_to_natural(rotations, eyes, 0.1 * eyes, torch.full((2,), 100.0,
+                                                                                                 dtype=DT)))
+    init = NIW.expected_stats(niw_natural(torch.zeros(2, dtype=DT), torch.tensor(1.0, dtype=DT), 3 * eye,
+                                          torch.tensor(3.0, dtype=DT)))
+    log_trans = torch.log(torch.tensor([[0.9, 0.1], [0.1, 0.9]], dtype=DT))
+    potentials = SwitchingPotentials(torch.log(torch.tensor([0.5, 0.5], dtype=DT)), log_trans,
+                                     expected_lds_potentials(init, dynamics))
+    x = [torch.tensor([1.0, 0.0], dtype=DT)]
+    truth = [1] * 10 + [0] * 9
+    for k in truth:
+        x.append(rotations[k] @ x[-1])
+    x = torch.stack(x)[None]  # (1, 20, 2)
+    node_J = torch.full_like(x, 100.0)  # precise; at 1-10 (loose against Q = 1e-3) this start fails
+    weights, retries = initial_state_weights(potentials, node_J, node_J * x)
+    agree = (weights[0].argmax(-1) == torch.tensor(truth)).double().mean()
+    assert float(agree) >= 0.9 and int(retries) == 0
