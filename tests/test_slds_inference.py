@@ -14,8 +14,8 @@ from torch import distributions as td
 
 from model.svae.hmm import hmm_log_normalizer, hmm_posterior
 from model.svae.kalman import LDSPotentials, lds_posterior
-from model.svae.slds import SwitchingLinearDynamicalSystem, SwitchingPotentials, switching_meanfield, \
-    switching_sweep
+from model.svae.slds import SwitchingLinearDynamicalSystem
+from model.svae.slds_inference import SwitchingPotentials, switching_meanfield, switching_sweep
 from tests.test_kalman import random_pd, random_prior
 
 DT = torch.float64

@@ -210,7 +210,7 @@ def test_mean_field_starts_from_each_states_own_fit():
     from model.expfam.niw import standard_to_natural as niw_natural
     from model.svae.graphical_model import MNIW, NIW
     from model.svae.kalman import expected_lds_potentials
-    from model.svae.slds import SwitchingPotentials, initial_state_weights
+    from model.svae.slds_inference import SwitchingPotentials, initial_state_weights
 
     angles = torch.tensor([0.2, 0.9], dtype=DT)
     rotations = torch.stack([torch.stack([torch.stack([a.cos(), -a.sin()]), torch.stack([a.sin(), a.cos()])])

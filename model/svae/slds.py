@@ -1,20 +1,11 @@
 """SVAE-SLDS: a switching linear dynamical system over the latents, per-frame recognition potentials and a
-per-frame diagonal-Gaussian decoder (SVAE.md section 6).
-
-Local inference is structured mean field q(z_1:T) q(x_1:T) by block coordinate ascent. One sweep:
-- x-step: q(x) is the Gaussian chain whose pair potentials at step t are the state potentials weighted by
-  w_t = q(z_t) (the previous q(z)), plus the node potentials: the Kalman code with per-step pair potentials.
-- z-step: q(z) is the HMM whose node log-potential at t < T is l_t(k) = E_q(x)[log p_k(x_t+1 | x_t)]
-  (zero at T): forward-backward.
-The local KL of the pair is exact for any w (not only at the fixed point):
-    KL = sum_t <w_t, l_t> + sum_t E_q(x)[psi_t] - log Z_x - log Z_z,
-since E_q[log q(z)] - E_q[log p(z)] = <q(z_t), l_t> - log Z_z and E_q[log q(x)] - E_q[log p(x | z)] =
-<w_t - q(z_t), l_t> + E[psi] - log Z_x.
+per-frame diagonal-Gaussian decoder (SVAE.md section 6). Local inference (structured mean field) is in
+`slds_inference.py`.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -24,128 +15,14 @@ from model.metrics import adjusted_rand_index, match_labels
 from model.networks import GaussianResNet
 from model.registry import ARCHITECTURES
 from model.svae.graphical_model import DIRICHLET, MNIW, NIW, GraphicalModel
-from model.svae.hmm import HMMPosterior, hmm_log_normalizer, hmm_posterior
-from model.svae.kalman import METHODS, LDSPosterior, LDSPotentials, expected_lds_potentials, \
-    initial_log_potential, lds_posterior
-from model.svae.lds import chain_posterior_log_prob, expected_node_potential, second_moments
+from model.svae.hmm import hmm_log_normalizer
+from model.svae.kalman import METHODS, expected_lds_potentials, initial_log_potential
+from model.svae.lds import chain_posterior_log_prob, second_moments
 from model.svae.recognition import GaussianRecognition
 from model.svae.sequence import SequenceSVAE
+from model.svae.slds_inference import SwitchingPosterior, SwitchingPotentials, switching_meanfield
 from model.visualization import log_sequences
 from utils.errors import DataError
-
-
-class SwitchingPotentials(NamedTuple):
-    """The SLDS's log-potentials: log_init (K,) of z_1, log_trans (K, K) ([j, k]: z_t = j -> z_t+1 = k), and
-    the initial-state and per-state pair potentials of x (`states`: J11, J12, J22 (K, n, n), pair_const (K,))."""
-    log_init: torch.Tensor
-    log_trans: torch.Tensor
-    states: LDSPotentials
-
-    def weighted_chain(self, weights: torch.Tensor) -> LDSPotentials:
-        """The Gaussian chain whose pair potential at step t is sum_k weights[:, t, k] * pair_k, for weights
-        (B, T-1, K): per-step potentials (B, T-1, n, n), (B, T-1)."""
-        s = self.states
-        K, n = s.J11.shape[:2]
-
-        def mix(matrices: torch.Tensor) -> torch.Tensor:
-            return (weights @ matrices.reshape(K, n * n)).unflatten(-1, (n, n))
-
-        return s._replace(J11=mix(s.J11), J12=mix(s.J12), J22=mix(s.J22), pair_const=weights @ s.pair_const)
-
-    def pair_log_potentials(self, second: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
-        """l_t(k) = the expected pair log-potential of state k, -1/2 <J11_k, S_t> - <J12_k, X_t>
-        - 1/2 <J22_k, S_t+1> + c_k, from S_t = E[x_t x_t^T] (..., T, n, n) and X_t = E[x_t x_t+1^T]
-        (..., T-1, n, n) (or x x^T and x_t x_t+1^T at a path): (..., T-1, K)."""
-        s = self.states
-        K, n = s.J11.shape[:2]
-
-        def inner(moment: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-            return moment.flatten(-2) @ matrices.reshape(K, n * n).mT
-
-        return (-0.5 * inner(second[..., :-1, :, :], s.J11) - inner(cross, s.J12)
-                - 0.5 * inner(second[..., 1:, :, :], s.J22) + s.pair_const)
-
-
-class SwitchingPosterior(NamedTuple):
-    """q(z_1:T) q(x_1:T) of a batch: the Gaussian chain (`chain`), the chain's potentials that built it
-    (`potentials`, from the weights of the previous q(z)) and the node potentials (B, T, n), the HMM (`states`),
-    the local KL (B,), the mean-field sweeps without gradient, and the jitter retries of all sweeps."""
-    chain: LDSPosterior
-    potentials: LDSPotentials
-    node_J: torch.Tensor
-    node_h: torch.Tensor
-    states: HMMPosterior
-    kl: torch.Tensor
-    retries: torch.Tensor
-    iterations: int = 1
-
-    @property
-    def samples(self) -> torch.Tensor | None:
-        return self.chain.samples
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.chain.mean
-
-
-def switching_sweep(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
-                    weights: torch.Tensor, num_samples: int = 0, method: str = "sequential") -> SwitchingPosterior:
-    """One block coordinate ascent sweep from the state weights w (B, T-1, K): q(x) given w, then q(z) given
-    q(x), and the local KL of the pair (module docstring)."""
-    used = potentials.weighted_chain(weights)
-    chain = lds_posterior(used, node_J, node_h, num_samples, method)
-    second, cross = second_moments(chain)
-    pair = potentials.pair_log_potentials(second, cross)  # (B, T-1, K)
-    node = torch.cat([pair, torch.zeros_like(pair[:, :1])], 1)  # z_T governs no step
-    states = hmm_posterior(potentials.log_init, potentials.log_trans, node)
-    kl = ((weights * pair).sum((-2, -1)) + expected_node_potential(chain, node_J, node_h) - chain.log_z
-          - states.log_z)
-    return SwitchingPosterior(chain, used, node_J, node_h, states, kl, chain.retries)
-
-
-def initial_state_weights(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
-                          method: str = "sequential") -> tuple[torch.Tensor, torch.Tensor]:
-    """The first q(z_t) (B, T-1, K) of mean field, from each state's own smoothing: q_k(x) is the chain under
-    state k's dynamics at every step (K chains per sequence, batched), l_t(k) the expected pair log-potential
-    of state k under q_k(x), and q(z) the HMM posterior with those node potentials; and the jitter retries.
-    A data-driven start: from uniform q(z) the first q(x) follows the average of the dynamics, and coordinate
-    ascent stays in a worse optimum (held-out switching dots, trained models: local KL 127 and 107 nats per
-    sequence against 83 and 89 from here, state ARI 0.37 and 0.42 against 0.85 and 0.73). Where the dynamics
-    are far tighter than the node potentials, every state fits its own smoothed path and this start is no
-    better than chance (a synthetic check: node precision 1-10 against dynamics noise 1e-3)."""
-    B, T, n = node_h.shape
-    K = potentials.log_init.shape[-1]
-    each_state = torch.eye(K, dtype=node_h.dtype, device=node_h.device).repeat_interleave(B, 0)  # (K B, K)
-    chains = lds_posterior(potentials.weighted_chain(each_state[:, None].expand(K * B, T - 1, K)),
-                           node_J.repeat(K, 1, 1), node_h.repeat(K, 1, 1), 0, method)
-    second, cross = second_moments(chains)
-    own = potentials.pair_log_potentials(second, cross).unflatten(0, (K, B))  # (K, B, T-1, K)
-    pair = own.diagonal(dim1=0, dim2=-1)  # (B, T-1, K): state k under its own q_k(x)
-    node = torch.cat([pair, torch.zeros_like(pair[:, :1])], 1)
-    return hmm_posterior(potentials.log_init, potentials.log_trans, node).marginals[:, :-1], chains.retries
-
-
-def switching_meanfield(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
-                        num_samples: int, max_iter: int, tol: float, method: str = "sequential") -> SwitchingPosterior:
-    """Structured mean field from `initial_state_weights`: up to `max_iter` sweeps without gradient until the
-    batch-mean local KL changes by less than `tol` nats, then one differentiable sweep (with `num_samples`
-    samples of x) from the last q(z). The sweep count is data-dependent by design (one number read per sweep)."""
-    previous, iterations = math.inf, 0
-    with torch.no_grad():
-        node_J_, node_h_ = node_J.detach(), node_h.detach()
-        weights, retried = initial_state_weights(potentials, node_J_, node_h_, method)
-        retries = [retried]
-        while iterations < max_iter:
-            post = switching_sweep(potentials, node_J_, node_h_, weights, 0, method)
-            weights = post.states.marginals[:, :-1]
-            retries.append(post.retries)
-            iterations += 1
-            current = float(post.kl.mean())
-            if abs(previous - current) < tol:
-                break
-            previous = current
-    post = switching_sweep(potentials, node_J, node_h, weights, num_samples, method)
-    return post._replace(retries=torch.stack([*retries, post.retries]).sum(), iterations=iterations)
 
 
 class SwitchingLinearDynamicalSystem(GraphicalModel):
@@ -342,7 +219,7 @@ class SVAESLDS(SequenceSVAE):
         post = self.infer(y[:, :P], self.expected_potentials()[0], S)
         A, Q_chol = self.pgm.point_dynamics()
         transitions = self.pgm.transition_matrix()
-        B, K = len(y), self.pgm.num_states
+        B = len(y)
         state = torch.multinomial(post.states.marginals[:, -1], S, replacement=True).T  # (S, B)
         x = post.samples[:, :, -1]  # (S, B, n)
         future = []
