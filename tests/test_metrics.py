@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from model.metrics import adjusted_rand_index, normalized_mutual_info
+from model.metrics import adjusted_rand_index, match_labels, normalized_mutual_info
 
 
 def t(*labels: int) -> torch.Tensor:
@@ -43,3 +43,11 @@ def test_symmetric_and_one_cluster_cases():
     assert normalized_mutual_info(a, b) == pytest.approx(normalized_mutual_info(b, a))
     assert adjusted_rand_index(t(0, 0, 0), t(1, 1, 1)) == 1.0
     assert normalized_mutual_info(t(0, 0, 1), t(4, 4, 4)) == pytest.approx(0.0)
+
+
+def test_match_labels_undoes_a_relabelling():
+    """Predicted labels that are a permutation of the true ones (plus a few errors) map back onto them."""
+    true = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
+    predicted = torch.tensor([2, 2, 0, 0, 0, 0, 1, 1, 1, 1])  # 2 -> 0, 0 -> 1, 1 -> 2, one error
+    matched = match_labels(predicted, true, 3)
+    assert matched.tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 2, 2]

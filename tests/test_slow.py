@@ -237,18 +237,25 @@ def kmeans_labels(points: torch.Tensor, num_clusters: int, restarts: int = 10, i
     return best
 
 
+def trained_model(checkpoint) -> tuple:
+    """The data and the model of a checkpoint, rebuilt as test.py does: (data loader, model in eval mode)."""
+    state = load_checkpoint(checkpoint)
+    config = load_and_check(base=state["config"])
+    data = build_data(config)
+    model = build_model(config, data)
+    load_model_weights(model, state)
+    return data, model.eval()
+
+
 def predictive_mean_mse(checkpoint, num_samples: int = 100) -> float:
     """pred_mse of a SequenceSVAE checkpoint with the Monte Carlo predictive mean: the mean of `num_samples`
     decoded sampled futures (SVAE-SLDS's prediction; SVAE-LDS's test.py decodes its mean path instead)."""
-    config = load_and_check(base=load_checkpoint(checkpoint)["config"])
-    data = build_data(config)
-    model = build_model(config, data)
-    load_model_weights(model, load_checkpoint(checkpoint))
+    data, model = trained_model(checkpoint)
     test = data.test_set.tensors
     P, H = model.prefix_len, model.horizon
     torch.manual_seed(0)
     with torch.no_grad():
-        _, samples = model.eval().predict(test["x"], num_samples)
+        _, samples = model.predict(test["x"], num_samples)
     return float(((samples[:, :, P:].mean(0) - test["clean"][:, P:P + H]) ** 2).mean())
 
 
@@ -260,13 +267,11 @@ def test_default_svae_slds_job_segments_the_speed_regimes(tmp_path):
     SVAE-LDS trained on the same data (configs/svae_lds_switching.yaml) has a lower held-out ELBO and predicts
     worse, with the same Monte Carlo predictive mean."""
     overrides = [f"trainer.save_dir={tmp_path}", "trainer.verbosity=0"]
-    config = load_and_check("configs/svae_slds.yaml", overrides)
-    checkpoint = train(config).run_dir / "checkpoints" / "model_best.pt"
+    run = train(load_and_check("configs/svae_slds.yaml", overrides))
+    checkpoint = run.run_dir / "checkpoints" / "model_best.pt"
     results = test_script.evaluate(checkpoint, progress=False)
-    data = build_data(config)
+    data, model = trained_model(checkpoint)
     test = data.test_set.tensors
-    model = build_model(config, data)
-    load_model_weights(model, load_checkpoint(checkpoint))
     with torch.no_grad():
         node_J, node_h = model.encoder(test["x"])
     means = node_h / node_J
