@@ -13,8 +13,9 @@ require_minimum_versions()  # before the imports that fail on an older torch
 
 import logging  # noqa: E402
 import sys  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
 
 from base.base_data_loader import BaseDataLoader  # noqa: E402
 from base.base_model import BaseModel  # noqa: E402
@@ -38,37 +39,58 @@ class TrainResult:
     metrics: dict[str, float]
 
 
+@dataclass
+class RunOptions:
+    """How a program that trains many runs (sweep.py) places and watches one.
+
+    run_dir: the new run's folder (made here; it must not exist) instead of save_dir/<name>/<run_id>.
+    on_epoch_end: called as on_epoch_end(epoch, log) after each epoch, before its checkpoints are
+        written; returning True ends training after that epoch's checkpoints (early stopping, pruning).
+    hparams: extra HPARAMS columns for TensorBoard (e.g. the swept config keys).
+    console: log to the console (off: the run's train.log only, no progress bars).
+    """
+
+    run_dir: Path | None = None
+    on_epoch_end: Callable[[int, dict[str, float]], bool] | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)
+    console: bool = True
+
+
 def train(config: dict, checkpoint: dict | None = None, checkpoint_path: str | Path | None = None,
-          finetune: bool = False) -> TrainResult:
+          finetune: bool = False, options: RunOptions = RunOptions()) -> TrainResult:
     """Train as `config` says. With a checkpoint: resume its run (same folder, full state),
     or with `finetune` start a new run from its weights only."""
     dist_info = init_distributed()
     try:  # the model and Trainer live in _train's frame: DDP is released before the process group
-        return _train(config, checkpoint, checkpoint_path, finetune, dist_info)
+        return _train(config, checkpoint, checkpoint_path, finetune, dist_info, options)
     finally:
         shutdown_distributed()
 
 
 def _train(config: dict, checkpoint: dict | None, checkpoint_path: str | Path | None, finetune: bool,
-           dist_info: DistInfo) -> TrainResult:
+           dist_info: DistInfo, options: RunOptions) -> TrainResult:
     resume = checkpoint is not None and not finetune
     seed_everything(config["seed"] + dist_info.rank)
     run_dir = run_dir_of(checkpoint_path) if resume else None
     new_run = run_dir is None
     if new_run and dist_info.is_main:
-        check_save_dir(config["trainer"]["save_dir"])
+        check_save_dir(options.run_dir.parent if options.run_dir is not None else config["trainer"]["save_dir"])
     data = build_data(config)  # a bad data path or model config fails before any run folder exists
     model = build_model(config, data)
     if new_run and dist_info.is_main:
-        run_dir = new_run_dir(config["trainer"]["save_dir"], config["name"])
+        run_dir = new_run_dir(config["trainer"]["save_dir"], config["name"], options.run_dir)
     run_dir = broadcast_object(run_dir)
     with removed_on_failure(run_dir, enabled=new_run and dist_info.is_main):
-        logger = setup_logging(run_dir / "train.log", config["trainer"]["verbosity"], dist_info.is_main)
+        logger = setup_logging(run_dir / "train.log", config["trainer"]["verbosity"], dist_info.is_main,
+                               console=options.console)
         if dist_info.is_main:
             write_run_files(run_dir, config, keep_environment=resume)
             logger.info("%s run %s", "resuming" if resume else "starting", run_dir)
         trainer = _build_trainer(config, data, model, run_dir, dist_info, logger, checkpoint, checkpoint_path,
                                  finetune)
+        trainer.on_epoch_end = options.on_epoch_end
+        trainer.hparams.update(options.hparams)
+        trainer.show_progress = trainer.show_progress and options.console
     return TrainResult(run_dir, trainer.fit())
 
 

@@ -12,6 +12,7 @@ import math
 import re
 import time
 from pathlib import Path
+from typing import Callable
 
 from torch.amp import GradScaler
 
@@ -51,6 +52,9 @@ class BaseTrainer:
         self.start_epoch = 1
         self.global_step = 0
         self.saved_epoch: int | None = None  # epoch of the last.pt this process wrote
+        #: on_epoch_end(epoch, log) -> stop: called after each epoch, before its checkpoints (sweep.py's
+        #: record and pruning); True ends training once that epoch's checkpoints are written
+        self.on_epoch_end: Callable[[int, dict[str, float]], bool] | None = None
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> dict[str, float]:
@@ -68,7 +72,12 @@ class BaseTrainer:
                 log = self._run_epoch(epoch)
                 improved = self._update_monitor(log)
                 self._log_epoch(epoch, log, time.perf_counter() - started, improved)
+                stop = self.on_epoch_end is not None and self.on_epoch_end(epoch, log)
                 self._save_checkpoints(epoch, improved)
+                if stop:
+                    self.logger.info("stopped after epoch %d by the program running this run (e.g. a pruned "
+                                     "sweep trial)", epoch)
+                    break
                 if self.early_stop and self.not_improved_count >= self.early_stop:
                     self.logger.info("early stopping: %s has not improved by more than %g for %d epochs",
                                      self.monitor_key, self.min_delta, self.not_improved_count)

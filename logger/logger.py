@@ -22,16 +22,19 @@ class _LogFile(logging.FileHandler):
 LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}
 
 
-def setup_logging(log_file: Path | None, verbosity: int = 1, is_main: bool = True) -> logging.Logger:
-    """The project logger: console (stdout) and `log_file`; other ranks log warnings only."""
+def setup_logging(log_file: Path | None, verbosity: int = 1, is_main: bool = True,
+                  console: bool = True) -> logging.Logger:
+    """The project logger: console (stdout, unless `console` is off) and `log_file`; other ranks log
+    warnings only."""
     logger = logging.getLogger("vaeframe")
     logger.handlers.clear()
     logger.propagate = False
     logger.setLevel(LEVELS[verbosity] if is_main else logging.WARNING)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(fmt)
-    logger.addHandler(console)
+    if console:
+        stream = logging.StreamHandler(sys.stdout)
+        stream.setFormatter(fmt)
+        logger.addHandler(stream)
     if log_file is not None and is_main:
         try:
             file_handler = _LogFile(log_file)

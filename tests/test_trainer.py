@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import final_state
-from train import train
+from train import RunOptions, train
 from trainer.build import load_and_check
 from utils.checkpoint import load_checkpoint
 from utils.errors import NonFiniteLossError
@@ -49,6 +49,24 @@ def test_early_stopping_counts_exactly(regression_config):
     state = final_state(run.run_dir)
     assert state["epoch"] == 1 + 3 and state["not_improved_count"] == 3
     assert load_checkpoint(run.run_dir / "checkpoints" / "model_best.pt")["epoch"] == 1
+
+
+def test_on_epoch_end_sees_every_epoch_and_can_stop_after_its_checkpoints(regression_config, tmp_path):
+    """RunOptions (sweep.py's hooks): the epoch callback gets each epoch's log before that epoch's
+    checkpoints are written; True stops training once they are; the run lands in the folder asked for."""
+    seen = []
+
+    def on_epoch_end(epoch: int, log: dict) -> bool:
+        seen.append((epoch, sorted(log), (run_dir / "checkpoints" / "last.pt").exists()))
+        return epoch == 2
+
+    run_dir = tmp_path / "sweep" / "run-a"
+    config = load_and_check(base=regression_config, overrides=["trainer.epochs=5", "trainer.verbosity=1"])
+    run = train(config, options=RunOptions(run_dir=run_dir, on_epoch_end=on_epoch_end, console=False))
+    assert run.run_dir == run_dir
+    assert seen == [(1, ["loss", "mse"], False), (2, ["loss", "mse"], True)]
+    assert final_state(run_dir)["epoch"] == 2
+    assert "stopped after epoch 2" in (run_dir / "train.log").read_text()
 
 
 def test_min_delta_and_max_mode(regression_config):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -71,6 +72,7 @@ class Trainer(BaseTrainer):
         self.skipped_steps = 0
         self.drawn_epoch = 0
         self.schedules: dict[str, float] = {}
+        self.hparams = hparams_of(config)  # HPARAMS columns; a sweep adds the keys it varies
         if dist_info.is_main:
             self.writer.train.add_text("config", _as_markdown_code(yaml.safe_dump(config, sort_keys=False)), 0)
 
@@ -233,7 +235,7 @@ class Trainer(BaseTrainer):
 
     def _on_fit_start(self) -> None:
         if self.dist.is_main:
-            self.writer.write_hparams(hparams_of(self.config))
+            self.writer.write_hparams(self.hparams)
 
     def _on_fit_end(self, log: dict[str, float], epoch: int) -> None:
         if self.dist.is_main and log and self.visualize_every and self.drawn_epoch != epoch:  # the last epoch
@@ -254,6 +256,17 @@ def hparams_of(config: dict) -> dict[str, Any]:
     for key, value in flatten({"arch": config["arch"].get("args") or {}}).items():
         columns[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return {key: value for key, value in columns.items() if value is not None}
+
+
+SHOWN_BY_HPARAMS = re.compile(r"arch\.args\..+|optimizer\.(\w+\.)?args\.lr|data_loader\.args\.batch_size|"
+                              r"trainer\.epochs|seed")
+
+
+def extra_hparams(values: dict[str, Any]) -> dict[str, Any]:
+    """HPARAMS columns for config values by key path (a sweep's parameters), without those `hparams_of`
+    already shows under its own names (arch.args.*, learning rates, batch size, epochs, seed)."""
+    return {key: value if isinstance(value, (bool, int, float, str)) else str(value)
+            for key, value in values.items() if not SHOWN_BY_HPARAMS.fullmatch(key)}
 
 
 def _as_markdown_code(text: str) -> str:

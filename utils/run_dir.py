@@ -38,8 +38,15 @@ def check_save_dir(save_dir: str | Path) -> None:
                           f"set trainer.save_dir to a writable folder")
 
 
-def new_run_dir(save_dir: str | Path, name: str) -> Path:
-    """Create a fresh run folder; the random suffix keeps runs started in the same second apart."""
+def new_run_dir(save_dir: str | Path, name: str, path: Path | None = None) -> Path:
+    """Create a fresh run folder: `path` when given (it must not exist yet), else save_dir/<name>/<run_id>,
+    where the random suffix of the run id keeps runs started in the same second apart."""
+    if path is not None:
+        try:
+            (path / "checkpoints").mkdir(parents=True, exist_ok=False)
+            return path
+        except OSError as err:
+            raise OutputWriteError(path, err) from None
     while True:
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         path = Path(save_dir) / name / run_id

@@ -1,0 +1,370 @@
+"""sweep.py: seeds, grids, parallel workers, Optuna search with pruning and constraints, shared storages,
+resume after SIGKILL, TensorBoard layout and bad input. Tiny SVAE-GMM runs (about a second each)."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import sweep
+from tests.conftest import ROOT, one_line_error
+from tests.test_tensorboard import hparams_experiment
+
+TINY = ["-c", "configs/svae_gmm.yaml", "--epochs", "3", "--set", "trainer.len_epoch=4",
+        "--set", "arch.args.hidden_dims=[8]", "--set", "arch.args.num_components=6",
+        "--set", "arch.args.max_iter=20", "--set", "data_loader.args.points_per_class=20",
+        "--set", "data_loader.args.test_points_per_class=20", "--set", "trainer.visualize_every=0",
+        "--set", "arch.args.eval_samples=2", "--iw-samples", "4"]
+
+
+def tiny(tmp_path: Path, *args: str) -> list[str]:
+    return [*TINY, "--set", f"trainer.save_dir={tmp_path / 'saved'}", *args]
+
+
+def sweep_folders(tmp_path: Path) -> list[Path]:
+    root = tmp_path / "saved" / "svae_gmm" / "sweeps"
+    return sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def read_rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def run_config(folder: Path, run: str) -> dict:
+    return yaml.safe_load((folder / run / "config.yaml").read_text())
+
+
+def test_seeds_give_one_row_per_run_and_a_summary_over_seeds(tmp_path, capsys):
+    assert sweep.main(tiny(tmp_path, "--seeds", "0", "1", "2")) == 0
+    [folder] = sweep_folders(tmp_path)
+    assert len(folder.name) == len("20261130-101500-abcdef") and folder.name[8] == "-"
+    rows = read_rows(folder)
+    assert [row["seed"] for row in rows] == ["0", "1", "2"]
+    assert [row["status"] for row in rows] == ["complete"] * 3
+    for row in rows:  # every test metric of test.py, and the best monitored value (monitor: max elbo)
+        assert {"elbo", "iw_nll", "ari", "nmi", "components_in_use", "best_elbo"} <= set(row)
+        metrics = json.loads((folder / row["run_dir"] / "test_metrics.json").read_text())
+        assert float(row["ari"]) == metrics["ari"] and row["checkpoint"] == "model_best.pt"
+        assert run_config(folder, row["run_dir"])["seed"] == int(row["seed"])
+    aris = [float(row["ari"]) for row in rows]
+    summary = (folder / "summary.md").read_text()
+    line = next(line for line in summary.splitlines() if line.startswith("| 3 |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    header = [c.strip() for c in summary.splitlines()[2].strip("|").split("|")]
+    ari_cell = cells[header.index("ari")]
+    mean, sd = sum(aris) / 3, (sum((a - sum(aris) / 3) ** 2 for a in aris) / 2) ** 0.5
+    assert ari_cell == f"{mean:.4g} ± {sd:.4g} ({min(aris):.4g} – {max(aris):.4g})"
+    assert header[0] == "runs" and cells[0] == "3"
+    assert "complete" in capsys.readouterr().out
+
+
+def test_set_short_flags_and_grid_apply_to_every_run(tmp_path):
+    args = tiny(tmp_path, "--lr", "0.02", "--bs", "10", "--seeds", "3", "4",
+                "--grid", "arch.args.rho=0.01,0.05", "--grid", "arch.args.hidden_dims=[8],[6, 6]")
+    assert sweep.main(args) == 0
+    [folder] = sweep_folders(tmp_path)
+    rows = read_rows(folder)
+    assert len(rows) == 2 * 2 * 2  # the Cartesian product, each point with every seed
+    seen = set()
+    for row in rows:
+        config = run_config(folder, row["run_dir"])
+        assert config["optimizer"]["args"]["lr"] == 0.02 and config["data_loader"]["args"]["batch_size"] == 10
+        assert config["trainer"]["epochs"] == 3
+        point = (config["arch"]["args"]["rho"], tuple(config["arch"]["args"]["hidden_dims"]), config["seed"])
+        assert str(point[0]) == row["arch.args.rho"] and str(list(point[1])) == row["arch.args.hidden_dims"]
+        seen.add(point)
+    assert seen == {(r, h, s) for r in (0.01, 0.05) for h in ((8,), (6, 6)) for s in (3, 4)}
+    assert rows[0]["run"] == "000-rho=0.01-hidden_dims=_8_-seed=3"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--grid", "arch.args.no_such_knob=1,2"], "no_such_knob"),
+    (["--grid", "trainer.no_such_key=1,2"], "unknown config key 'trainer.no_such_key'"),
+    (["--grid", "arch.args.rho="], "the grid is empty"),
+    (["--grid", "arch.args.rho=0.1", "--objective", "max no_such_metric"], "do not produce 'no_such_metric'"),
+    (["--grid", "arch.args.rho=-1"], "rho"),
+])
+def test_bad_grid_or_objective_is_one_line_and_starts_nothing(tmp_path, capsys, args, message):
+    assert sweep.main(tiny(tmp_path, *args)) == 2
+    err = one_line_error(capsys.readouterr().err)
+    assert message in err
+    assert not (tmp_path / "saved").exists()
+
+
+def test_grid_rejects_unknown_keys_exactly_as_set_does(tmp_path, capsys):
+    assert sweep.main(tiny(tmp_path, "--grid", "trainer.no_such_key=1")) == 2
+    grid_error = capsys.readouterr().err
+    assert sweep.main(tiny(tmp_path, "--set", "trainer.no_such_key=1")) == 2
+    assert capsys.readouterr().err == grid_error
+
+
+def write_space(tmp_path: Path, space: dict) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+SPACE = {"optimizer.args.lr": {"type": "log", "low": 1e-4, "high": 3e-2},
+         "arch.args.rho": {"type": "float", "low": 0.01, "high": 0.1},
+         "arch.args.num_components": {"type": "int", "low": 4, "high": 8},
+         "arch.args.activation": {"type": "categorical", "choices": ["tanh", "relu"]}}
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"arch.args.no_such_knob": {"type": "float", "low": 0, "high": 1}}, "no_such_knob"),
+    ({"trainer.no_such_key": {"type": "int", "low": 0, "high": 1}}, "unknown config key 'trainer.no_such_key'"),
+    ({"arch.args.rho": {"type": "gaussian"}}, "type one of float, log, int, categorical"),
+    ({"arch.args.rho": {"type": "log", "low": 0, "high": 1}}, "low > 0"),
+    ({"arch.args.activation": {"type": "categorical", "choices": ["tanh", "no_such_activation"]}},
+     "no_such_activation"),
+])
+def test_bad_search_space_is_one_line_and_starts_nothing(tmp_path, capsys, space, message):
+    args = tiny(tmp_path, "--search", str(write_space(tmp_path, space)), "--objective", "max elbo")
+    assert sweep.main(args) == 2
+    assert message in one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "saved").exists()
+
+
+@pytest.mark.parametrize("storage", ["sqlite:////no/such/folder/study.db", "journal:/no/such/folder/study.log",
+                                     "postgresql://user@127.0.0.1:1/db"])
+def test_unreachable_storage_is_one_line_and_starts_nothing(tmp_path, capsys, storage):
+    args = tiny(tmp_path, "--search", str(write_space(tmp_path, SPACE)), "--objective", "max elbo",
+                "--storage", storage)
+    assert sweep.main(args) == 2
+    err = one_line_error(capsys.readouterr().err)
+    assert f"--storage {storage}: cannot open the study storage" in err
+    assert not (tmp_path / "saved").exists()
+
+
+def test_search_applies_suggested_values_and_records_every_trial(tmp_path):
+    import optuna
+
+    args = tiny(tmp_path, "--search", str(write_space(tmp_path, SPACE)), "--trials", "4", "--objective",
+                "min iw_nll", "--constraint", "components_in_use<=100", "--sampler-seed", "3")
+    assert sweep.main(args) == 0
+    [folder] = sweep_folders(tmp_path)
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{folder / 'study.db'}")
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    rows = read_rows(folder)
+    for trial, row in zip(trials, rows):
+        config = run_config(folder, row["run_dir"])
+        assert config["optimizer"]["args"]["lr"] == trial.params["optimizer.args.lr"]
+        assert config["arch"]["args"]["num_components"] == trial.params["arch.args.num_components"]
+        assert config["arch"]["args"]["activation"] == trial.params["arch.args.activation"]
+        assert float(row["trial_value"]) == trial.value == float(row["iw_nll"])
+        assert row["feasible"] == "True" and trial.constraints == {"components_in_use<=100": pytest.approx(
+            float(row["components_in_use"]) - 100)}
+    assert min(t.value for t in trials) == study.best_value
+    best_line = (folder / "summary.md").read_text().splitlines()[4]
+    assert best_line.startswith(f"| {study.best_trial.number} |")  # best feasible trial first
+
+
+def test_constraint_violations_mark_trials_infeasible(tmp_path):
+    import optuna
+
+    args = tiny(tmp_path, "--search", str(write_space(tmp_path, SPACE)), "--trials", "2", "--objective",
+                "max elbo", "--constraint", "ari>=2", "--seeds", "0", "1")
+    assert sweep.main(args) == 0
+    [folder] = sweep_folders(tmp_path)
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{folder / 'study.db'}")
+    for trial in study.get_trials():
+        aris = [run["metrics"]["ari"] for run in trial.user_attrs["runs"]]
+        assert len(aris) == 2 and trial.constraints["ari>=2"] == pytest.approx(2 - min(aris))
+        assert trial.value == pytest.approx(sum(r["metrics"]["elbo"] for r in trial.user_attrs["runs"]) / 2)
+    assert {row["feasible"] for row in read_rows(folder)} == {"False"}
+
+
+def test_pruned_trials_stop_early_and_are_recorded_as_pruned(tmp_path):
+    """The median pruner watches train elbo after each epoch through the Trainer's on_epoch_end; learning
+    rates a thousand times apart make the slow trials fall below the median."""
+    import optuna
+
+    space = {"optimizer.args.lr": {"type": "categorical", "choices": [1e-2, 1e-5]}}
+    args = tiny(tmp_path, "--search", str(write_space(tmp_path, space)), "--trials", "12", "--objective",
+                "max elbo", "--prune", "--sampler", "random", "--sampler-seed", "0", "--epochs", "4")
+    assert sweep.main(args) == 0
+    [folder] = sweep_folders(tmp_path)
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{folder / 'study.db'}")
+    pruned = [t for t in study.get_trials() if t.state.name == "PRUNED"]
+    assert pruned, [t.state.name for t in study.get_trials()]
+    rows = {row["trial"]: row for row in read_rows(folder)}
+    for trial in pruned:
+        assert trial.params["optimizer.args.lr"] == 1e-5
+        row = rows[str(trial.number)]
+        assert row["status"] == "pruned" and int(row["epoch"]) < 4 and row["elbo"] == ""
+        last_epoch = max(trial.intermediate_values)
+        assert int(row["epoch"]) == last_epoch
+        history = (folder / row["run_dir"] / "epochs.jsonl").read_text().splitlines()
+        assert len(history) == last_epoch  # training stopped after the pruned epoch
+        assert not (folder / row["run_dir"] / "test_metrics.json").exists()
+
+
+def test_epochs_json_holds_every_epoch_once_and_the_objective_can_be_logged(tmp_path):
+    space = {"arch.args.rho": {"type": "float", "low": 0.01, "high": 0.1}}
+    args = tiny(tmp_path, "--search", str(write_space(tmp_path, space)), "--trials", "1",
+                "--objective", "min loss")
+    assert sweep.main(args) == 0
+    [folder] = sweep_folders(tmp_path)
+    [row] = read_rows(folder)
+    history = [json.loads(line) for line in (folder / row["run_dir"] / "epochs.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in history] == [1, 2, 3]
+    evaluated = next(entry for entry in history if entry["epoch"] == int(row["epoch"]))
+    assert float(row["loss"]) == float(row["trial_value"]) == evaluated["loss"]
+
+
+def test_two_workers_split_the_cores_and_run_every_run_once(tmp_path):
+    assert sweep.main(tiny(tmp_path, "--seeds", "0", "1", "2", "--workers", "2", "--threads", "3")) == 0
+    [folder] = sweep_folders(tmp_path)
+    rows = read_rows(folder)
+    assert [row["status"] for row in rows] == ["complete"] * 3
+    for row in rows:
+        record = json.loads((folder / row["run_dir"] / "result.json").read_text())
+        assert record["threads"] == 3
+        assert (folder / row["run_dir"] / "train.log").read_text().count("starting run") == 1
+
+
+def test_default_threads_are_the_cores_over_the_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    started = []
+    monkeypatch.setattr(sweep, "start_workers", lambda folder, spec, args, threads: started.append(threads))
+    sweep.main(tiny(tmp_path, "--workers", "4"))
+    assert started == [2]
+
+
+def test_two_commands_on_one_journal_study_share_its_trials(tmp_path):
+    """Two sweep processes started at once on a journal file: every trial runs once, the study holds all."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    journal = tmp_path / "study.log"
+    args = tiny(tmp_path, "--search", str(write_space(tmp_path, SPACE)), "--trials", "6", "--objective",
+                "max elbo", "--storage", f"journal:{journal}", "--study-name", "shared", "--threads", "1")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    processes = [subprocess.Popen([sys.executable, "sweep.py", *args], cwd=ROOT, env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [process.communicate(timeout=240) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    study = optuna.load_study(study_name="shared", storage=JournalStorage(JournalFileBackend(str(journal))))
+    trials = study.get_trials()
+    assert sorted(t.number for t in trials) == list(range(6))
+    assert {t.state.name for t in trials} == {"COMPLETE"}
+    ran = [line.split()[1] for out, _ in outputs for line in out.splitlines() if line.startswith("[sweep]")]
+    assert sorted(ran) == [f"t{i:04d}-seed=0:" for i in range(6)]  # each trial once, over both commands
+    [folder] = sweep_folders(tmp_path)  # the same command finds the same sweep folder
+    assert len(read_rows(folder)) == 6
+
+
+def wait_for(predicate, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_sweep_killed_mid_run_resumes_to_the_same_results(tmp_path):
+    """SIGKILL while the second run is between checkpoints; the same command again skips the first run,
+    resumes the second from its last.pt and ends with the results.csv of an uninterrupted sweep."""
+    args = [*TINY, "--seeds", "0", "1", "2", "--epochs", "6", "--set", "trainer.len_epoch=15", "--threads", "1"]
+    killed = tmp_path / "killed"
+    command = [sys.executable, "sweep.py", *args, "--set", f"trainer.save_dir={killed / 'saved'}"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    second = None
+
+    def second_run_has_a_checkpoint() -> bool:
+        nonlocal second
+        found = sorted(killed.glob("saved/svae_gmm/sweeps/*/001-seed=1/checkpoints/last.pt"))
+        second = found[0].parent.parent if found else None
+        return second is not None
+
+    wait_for(second_run_has_a_checkpoint)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (second / "result.json").exists(), "the run finished before the kill: make the runs longer"
+    folder = second.parent
+    first_finished = (folder / "000-seed=0" / "result.json").stat().st_mtime_ns
+
+    assert subprocess.run(command, cwd=ROOT, capture_output=True).returncode == 0
+    assert (folder / "000-seed=0" / "result.json").stat().st_mtime_ns == first_finished  # skipped
+    log = (second / "train.log").read_text()
+    assert log.count("starting run") == 1 and "resuming run" in log
+    assert sweep.main([*args, "--set", f"trainer.save_dir={tmp_path / 'whole' / 'saved'}"]) == 0
+    [whole] = sweep_folders(tmp_path / "whole")
+    assert (folder / "results.csv").read_text() == (whole / "results.csv").read_text()
+
+
+def test_search_trial_of_a_killed_worker_is_taken_over_and_resumed(tmp_path):
+    """A trial left RUNNING by a dead worker (its lock free) is run by the next worker of the same sweep
+    folder, from its run's last.pt, and the study ends with every trial once."""
+    import optuna
+
+    args = [*TINY, "--search", str(write_space(tmp_path, SPACE)), "--trials", "2", "--objective", "max elbo",
+            "--epochs", "6", "--set", "trainer.len_epoch=15", "--threads", "1",
+            "--set", f"trainer.save_dir={tmp_path / 'saved'}"]
+    process = subprocess.Popen([sys.executable, "sweep.py", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    wait_for(lambda: bool(list(tmp_path.glob("saved/svae_gmm/sweeps/*/t0000-seed=0/checkpoints/last.pt"))))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    [folder] = sweep_folders(tmp_path)
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{folder / 'study.db'}")
+    assert [t.state.name for t in study.get_trials()] == ["RUNNING"]
+
+    assert sweep.main(args) == 0
+    trials = study.get_trials()
+    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "COMPLETE")]
+    log = (folder / "t0000-seed=0" / "train.log").read_text()
+    assert log.count("starting run") == 1 and "resuming run" in log
+    assert all(math.isfinite(t.value) for t in trials)
+
+
+def test_runs_live_under_the_sweep_folder_with_their_hyperparameters(tmp_path):
+    args = tiny(tmp_path, "--grid", "arch.args.rho=0.01,0.05", "--grid", "data_loader.args.data_seed=0,1",
+                "--set", "trainer.tensorboard=true")
+    assert sweep.main(args) == 0
+    [folder] = sweep_folders(tmp_path)
+    assert sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")) == [
+        "000-rho=0.01-data_seed=0-seed=0", "001-rho=0.01-data_seed=1-seed=0",
+        "002-rho=0.05-data_seed=0-seed=0", "003-rho=0.05-data_seed=1-seed=0"]
+    experiment = hparams_experiment(folder)
+    columns = {info.name: info for info in experiment.hparam_infos}
+    assert (columns["arch.rho"].domain_interval.min_value, columns["arch.rho"].domain_interval.max_value) == (0.01, 0.05)
+    assert columns["data_loader.args.data_seed"].domain_interval.max_value == 1
+    assert [info.name for info in experiment.hparam_infos][:2] == ["arch.rho", "data_loader.args.data_seed"]  # differ
+    assert "arch.args.rho" not in columns  # shown once, as hparams_of names it
+    metrics = {(info.name.group, info.name.tag) for info in experiment.metric_infos}
+    assert {("test", "test/elbo"), ("test", "test/ari"), ("train", "epoch/loss")} <= metrics
+
+
+def test_running_the_finished_command_again_changes_nothing(tmp_path, capsys):
+    args = tiny(tmp_path, "--seeds", "0", "1")
+    assert sweep.main(args) == 0
+    [folder] = sweep_folders(tmp_path)
+    before = (folder / "results.csv").read_text()
+    capsys.readouterr()
+    assert sweep.main(args) == 0
+    assert "continuing sweep" in capsys.readouterr().out and sweep_folders(tmp_path) == [folder]
+    assert (folder / "results.csv").read_text() == before
+    assert sweep.main([*args, "--fresh"]) == 0
+    assert len(sweep_folders(tmp_path)) == 2
+
+
+def test_a_failed_run_is_recorded_and_the_sweep_exits_1(tmp_path, capsys):
+    args = tiny(tmp_path, "--grid", "optimizer.args.lr=1e-2,1e30", "--set", "trainer.nan_policy=stop")
+    assert sweep.main(args) == 1
+    [folder] = sweep_folders(tmp_path)
+    rows = read_rows(folder)
+    assert [row["status"] for row in rows] == ["complete", "failed"]
+    assert "non-finite loss" in rows[1]["error"]
+    assert "1 run(s) failed: 001-lr=1e+30-seed=0" in capsys.readouterr().err

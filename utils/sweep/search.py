@@ -1,0 +1,175 @@
+"""Hyperparameter search on an Optuna study: a sampler (TPE by default) proposes each trial's config
+values, the median pruner may stop a trial after any epoch, and constraints mark trials infeasible.
+
+The study lives in a storage: by default study.db (SQLite) in the sweep folder; `--storage` takes any
+Optuna storage URL (sqlite:///, postgresql://, mysql://) or `journal:PATH` (Optuna's journal file
+storage, for a shared file system). Every worker of every command pointed at the same study asks it
+for the next trial, so trials never run twice. A trial whose worker died (its lock free, its state
+still RUNNING) is taken over by the next worker of the same sweep folder and resumed from its runs'
+last.pt files."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+from utils.errors import ConfigError
+from utils.sweep.folder import run_lock
+from utils.sweep.grid import folder_name
+from utils.sweep.run import execute, metric_value, read_result
+from utils.sweep.spec import SweepSpec
+
+STUDY_FILE = "study.db"
+#: sampler name -> (optuna.samplers class name, the extra package it needs)
+SAMPLERS = {"tpe": ("TPESampler", None), "random": ("RandomSampler", None), "cmaes": ("CmaEsSampler", "cmaes"),
+            "qmc": ("QMCSampler", "scipy"), "gp": ("GPSampler", "scipy")}
+CONSTRAINED = ("tpe", "gp")  # the samplers that take constraints
+INFEASIBLE = 1e9  # the constraint violation recorded for a pruned or failed trial
+
+
+def trial_name(number: int) -> str:
+    return f"t{number:04d}"
+
+
+def check_sampler(name: str, constrained: bool) -> None:
+    if name not in SAMPLERS:
+        raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    package = SAMPLERS[name][1]
+    if package and importlib.util.find_spec(package) is None:
+        raise ConfigError(f"--sampler {name} needs the {package} package: pip install {package}")
+    if constrained and name not in CONSTRAINED:
+        raise ConfigError(f"--constraint needs a sampler that takes constraints ({', '.join(CONSTRAINED)}), "
+                          f"not --sampler {name}")
+
+
+def open_storage(url: str | None, folder: Path | None):
+    """The study storage: `url` (an RDB URL or journal:PATH), else study.db in `folder`. An unreachable
+    storage is a ConfigError."""
+    import optuna
+
+    if url is None:
+        url = f"sqlite:///{(folder / STUDY_FILE).resolve()}"
+    try:
+        if url.startswith("journal:"):
+            from optuna.storages.journal import JournalFileBackend
+
+            path = Path(url[len("journal:"):])
+            if not path.parent.is_dir():
+                raise FileNotFoundError(f"no folder {path.parent}")
+            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    except Exception as err:  # a missing driver, a refused connection, a bad URL, an unwritable file
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ConfigError(f"--storage {url}: cannot open the study storage ({type(err).__name__}: {reason}); "
+                          f"give a reachable Optuna storage URL or journal:PATH") from None
+
+
+def study_name(spec: SweepSpec) -> str:
+    """--study-name, else one derived from the spec: the same command joins the same study."""
+    return spec.study_name or f"{spec.config['name']}-{spec.identity()}"
+
+
+def open_study(spec: SweepSpec, storage, worker: int = 0):
+    """Create or join the sweep's study, with this worker's sampler and the pruner."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler_class = getattr(optuna.samplers, SAMPLERS[spec.sampler][0])
+    kwargs: dict[str, Any] = {}
+    if spec.sampler_seed is not None:
+        kwargs["seed"] = spec.sampler_seed + worker  # local workers must not propose the same values
+    pruner = (optuna.pruners.MedianPruner(n_warmup_steps=spec.prune_warmup) if spec.prune
+              else optuna.pruners.NopPruner())
+    name = study_name(spec)
+    study = optuna.create_study(storage=storage, study_name=name, direction=spec.objective.direction,
+                                sampler=sampler_class(**kwargs), pruner=pruner, load_if_exists=True)
+    if study.direction.name.lower() != spec.objective.direction:
+        raise ConfigError(f"study {name!r} exists with direction {study.direction.name.lower()}, "
+                          f"the objective is {spec.objective}; give another --study-name")
+    return study
+
+
+def _next_trial(study, spec: SweepSpec, folder: Path):
+    """(trial, lock): a trial of this sweep folder whose worker died, else a new one while the study
+    has fewer than `spec.trials`; None when there is nothing left to run."""
+    import optuna
+    from optuna.trial import TrialState
+
+    here = str(folder.resolve())
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if frozen.user_attrs.get("sweep_folder") == here:
+            lock = run_lock(folder, trial_name(frozen.number))
+            if lock.acquire():
+                return optuna.trial.Trial(study, frozen._trial_id), lock
+    if len(study.get_trials(deepcopy=False)) >= spec.trials:
+        return None
+    trial = study.ask()
+    lock = run_lock(folder, trial_name(trial.number))
+    lock.acquire(wait=True)  # before the folder is announced: nobody takes a trial that is starting
+    trial.set_user_attr("sweep_folder", here)
+    trial.set_user_attr("host", socket.gethostname())
+    return trial, lock
+
+
+def work_on_study(folder: Path, spec: SweepSpec, study, announce: Callable[[dict], None]) -> None:
+    """Run trials until the study holds `spec.trials` of them and none of this folder is orphaned."""
+    while (claimed := _next_trial(study, spec, folder)) is not None:
+        trial, lock = claimed
+        try:
+            _run_trial(trial, folder, spec, study, announce)
+        finally:
+            lock.release()
+
+
+def _run_trial(trial, folder: Path, spec: SweepSpec, study, announce: Callable[[dict], None]) -> None:
+    from optuna.trial import TrialState
+
+    params = {param.key: param.suggest(trial) for param in spec.space}
+    records = []
+    for index, seed in enumerate(spec.seeds):
+        name = folder_name(trial_name(trial.number), {}, seed)
+        record = read_result(folder / name)
+        if record is None:
+            watch = _pruning_callback(trial, spec) if spec.prune and index == 0 else None
+            record = execute(folder, name, spec, params, seed, on_epoch=watch,
+                             hparams={"trial": trial.number})
+            announce(record)
+        records.append(record)
+        if record["status"] != "complete":
+            break
+    trial.set_user_attr("runs", records)
+    statuses = {record["status"] for record in records}
+    if "failed" in statuses or "pruned" in statuses:
+        for constraint in spec.constraints:
+            trial.set_constraint(str(constraint), INFEASIBLE)
+        study.tell(trial, state=TrialState.FAIL if "failed" in statuses else TrialState.PRUNED)
+        return
+    values = [metric_value(spec.objective.metric, record) for record in records]
+    for constraint in spec.constraints:  # feasible when every seed's run meets it
+        violation = max(constraint.violation(metric_value(constraint.metric, record)) for record in records)
+        trial.set_constraint(str(constraint), min(violation, INFEASIBLE))
+    value = sum(values) / len(values)
+    if math.isnan(value):
+        trial.set_user_attr("error", f"the runs did not report {spec.objective.metric!r}")
+        study.tell(trial, state=TrialState.FAIL)
+    else:
+        study.tell(trial, value)
+
+
+def _pruning_callback(trial, spec: SweepSpec) -> Callable[[int, dict[str, float]], bool]:
+    """Report the pruned-on value after each epoch (epochs already reported before a crash are kept) and
+    ask the pruner whether to stop."""
+    reported = set(trial.storage.get_trial(trial._trial_id).intermediate_values)
+
+    def on_epoch(epoch: int, log: dict[str, float]) -> bool:
+        value = log.get(spec.prune_metric)
+        if value is None or not math.isfinite(value):
+            return False
+        if epoch not in reported:
+            trial.report(value, epoch)
+        return trial.should_prune()
+
+    return on_epoch
+
