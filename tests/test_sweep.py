@@ -16,6 +16,8 @@ import pytest
 import yaml
 
 import sweep
+from trainer.build import load_and_check
+from utils.sweep.spec import SweepSpec, read_space
 from tests.conftest import ROOT, one_line_error
 from tests.test_tensorboard import hparams_experiment
 
@@ -118,6 +120,14 @@ SPACE = {"optimizer.args.lr": {"type": "log", "low": 1e-4, "high": 3e-2},
          "arch.args.rho": {"type": "float", "low": 0.01, "high": 0.1},
          "arch.args.num_components": {"type": "int", "low": 4, "high": 8},
          "arch.args.activation": {"type": "categorical", "choices": ["tanh", "relu"]}}
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "search").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_search_spaces_fit_their_configs(path):
+    """configs/search/<name>.yaml searches configs/<name>.yaml: every parameter at its ends builds."""
+    spec = SweepSpec(config=load_and_check(ROOT / "configs" / path.name), seeds=[0], space=read_space(path))
+    spec.check()
+    assert len(spec.space) >= 2
 
 
 @pytest.mark.parametrize("space, message", [
@@ -274,30 +284,32 @@ def wait_for(predicate, timeout: float = 120) -> None:
 
 
 def test_sweep_killed_mid_run_resumes_to_the_same_results(tmp_path):
-    """SIGKILL while the second run is between checkpoints; the same command again skips the first run,
-    resumes the second from its last.pt and ends with the results.csv of an uninterrupted sweep."""
+    """SIGKILL of a 2-worker sweep while its third run is between checkpoints: the workers die with it; the
+    same command again skips the finished runs, resumes the third from its last.pt and ends with the
+    results.csv of an uninterrupted sweep."""
     args = [*TINY, "--seeds", "0", "1", "2", "--epochs", "6", "--set", "trainer.len_epoch=15", "--threads", "1"]
     killed = tmp_path / "killed"
-    command = [sys.executable, "sweep.py", *args, "--set", f"trainer.save_dir={killed / 'saved'}"]
+    command = [sys.executable, "sweep.py", *args, "--workers", "2", "--set", f"trainer.save_dir={killed / 'saved'}"]
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    second = None
+    third = None
 
-    def second_run_has_a_checkpoint() -> bool:
-        nonlocal second
-        found = sorted(killed.glob("saved/svae_gmm/sweeps/*/001-seed=1/checkpoints/last.pt"))
-        second = found[0].parent.parent if found else None
-        return second is not None
+    def third_run_has_a_checkpoint() -> bool:
+        nonlocal third
+        found = sorted(killed.glob("saved/svae_gmm/sweeps/*/002-seed=2/checkpoints/last.pt"))
+        third = found[0].parent.parent if found else None
+        return third is not None
 
-    wait_for(second_run_has_a_checkpoint)
+    wait_for(third_run_has_a_checkpoint)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert not (second / "result.json").exists(), "the run finished before the kill: make the runs longer"
-    folder = second.parent
-    first_finished = (folder / "000-seed=0" / "result.json").stat().st_mtime_ns
+    assert not (third / "result.json").exists(), "the run finished before the kill: make the runs longer"
+    folder = third.parent
+    wait_for(lambda: subprocess.run(["pgrep", "-f", str(folder)], capture_output=True).returncode == 1, 10)
+    finished = {run: (folder / run / "result.json").stat().st_mtime_ns for run in ("000-seed=0", "001-seed=1")}
 
     assert subprocess.run(command, cwd=ROOT, capture_output=True).returncode == 0
-    assert (folder / "000-seed=0" / "result.json").stat().st_mtime_ns == first_finished  # skipped
-    log = (second / "train.log").read_text()
+    assert finished == {run: (folder / run / "result.json").stat().st_mtime_ns for run in finished}  # skipped
+    log = (third / "train.log").read_text()
     assert log.count("starting run") == 1 and "resuming run" in log
     assert sweep.main([*args, "--set", f"trainer.save_dir={tmp_path / 'whole' / 'saved'}"]) == 0
     [whole] = sweep_folders(tmp_path / "whole")
