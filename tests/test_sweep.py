@@ -218,6 +218,9 @@ def test_pruned_trials_stop_early_and_are_recorded_as_pruned(tmp_path):
         history = (folder / row["run_dir"] / "epochs.jsonl").read_text().splitlines()
         assert len(history) == last_epoch  # training stopped after the pruned epoch
         assert not (folder / row["run_dir"] / "test_metrics.json").exists()
+        assert row["trial_value"] == ""  # not Optuna's stand-in, the last intermediate (training) value
+    listed = [line.split("|")[1].strip() for line in (folder / "summary.md").read_text().splitlines()[4:]]
+    assert set(listed[-len(pruned):]) == {str(t.number) for t in pruned}  # finished trials first
 
 
 def test_epochs_json_holds_every_epoch_once_and_the_objective_can_be_logged(tmp_path):

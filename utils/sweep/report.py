@@ -38,7 +38,8 @@ def study_rows(study, spec: SweepSpec) -> list[dict[str, Any]]:
         for record in records:
             row = {"trial": trial.number, **_row(record, spec)}
             row["trial_state"] = trial.state.name.lower()
-            row["trial_value"] = trial.value if trial.value is not None else ""
+            complete = trial.state.name == "COMPLETE"  # a pruned trial's value is its last intermediate one
+            row["trial_value"] = trial.value if complete else ""
             row["feasible"] = _feasible(trial)
             rows.append(row)
     return rows
