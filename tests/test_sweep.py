@@ -193,6 +193,9 @@ def test_constraint_violations_mark_trials_infeasible(tmp_path):
         assert len(aris) == 2 and trial.constraints["ari>=2"] == pytest.approx(2 - min(aris))
         assert trial.value == pytest.approx(sum(r["metrics"]["elbo"] for r in trial.user_attrs["runs"]) / 2)
     assert {row["feasible"] for row in read_rows(folder)} == {"False"}
+    summary = (folder / "summary.md").read_text().splitlines()
+    feasible = summary[2].split("|").index(" feasible ")
+    assert [line.split("|")[feasible].strip() for line in summary[4:]] == ["no", "no"]
 
 
 def test_pruned_trials_stop_early_and_are_recorded_as_pruned(tmp_path):

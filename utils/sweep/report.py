@@ -98,13 +98,16 @@ def summarize(rows: list[dict[str, Any]], spec: SweepSpec) -> str:
     order = list(groups)
     if spec.is_search:
         order.sort(key=lambda config: _rank(groups[config], spec))
-    header = [*(k.rsplit(".", 1)[-1] for k in keys), "runs", *metrics]
+    constrained = spec.is_search and bool(spec.constraints)
+    header = [*(k.rsplit(".", 1)[-1] for k in keys), "runs", *(["feasible"] if constrained else []), *metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for config in order:
         finished = [row for row in groups[config] if row["status"] == "complete"]
         others = [row["status"] for row in groups[config] if row["status"] != "complete"]
         count = f"{len(finished)}" + (f" (+{len(others)} {', '.join(sorted(set(others)))})" if others else "")
         cells = [_format(value) for value in config] + [count]
+        if constrained:
+            cells.append({True: "yes", False: "no"}.get(groups[config][0].get("feasible"), ""))
         cells += [_describe([row.get(metric) for row in finished]) for metric in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
