@@ -124,8 +124,9 @@ SPACE = {"optimizer.args.lr": {"type": "log", "low": 1e-4, "high": 3e-2},
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "search").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_search_spaces_fit_their_configs(path):
-    """configs/search/<name>.yaml searches configs/<name>.yaml: every parameter at its ends builds."""
-    spec = SweepSpec(config=load_and_check(ROOT / "configs" / path.name), seeds=[0], space=read_space(path))
+    """configs/search/<name>[.<variant>].yaml searches configs/<name>.yaml: every parameter at its ends builds."""
+    config = load_and_check(ROOT / "configs" / f"{path.name.split('.')[0]}.yaml")
+    spec = SweepSpec(config=config, seeds=[0], space=read_space(path))
     spec.check()
     assert len(spec.space) >= 2
 
