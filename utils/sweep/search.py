@@ -4,9 +4,11 @@ values, the median pruner may stop a trial after any epoch, and constraints mark
 The study lives in a storage: by default study.db (SQLite) in the sweep folder; `--storage` takes any
 Optuna storage URL (sqlite:///, postgresql://, mysql://) or `journal:PATH` (Optuna's journal file
 storage, for a shared file system). Every worker of every command pointed at the same study asks it
-for the next trial, so trials never run twice. A trial whose worker died (its lock free, its state
-still RUNNING) is taken over by the next worker of the same sweep folder and resumed from its runs'
-last.pt files."""
+for the next trial, so trials never run twice. Workers sharing a sweep folder count the study's
+trials and ask under one lock, so they never start more than --trials; workers on machines that share
+only the storage may overshoot by one trial each at the end. A trial whose worker died (its lock
+free, its state still RUNNING) is taken over by the next worker of the same sweep folder and resumed
+from its runs' last.pt files."""
 from __future__ import annotations
 
 import importlib.util
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from utils.errors import ConfigError
-from utils.sweep.folder import run_lock
+from utils.sweep.folder import FileLock, run_lock
 from utils.sweep.grid import folder_name
 from utils.sweep.run import execute, metric_value, read_result
 from utils.sweep.spec import SweepSpec
@@ -103,13 +105,14 @@ def _next_trial(study, spec: SweepSpec, folder: Path):
             lock = run_lock(folder, trial_name(frozen.number))
             if lock.acquire():
                 return optuna.trial.Trial(study, frozen._trial_id), lock
-    if len(study.get_trials(deepcopy=False)) >= spec.trials:
-        return None
-    trial = study.ask()
-    lock = run_lock(folder, trial_name(trial.number))
-    lock.acquire(wait=True)  # before the folder is announced: nobody takes a trial that is starting
-    trial.set_user_attr("sweep_folder", here)
-    trial.set_user_attr("host", socket.gethostname())
+    with FileLock(folder / ".locks" / "ask"):  # count and ask as one step: no trial beyond `spec.trials`
+        if len(study.get_trials(deepcopy=False)) >= spec.trials:
+            return None
+        trial = study.ask()
+        lock = run_lock(folder, trial_name(trial.number))
+        lock.acquire(wait=True)  # before the folder is announced: nobody takes a trial that is starting
+        trial.set_user_attr("sweep_folder", here)
+        trial.set_user_attr("host", socket.gethostname())
     return trial, lock
 
 
