@@ -227,17 +227,24 @@ def test_pruned_trials_stop_early_and_are_recorded_as_pruned(tmp_path):
     assert set(listed[-len(pruned):]) == {str(t.number) for t in pruned}  # finished trials first
 
 
-def test_epochs_json_holds_every_epoch_once_and_the_objective_can_be_logged(tmp_path):
+@pytest.mark.parametrize("objective", ["min loss", "max val_elbo"])
+def test_an_epoch_logged_objective_is_read_at_the_evaluated_epoch(tmp_path, objective):
+    """`max val_elbo` (monitored) and `min loss` (not monitored): the value in epochs.jsonl at the epoch of
+    the checkpoint test.py evaluated; epochs.jsonl holds every epoch once."""
     space = {"arch.args.rho": {"type": "float", "low": 0.01, "high": 0.1}}
-    args = tiny(tmp_path, "--search", str(write_space(tmp_path, space)), "--trials", "1",
-                "--objective", "min loss")
+    args = tiny(tmp_path, "--search", str(write_space(tmp_path, space)), "--trials", "1", "--objective", objective,
+                "--set", "data_loader.args.validation_split=0.2", "--set", "trainer.monitor=max val_elbo",
+                "--epochs", "4")
     assert sweep.main(args) == 0
     [folder] = sweep_folders(tmp_path)
     [row] = read_rows(folder)
     history = [json.loads(line) for line in (folder / row["run_dir"] / "epochs.jsonl").read_text().splitlines()]
-    assert [entry["epoch"] for entry in history] == [1, 2, 3]
+    assert [entry["epoch"] for entry in history] == [1, 2, 3, 4]
+    metric = objective.split()[1]
     evaluated = next(entry for entry in history if entry["epoch"] == int(row["epoch"]))
-    assert float(row["loss"]) == float(row["trial_value"]) == evaluated["loss"]
+    assert float(row[metric]) == float(row["trial_value"]) == evaluated[metric]
+    best = max(entry["val_elbo"] for entry in history)
+    assert evaluated["val_elbo"] == best == pytest.approx(float(row["best_val_elbo"]))  # model_best.pt's epoch
 
 
 def test_two_workers_split_the_cores_and_run_every_run_once(tmp_path):
