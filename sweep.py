@@ -26,7 +26,9 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 from model import ARCHITECTURES  # noqa: E402
-from trainer.build import build_data, build_model, load_and_check  # noqa: E402
+from base.base_data_loader import BaseDataLoader  # noqa: E402
+from base.base_model import BaseModel  # noqa: E402
+from trainer.build import load_and_check  # noqa: E402
 from utils.cli import ArgumentParser, run_main, short_flag_overrides  # noqa: E402
 from utils.errors import ConfigError, UserError  # noqa: E402
 from utils.sweep import report, search  # noqa: E402
@@ -62,18 +64,17 @@ def build_spec(args) -> SweepSpec:
         raise ConfigError("--trials and --iw-samples must be >= 1, --prune-warmup >= 0")
     if spec.is_search:
         search.check_sampler(spec.sampler, bool(spec.constraints))
-    spec.check()
-    _check_metrics(spec)
+    data, model = spec.check()
+    _check_metrics(spec, logged_keys(data, model, config["seed"]))
     return spec
 
 
-def _check_metrics(spec: SweepSpec) -> None:
+def _check_metrics(spec: SweepSpec, logged: set[str]) -> None:
     """The objective and constraint metrics are ones the runs produce: a test metric, best_<monitored
-    key>, or a value logged every epoch. Picks the value the pruner watches."""
+    key>, or one of the values `logged` every epoch. Picks the value the pruner watches."""
     config = spec.config
     tested = config["metrics"] or ARCHITECTURES.get(config["arch"]["type"], "arch.type").metric_names()
     monitor = config["trainer"]["monitor"].split()
-    logged = logged_keys(config)
     for metric in [c.metric for c in spec.constraints] + ([spec.objective.metric] if spec.objective else []):
         if not (metric in logged or (len(monitor) == 2 and metric == f"best_{monitor[1]}")
                 or any(metric == name or metric.startswith(f"{name}_") for name in tested)):
@@ -92,12 +93,10 @@ def _check_metrics(spec: SweepSpec) -> None:
                               f"<logged value>'")
 
 
-def logged_keys(config: dict) -> set[str]:
-    """What the Trainer logs each epoch for this config: the model's outputs on one training batch, and
-    the same with val_ when there is a validation split."""
-    data = build_data(config)
-    model = build_model(config, data)
-    batch = next(iter(data.train_loader(config["seed"], 0, 1, False)))
+def logged_keys(data: BaseDataLoader, model: BaseModel, seed: int) -> set[str]:
+    """What the Trainer logs each epoch for a run of `model` on `data`: the model's outputs on one
+    training batch, and the same with val_ when there is a validation split."""
+    batch = next(iter(data.train_loader(seed, 0, 1, False)))
     with torch.no_grad():
         keys = {key for key in model(batch) if key != "statistics"}
     return keys | ({f"val_{key}" for key in keys} if data.val_set is not None else set())
@@ -111,10 +110,9 @@ def announce(record: dict) -> None:
           + (f": {detail}" if detail else ""), flush=True)
 
 
-def work(folder: Path, spec: SweepSpec, storage: str | None, worker: int) -> None:
-    """One worker: run grid runs or study trials until none is left."""
-    if spec.is_search:
-        study = search.open_study(spec, search.open_storage(storage, folder), worker)
+def work(folder: Path, spec: SweepSpec, study) -> None:
+    """One worker: run study trials (a search) or grid runs until none is left."""
+    if study is not None:
         search.work_on_study(folder, spec, study, announce)
     else:
         work_through_grid(folder, spec, announce)
@@ -128,11 +126,12 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_workers(folder: Path, spec: SweepSpec, args, threads: int) -> None:
-    """`args.workers` worker processes (one in this process when 1), each with `threads` threads."""
+def start_workers(folder: Path, spec: SweepSpec, args, threads: int, study) -> None:
+    """`args.workers` worker processes (one in this process, on `study`, when 1), each with `threads`
+    threads."""
     if args.workers == 1:
         torch.set_num_threads(threads)
-        work(folder, spec, args.storage, 0)
+        work(folder, spec, study)
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(folder), "--threads", str(threads)]
@@ -145,9 +144,9 @@ def start_workers(folder: Path, spec: SweepSpec, args, threads: int) -> None:
         raise UserError(f"sweep workers exited with status {codes}; see the runs' train.log in {folder}")
 
 
-def write_report(folder: Path, spec: SweepSpec, storage: str | None) -> list[dict]:
-    if spec.is_search:
-        study = search.open_study(spec, search.open_storage(storage, folder))
+def write_report(folder: Path, spec: SweepSpec, study) -> list[dict]:
+    """results.csv and summary.md, from the study (a search) or the run folders (a grid)."""
+    if study is not None:
         rows = report.study_rows(study, spec)
     else:
         rows = report.grid_rows(folder, spec)
@@ -159,8 +158,8 @@ def write_report(folder: Path, spec: SweepSpec, storage: str | None) -> list[dic
 
 def sweep(args) -> int:
     spec = build_spec(args)
-    if spec.is_search and args.storage:
-        search.open_storage(args.storage, None)  # unreachable: stop before any folder is made
+    storage = search.open_storage(args.storage, None) if spec.is_search and args.storage else None  # before
+    # any folder is made: an unreachable storage stops the command here
     cores = len(os.sched_getaffinity(0))
     threads = args.threads or max(1, cores // args.workers)
     folder, created = open_sweep_folder(spec, fresh=args.fresh)
@@ -168,10 +167,11 @@ def sweep(args) -> int:
         f"{len(spec.grid_points())} configurations x {len(spec.seeds)} seeds"
     print(f"{'new sweep' if created else 'continuing sweep'} {folder}: {runs}, {args.workers} worker(s) x "
           f"{threads} thread(s)", flush=True)
+    study = None
     if spec.is_search:  # create the study once, before workers race to
-        search.open_study(spec, search.open_storage(args.storage, folder))
-    start_workers(folder, spec, args, threads)
-    rows = write_report(folder, spec, args.storage)
+        study = search.open_study(spec, storage or search.open_storage(None, folder))
+    start_workers(folder, spec, args, threads, study)
+    rows = write_report(folder, spec, study)
     print((folder / report.SUMMARY_FILE).read_text())
     print(f"wrote {folder / report.RESULTS_FILE} and {folder / report.SUMMARY_FILE}")
     failed = [row["run"] for row in rows if row["status"] == "failed"]
@@ -227,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(args.worker)
             spec = read_spec(folder)
             spec.study_name = args.study_name
-            work(folder, spec, args.storage, args.worker_index)
+            study = (search.open_study(spec, search.open_storage(args.storage, folder), args.worker_index)
+                     if spec.is_search else None)
+            work(folder, spec, study)
             return 0
         if args.config is None:
             raise ConfigError("give a config: python sweep.py -c CONFIG [--seeds ...] [--grid ...] [--search ...]")

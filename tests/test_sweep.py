@@ -261,7 +261,7 @@ def test_two_workers_split_the_cores_and_run_every_run_once(tmp_path):
 def test_default_threads_are_the_cores_over_the_workers(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     started = []
-    monkeypatch.setattr(sweep, "start_workers", lambda folder, spec, args, threads: started.append(threads))
+    monkeypatch.setattr(sweep, "start_workers", lambda folder, spec, args, threads, study: started.append(threads))
     sweep.main(tiny(tmp_path, "--workers", "4"))
     assert started == [2]
 

@@ -246,18 +246,20 @@ class SweepSpec:
         overrides = [override(key, value) for key, value in params.items()] + [f"seed={seed}"]
         return load_and_check(base=self.config, overrides=overrides)
 
-    def check(self) -> None:
+    def check(self) -> tuple[Any, Any]:
         """Every run's config is valid and builds its data and model: each grid point, and each search
-        parameter at its ends / choices."""
+        parameter at its ends / choices. Returns the first grid point's (the base config's) data and model."""
         data_sets: dict[str, Any] = {}
 
-        def build(params: dict[str, Any]) -> None:
+        def build(params: dict[str, Any]) -> tuple[Any, Any]:
             config = self.run_config(params, self.seeds[0])
             key = json.dumps(config["data_loader"], sort_keys=True)
             data = data_sets[key] = data_sets.get(key) or build_data(config)
-            build_model(config, data)
+            return data, build_model(config, data)
 
-        for params in self.grid_points():
+        first, *others = self.grid_points()
+        built = build(first)
+        for params in others:
             build(params)
         for param in self.space:
             for value in param.corners():
@@ -265,3 +267,4 @@ class SweepSpec:
                     build({param.key: value})
                 except ConfigError as err:
                     raise ConfigError(f"search space parameter {param.key!r} = {value!r}: {err}") from None
+        return built
