@@ -10,7 +10,7 @@ changes no state.
 
 Optional hooks the Trainer calls (the defaults do nothing):
   parameter_groups()       named groups, each can get its own optimizer
-  after_optimizer_step(statistics)   e.g. the SVAE natural-gradient step of globals
+  after_optimizer_step(statistics, taken)   e.g. the SVAE natural-gradient step of globals
   on_epoch_end(epoch)      e.g. temperature annealing
   schedule_state() / load_schedule_state(state)   saved in checkpoints
   schedule_values()        logged once per epoch as schedule/<name> (KL weight, temperature)
@@ -48,9 +48,12 @@ class BaseModel(nn.Module):
     def metric_names(cls) -> tuple[str, ...]:
         return tuple(metric.name for metric in cls.metrics)
 
-    def after_optimizer_step(self, statistics: dict[str, torch.Tensor] | None) -> None:
+    def after_optimizer_step(self, statistics: dict[str, torch.Tensor] | None,
+                             taken: torch.Tensor | None = None) -> None:
         """Called after every optimizer step (after all optimizers have stepped), with the step's
-        `out["statistics"]` summed over replicas and ranks (None when forward returned none)."""
+        `out["statistics"]` summed over replicas and ranks (None when forward returned none). `taken`: a 0-d
+        bool tensor, False when the step's loss was not finite and the optimizers skipped it on the device;
+        the hook must then change nothing, decided on the device too (no host read). None: taken."""
 
     def on_epoch_end(self, epoch: int) -> None:
         """Called once at the end of every training epoch (1-based epoch number)."""

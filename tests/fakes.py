@@ -101,9 +101,11 @@ class HookProbe(BaseModel):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"weight": [self.linear.weight], "bias": [self.linear.bias]}
 
-    def after_optimizer_step(self, statistics: dict[str, torch.Tensor] | None) -> None:
-        self.optimizer_steps += 1
-        self.examples_applied += statistics["count"]
+    def after_optimizer_step(self, statistics: dict[str, torch.Tensor] | None,
+                             taken: torch.Tensor | None = None) -> None:
+        taken = torch.ones((), dtype=torch.bool) if taken is None else taken
+        self.optimizer_steps += taken.long()
+        self.examples_applied += torch.where(taken, statistics["count"], 0.0).squeeze(0)
 
     def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
         """One small figure, `<tag>/probe`: the weights as bars."""

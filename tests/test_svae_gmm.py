@@ -2,6 +2,7 @@
 architecture end to end (train, resume, test.py, TensorBoard figure). float64 for the math."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -202,6 +203,21 @@ def test_forward_changes_no_state():
     assert out["statistics"]["count"].tolist() == [5.0]
     model.after_optimizer_step(None)
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
+
+
+def test_a_step_skipped_on_the_device_applies_no_statistics():
+    """after_optimizer_step(statistics, taken): taken False (a non-finite step the optimizers skipped) leaves
+    every global exactly as it was, even with non-finite statistics; taken True is the ordinary update."""
+    model = tiny_model(40, 0.5).train()
+    reference = copy.deepcopy(model)
+    before = [b.clone() for b in model.buffers()]
+    statistics = sum_statistics(model({"x": torch.randn(5, 2)})["statistics"])
+    model.after_optimizer_step({k: v * math.nan for k, v in statistics.items()}, torch.tensor(False))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
+    model.after_optimizer_step(statistics, torch.tensor(True))
+    reference.after_optimizer_step(statistics)
+    assert all(torch.equal(a, b) for a, b in zip(reference.buffers(), model.buffers()))
+    assert not all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
 
 
 def test_extreme_encoder_outputs_stay_finite():

@@ -94,6 +94,10 @@ def test_revival_follows_the_svi_step_and_can_be_switched_off():
     off = tiny_model(revive_below=0.0)
     off.after_optimizer_step(statistics)
     assert int(off.pgm.revivals) == 0
+    skipped = tiny_model()  # a step skipped on the device (non-finite loss): no SVI step and no revival
+    before = [b.clone() for b in skipped.buffers()]
+    skipped.after_optimizer_step(statistics, torch.tensor(False))
+    assert all(torch.equal(a, b) for a, b in zip(before, skipped.buffers()))
 
 
 # ---------------------------------------------------------------- the architecture

@@ -110,16 +110,19 @@ class GraphicalModel(nn.Module):
                    for name, family in self.families.items())
 
     @torch.no_grad()
-    def natural_gradient_step(self, statistics: dict[str, torch.Tensor], num_train: int, rho: float) -> None:
+    def natural_gradient_step(self, statistics: dict[str, torch.Tensor], num_train: int, rho: float,
+                              taken: torch.Tensor | None = None) -> None:
         """SVI: eta <- eta + rho (eta0 + (N / count) stats - eta) for every global factor, in place, from the
         statistics of `count` examples (summed over the batch, every replica and every rank). For
-        0 < rho <= 1 a convex combination of valid natural parameters, so q stays valid."""
+        0 < rho <= 1 a convex combination of valid natural parameters, so q stays valid. Where the 0-d bool
+        `taken` is False (a skipped step), every eta stays exactly as it was (decided on the device)."""
         scale = num_train / statistics["count"]
         for name, family in self.families.items():
             for field in family.fields:
                 key = statistic_key(name, field)
                 q, prior = getattr(self, f"q_{key}"), getattr(self, f"prior_{key}")
-                q.lerp_(prior + scale * statistics[key], rho)
+                target = prior + scale * statistics[key]
+                q.lerp_(target if taken is None else torch.where(taken, target, q), rho)
 
     # ---------------------------------------------------------------- local inference (per model)
     def potentials(self, stats: dict[str, Any]) -> Any:

@@ -77,11 +77,14 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         self.register_buffer("revivals", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
-    def natural_gradient_step(self, statistics: dict[str, torch.Tensor], num_train: int, rho: float) -> None:
-        """The SVI step of every factor, then `revive_unused_states` from the batch's state usage."""
-        super().natural_gradient_step(statistics, num_train, rho)
+    def natural_gradient_step(self, statistics: dict[str, torch.Tensor], num_train: int, rho: float,
+                              taken: torch.Tensor | None = None) -> None:
+        """The SVI step of every factor, then `revive_unused_states` from the batch's state usage (none
+        where `taken` is False: a skipped step changes nothing)."""
+        super().natural_gradient_step(statistics, num_train, rho, taken)
         if self.revive_below > 0:
-            self.revive_unused_states(statistics["mniw_nu"] / statistics["mniw_nu"].sum())
+            usage = statistics["mniw_nu"] / statistics["mniw_nu"].sum()
+            self.revive_unused_states(usage if taken is None else torch.where(taken, usage, 1.0))
 
     @torch.no_grad()
     def revive_unused_states(self, usage: torch.Tensor) -> None:

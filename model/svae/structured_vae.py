@@ -129,9 +129,10 @@ class StructuredVAE(KLWarmup, BaseModel):
             out["statistics"] = {k: v.detach().unsqueeze(0) for k, v in self.pgm.statistics(post).items()}
         return out
 
-    def after_optimizer_step(self, statistics: dict[str, torch.Tensor] | None) -> None:
+    def after_optimizer_step(self, statistics: dict[str, torch.Tensor] | None,
+                             taken: torch.Tensor | None = None) -> None:
         if statistics is not None:
-            self.pgm.natural_gradient_step(statistics, self.num_train, self.rho)
+            self.pgm.natural_gradient_step(statistics, self.num_train, self.rho, taken)
 
     # ---------------------------------------------------------------- evaluation
     def iw_log_likelihood(self, y: torch.Tensor, num_samples: int, potentials: Any) -> torch.Tensor:
