@@ -39,7 +39,7 @@ class EdgeGates(nn.Module):
         """1[sigmoid(a) > 1/2] on the allowed edges: (N, N), no gradient."""
         return (self.logits.detach() > 0).to(self.mask.dtype) * self.mask
 
-    def relaxed(self, shape: tuple[int, ...], tau: float, straight_through: bool = False) -> torch.Tensor:
+    def relaxed(self, shape: tuple[int, ...], tau: float | torch.Tensor, straight_through: bool = False) -> torch.Tensor:
         """Binary Concrete samples c = sigmoid((a + L) / tau), L ~ Logistic(0, 1), computed in logit space:
         (*shape, N, N). With `straight_through`, the forward value is the hard 1[c > 1/2] and the gradient is
         the relaxed one's."""
@@ -69,17 +69,17 @@ class GateSchedule:
         self.gate_sampling, self.straight_through = gate_sampling, straight_through
         self.tau_init, self.tau_decay, self.tau_min = tau_init, tau_decay, tau_min
         self.fixed_gates_epoch = fixed_gates_epoch
+        self.register_buffer("tau", torch.zeros((), dtype=torch.float64), persistent=False)  # this epoch
+        #: whether the gates are fixed to their hard values this epoch (a compiled step recompiles once when it flips)
+        self.gates_fixed = False
 
-    @property
-    def tau(self) -> float:
-        return max(self.tau_min, self.tau_init * self.tau_decay ** self.epochs_done)
+    def update_schedule(self) -> None:
+        super().update_schedule()
+        self.tau.fill_(max(self.tau_min, self.tau_init * self.tau_decay ** self.epochs_done))
+        self.gates_fixed = 0 < self.fixed_gates_epoch <= self.epochs_done
 
     def schedule_values(self) -> dict[str, float]:
-        return {**super().schedule_values(), "tau": self.tau}
-
-    @property
-    def gates_fixed(self) -> bool:
-        return 0 < self.fixed_gates_epoch <= self.epochs_done
+        return {**super().schedule_values(), "tau": self.tau.item()}
 
     def sample_gates(self, gates: EdgeGates, batch_size: int) -> torch.Tensor:
         """Gates for a training step: (N, N), or (B, N, N) with per-example sampling."""
