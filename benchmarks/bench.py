@@ -3,6 +3,7 @@
     python benchmarks/bench.py -c configs/bench/vae_mnist.json --steps 50
     python benchmarks/bench.py -c A.json -c B.json --steps 50 --bs 128 1024 --json out.json
     taskset -c 0 python benchmarks/bench.py -c configs/bench/vae_mnist.json --steps 50 --threads 1
+    taskset -c 0 python benchmarks/bench.py -c configs/svae_gmm.yaml --compile --steps 100 --threads 1
     options: --repeats R (5)  --warmup W (10 steps)  --device cpu|cuda  --set key.path=value ...
 
 Each config, or each (config, batch size) pair with --bs, is one entry (labelled
@@ -15,6 +16,10 @@ every round starts from the state the warm-up left (weights, optimizer, RNG, bat
 rounds of an entry do the same work. Each entry reports its median round with the slowest and
 fastest round beside it; `ratio` is its median time over that of the baseline, the first
 config at the same batch size, and `spread` is (slowest - fastest round) / median.
+With --compile every config is also run compiled (`trainer.compile=true`, labelled `+compile`)
+right after its eager entry, so that with one config the compiled entry's ratio is to its eager
+twin. `warm-up s` is the wall time of building the Trainer and the warm-up steps; for a compiled
+entry, the difference to its eager twin's is the compile time (the first steps compile).
 
 Peak memory (MiB) is measured over building and warm-up, which run the same steps as the timed
 rounds (afterwards the worker holds a saved copy of the training state): the worker's peak RSS
@@ -30,6 +35,7 @@ import multiprocessing as mp
 import resource
 import statistics
 import sys
+import time
 import traceback
 from collections import Counter
 from dataclasses import dataclass, field
@@ -67,6 +73,7 @@ def serve(conn: Connection, config: dict, device: torch.device, threads: int | N
     each round starting from the state the warm-up left."""
     threads = set_threads(threads)
     base_mem_mb = peak_mem_mb(device)
+    started = time.perf_counter()
     trainer = build_trainer(config, device)
     steps, loader = trainer.len_epoch, trainer.train_loader
     trainer.len_epoch = warmup
@@ -74,7 +81,7 @@ def serve(conn: Connection, config: dict, device: torch.device, threads: int | N
     trainer.len_epoch = steps
     synchronize(device)
     ready = {"threads": threads, "batch_size": loader.batch_size, "base_mem_mb": base_mem_mb,
-             "peak_mem_mb": peak_mem_mb(device),
+             "peak_mem_mb": peak_mem_mb(device), "warmup_s": time.perf_counter() - started,
              "examples": examples_per_round(loader, steps)}
     start = snapshot(trainer)
     conn.send(("ready", ready))
@@ -163,13 +170,17 @@ def unique_labels(labels: list[str]) -> list[str]:
     return out
 
 
-def make_entries(paths: list[str], batch_sizes: list[int] | None, overrides: list[str], steps: int) -> list[Entry]:
-    """One validated config per (batch size, config), grouped by batch size; a bad config raises
-    ConfigError here."""
-    pairs = [(path, bs) for bs in (batch_sizes or [None]) for path in paths]
-    configs = [load_bench_config(path, overrides, steps, bs) for path, bs in pairs]
-    labels = unique_labels([Path(path).stem + (f"@bs{bs}" if bs else "") for path, bs in pairs])
-    return [Entry(label, path, config) for label, (path, _), config in zip(labels, pairs, configs)]
+def make_entries(paths: list[str], batch_sizes: list[int] | None, overrides: list[str], steps: int,
+                 compile_too: bool = False) -> list[Entry]:
+    """One validated config per (batch size, config), grouped by batch size, each followed by its compiled
+    twin with `compile_too`; a bad config raises ConfigError here."""
+    modes = [False, True] if compile_too else [False]
+    runs = [(path, bs, compiled) for bs in (batch_sizes or [None]) for path in paths for compiled in modes]
+    configs = [load_bench_config(path, [*overrides, *(["trainer.compile=true"] if compiled else [])], steps, bs)
+               for path, bs, compiled in runs]
+    labels = unique_labels([Path(path).stem + ("+compile" if compiled else "") + (f"@bs{bs}" if bs else "")
+                            for path, bs, compiled in runs])
+    return [Entry(label, path, config) for label, (path, _, _), config in zip(labels, runs, configs)]
 
 
 def run_rounds(workers: list[Worker], repeats: int) -> None:
@@ -203,6 +214,7 @@ def summarize(workers: list[Worker], device: str, steps: int, repeats: int, warm
             "examples_per_s": examples / seconds, "examples_per_s_min": examples / slowest,
             "examples_per_s_max": examples / fastest,
             "peak_mem_mb": w.info["peak_mem_mb"], "base_mem_mb": w.info["base_mem_mb"],
+            "warmup_s": w.info["warmup_s"],
             "baseline": base.entry.label, "ratio_to_baseline": seconds / statistics.median(base.seconds),
             "spread": (slowest - fastest) / seconds,
             "seconds": w.seconds, "device": device, "threads": w.info["threads"], "steps": steps,
@@ -221,11 +233,12 @@ def print_table(rows: list[dict]) -> None:
     examples_range = [f"{row['examples_per_s_min']:.0f}-{row['examples_per_s_max']:.0f}" for row in rows]
     sw, ew = max(len("min-max"), *map(len, steps_range)), max(len("min-max"), *map(len, examples_range))
     print(f"{'config':<{width}}  {'batch':>6}  {'steps/s':>8}  {'min-max':>{sw}}  {'examples/s':>10}  "
-          f"{'min-max':>{ew}}  {'peak MB':>8}  {'base MB':>8}  {'ratio':>6}  {'spread':>6}")
+          f"{'min-max':>{ew}}  {'peak MB':>8}  {'base MB':>8}  {'ratio':>6}  {'spread':>6}  {'warm-up s':>9}")
     for row, srange, erange in zip(rows, steps_range, examples_range):
         print(f"{row['config']:<{width}}  {row['batch_size']:>6}  {row['steps_per_s']:>8.2f}  {srange:>{sw}}  "
               f"{row['examples_per_s']:>10.0f}  {erange:>{ew}}  {row['peak_mem_mb']:>8.1f}  "
-              f"{row['base_mem_mb']:>8.1f}  {row['ratio_to_baseline']:>6.3f}  {row['spread']:>6.1%}")
+              f"{row['base_mem_mb']:>8.1f}  {row['ratio_to_baseline']:>6.3f}  {row['spread']:>6.1%}  "
+              f"{row['warmup_s']:>9.1f}")
     named = {row["batch_size"]: row["baseline"] for row in rows}
     print("ratio: median time over the baseline's, the first config at the same batch size ("
           + "; ".join(f"batch {bs}: {label}" for bs, label in named.items()) + ")")
@@ -241,7 +254,7 @@ def resolve_device(name: str | None) -> str:
 
 def benchmark(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
-    entries = make_entries(args.config, args.bs, args.set, args.steps)
+    entries = make_entries(args.config, args.bs, args.set, args.steps, args.compile)
     ctx = mp.get_context("spawn")
     workers = [Worker.start(ctx, entry, device, args.threads, args.warmup) for entry in entries]
     try:
@@ -269,6 +282,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available, else cpu")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a value in every config, e.g. --set arch.args.latent_dim=32")
+    parser.add_argument("--compile", action="store_true",
+                        help="also run every config compiled (trainer.compile=true), right after its eager entry")
     parser.add_argument("--json", metavar="OUT", help="also write the results as a JSON list")
     return parser.parse_args(argv)
 

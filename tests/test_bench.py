@@ -18,7 +18,7 @@ from utils.errors import UserError
 
 def fake_worker(label: str, batch_size: int, seconds: list[float], examples: int | None = None) -> SimpleNamespace:
     """What summarize reads from a bench.Worker, without a process behind it."""
-    info = {"batch_size": batch_size, "threads": 1, "peak_mem_mb": 1000.0, "base_mem_mb": 900.0,
+    info = {"batch_size": batch_size, "threads": 1, "peak_mem_mb": 1000.0, "base_mem_mb": 900.0, "warmup_s": 2.0,
             "examples": examples if examples is not None else 10 * batch_size}
     return SimpleNamespace(entry=SimpleNamespace(label=label, path=f"{label}.json"), info=info, seconds=seconds)
 
@@ -47,6 +47,13 @@ def test_entries_are_grouped_by_batch_size():
                                   str(ROOT / "configs/bench/graph_vae_mnist.json")], [128, 1024], [], 5)
     assert [e.label for e in entries] == ["vae_mnist@bs128", "graph_vae_mnist@bs128",
                                           "vae_mnist@bs1024", "graph_vae_mnist@bs1024"]
+
+
+def test_compile_adds_a_compiled_twin_after_each_eager_entry():
+    entries = bench.make_entries([str(ROOT / "configs/bench/vae_mnist.json")], [128, 1024], [], 5, compile_too=True)
+    assert [e.label for e in entries] == ["vae_mnist@bs128", "vae_mnist+compile@bs128",
+                                          "vae_mnist@bs1024", "vae_mnist+compile@bs1024"]
+    assert [e.config["trainer"]["compile"] for e in entries] == [False, True, False, True]
 
 
 def test_min_and_max_rounds_are_in_the_rows_and_the_table(capsys):

@@ -139,7 +139,7 @@ def test_test_cli_prints_the_list_metrics_of_a_graph_vae(mnist_root, tmp_path, c
                  "data_loader.args.validation_split=10", "data_loader.args.num_workers=0",
                  "arch.args.hidden_dims=[16]", "arch.args.head_hidden_dims=[]", "arch.args.num_nodes=3",
                  "arch.args.node_dim=2", "trainer.epochs=1", f"trainer.save_dir={tmp_path}", "trainer.verbosity=0",
-                 "trainer.tensorboard=false", "n_gpu=0"]
+                 "trainer.tensorboard=false", "trainer.compile=false", "n_gpu=0"]
     assert train.main(["-c", "configs/graph_vae.yaml", *[a for o in overrides for a in ("--set", o)]]) == 0
     (run_dir,) = (tmp_path / "graph_vae").iterdir()
     capsys.readouterr()

@@ -205,7 +205,7 @@ def graph_config(tmp_path, mnist_root) -> dict:
     config["data_loader"]["args"].update(root=str(mnist_root), download=False, batch_size=16,
                                          validation_split=12, num_workers=0)
     config["trainer"].update(epochs=2, save_dir=str(tmp_path / "saved"), verbosity=0, early_stop=0,
-                             save_period=1, tensorboard=True, visualize_every=1)
+                             save_period=1, tensorboard=True, visualize_every=1, compile=False)  # tests/test_compile.py
     config["n_gpu"] = 0
     return config
 

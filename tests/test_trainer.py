@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -87,14 +88,104 @@ def test_monitor_of_a_metric_that_is_not_logged(regression_config):
         _run(regression_config, "trainer.monitor=min val_loss")
 
 
-def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(regression_config):
+#: SGD cannot skip a step on the device (the loss is checked on the host for nan_policy=skip); fused Adam can
+OPTIMIZERS = {"host": {"type": "SGD", "args": {"lr": 0.05}},
+              "device": {"type": "Adam", "args": {"lr": 0.05, "fused": True}}}
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(regression_config, optimizer):
     regression_config["arch"]["args"]["nan_at_call"] = 10  # epoch 3 (4 steps per epoch)
+    regression_config["optimizer"] = OPTIMIZERS[optimizer]
     with pytest.raises(NonFiniteLossError, match="non-finite loss .* epoch 3, step 10.*last good checkpoint"):
-        _run(regression_config)
+        _run(regression_config)  # log_every 10: read back at step 10; also at the epoch's end
     [last] = Path(regression_config["trainer"]["save_dir"]).glob("*/*/checkpoints/last.pt")
     state = load_checkpoint(last)
     assert state["epoch"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_nan_policy_stop_reads_the_device_record_at_the_epoch_end(regression_config):
+    """The first non-finite step of an epoch stops the run in that epoch even when no log step follows it."""
+    regression_config["arch"]["args"]["nan_at_call"] = 5  # epoch 2, step 5; the next read: step 8 (epoch end)
+    with pytest.raises(NonFiniteLossError, match="epoch 2, step 5"):
+        _run(regression_config, "trainer.log_every=1000")
+    [last] = Path(regression_config["trainer"]["save_dir"]).glob("*/*/checkpoints/last.pt")
+    assert load_checkpoint(last)["epoch"] == 1
+
+
+@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+def test_a_skipped_step_changes_no_weight_and_no_optimizer_state(regression_config, optimizer):
+    """Two steps, the second non-finite and skipped, leave exactly the state of one step: weights,
+    optimizer state (Adam's moments and step count) and the SVI-style statistics hook."""
+    regression_config["optimizer"] = OPTIMIZERS[optimizer]
+    one = final_state(_run(regression_config, "trainer.epochs=1", "trainer.len_epoch=1").run_dir)
+    regression_config["arch"]["args"]["nan_at_call"] = 2
+    regression_config["trainer"]["save_dir"] += "2"
+    two = final_state(_run(regression_config, "trainer.epochs=1", "trainer.len_epoch=2",
+                           "trainer.nan_policy=skip").run_dir)
+    assert two["global_step"] == 2
+    for key, value in one["model"].items():
+        assert torch.equal(two["model"][key], value), key
+    assert _flat(two["optimizers"]) == _flat(one["optimizers"])
+
+
+def _flat(state: dict) -> list:
+    """An optimizer state dict as a comparable list (tensors as lists)."""
+    return [(k, _flat(v) if isinstance(v, dict) else v.tolist() if torch.is_tensor(v) else v)
+            for k, v in sorted(state.items(), key=lambda item: str(item[0]))]
+
+
+def test_metric_tracker_weights_by_examples_and_leaves_out_steps_not_taken():
+    from trainer.metric_tracker import MetricTracker
+
+    tracker = MetricTracker()
+    tracker.update({"loss": torch.tensor(1.0), "kl": torch.tensor(4.0)}, 2)
+    tracker.update({"loss": torch.tensor(math.nan), "kl": torch.tensor(0.0)}, 3, torch.tensor(False))
+    tracker.update({"loss": torch.tensor(3.0), "kl": torch.tensor(1.0)}, 6, torch.tensor(True))
+    tracker.update({"loss": torch.tensor(2.0)}, 4)  # another set of keys (one count: models keep theirs)
+    assert tracker.result() == pytest.approx({"loss": (2 + 18 + 8) / 12, "kl": (8 + 6) / 12})
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts calls that read a tensor back to the host (a synchronisation on CUDA), except the DataLoader's
+    reads of its own CPU tensors (seeds, permutations)."""
+
+    READS = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.READS and "torch/utils/data" not in sys._getframe(1).f_code.co_filename:
+            self.reads.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_training_steps_read_nothing_back_to_the_host(regression_config, policy):
+    """With an optimizer that skips on the device, an epoch reads back twice (the non-finite record and the
+    metric sums) however many steps it has, a non-finite step included; the host-checked SGD reads each step."""
+    from benchmarks.common import build_trainer
+
+    def epoch_reads(optimizer: str, steps: int) -> int:
+        config = dict(regression_config, optimizer=OPTIMIZERS[optimizer])
+        config["arch"]["args"]["nan_at_call"] = 2
+        trainer = build_trainer(load_and_check(base=config, overrides=[
+            f"trainer.nan_policy={policy}", "trainer.log_every=1000", f"trainer.len_epoch={steps}"]),
+            torch.device("cpu"))
+        with HostReads() as mode:
+            try:
+                trainer.train_epoch(1)
+            except NonFiniteLossError:
+                assert policy == "stop"
+        return len(mode.reads)
+
+    assert epoch_reads("device", 3) == epoch_reads("device", 8) == (1 if policy == "stop" else 2)
+    if policy == "skip":
+        assert epoch_reads("host", 8) - epoch_reads("host", 3) == 5
 
 
 def test_non_finite_loss_is_skipped_with_nan_policy_skip(regression_config):

@@ -1,5 +1,12 @@
 """The Trainer: training and validation epochs, devices (DataParallel, DDP), mixed
-precision, gradient clipping, non-finite losses, TensorBoard and progress bars."""
+precision, torch.compile, gradient clipping, non-finite losses, TensorBoard and progress bars.
+
+A training step reads nothing back to the host: the loss's finiteness is checked on the device
+(`NonFiniteWatch`, read once per `log_every` steps and per epoch), a non-finite step is skipped
+on the device by optimizers that take a `found_inf` flag (fused Adam, AdamW, SGD; and every
+optimizer under the fp16 GradScaler), and the metric sums stay on the device until the epoch ends.
+The one exception: `nan_policy: skip` with an optimizer that cannot skip on the device checks each
+loss on the host before its step."""
 from __future__ import annotations
 
 import contextlib
@@ -22,6 +29,7 @@ from base.base_trainer import BaseTrainer
 from logger.figures import FigureWriter, file_stem
 from logger.tensorboard import TensorboardWriter
 from trainer.metric_tracker import MetricTracker
+from trainer.non_finite import NonFiniteWatch
 from utils.config import flatten
 from utils.device import move_to
 from utils.distributed import DistInfo, all_reduce_sum, sum_statistics
@@ -61,6 +69,7 @@ class Trainer(BaseTrainer):
         vis_set = data.val_set if data.val_set is not None else data.test_set
         self.vis_batch = vis_set.__getitems__(list(range(min(model.visualization_size, len(vis_set)))))
 
+        self.compiled = self._compile(cfg["compile"])
         self.writer = writer
         self.grad_clip = cfg["grad_clip"]
         self.nan_policy = cfg["nan_policy"]
@@ -69,6 +78,10 @@ class Trainer(BaseTrainer):
         self.histograms = cfg["histograms"]
         self.show_progress = cfg["verbosity"] > 0 and dist_info.is_main and sys.stderr.isatty()
         self.tracker = MetricTracker()
+        self.non_finite = NonFiniteWatch(device)
+        #: a non-finite step can be skipped without a host read: the GradScaler or every optimizer takes found_inf
+        self.skip_on_device = scaler is not None or all(getattr(opt, "_step_supports_amp_scaling", False)
+                                                         for opt in optimizers.values())
         self.skipped_steps = 0
         self.drawn_epoch = 0
         self.schedules: dict[str, float] = {}
@@ -95,20 +108,37 @@ class Trainer(BaseTrainer):
         self.tracker.reset()
         bar = tqdm(total=self.len_epoch, desc=f"epoch {epoch}/{self.epochs}", leave=False,
                    disable=not self.show_progress, dynamic_ncols=True)
-        for batch in self._epoch_batches(epoch):
-            batch = move_to(batch, self.device, non_blocking=True)
-            out = self._train_step(batch, epoch)
-            self.global_step += 1
-            if out is not None:
-                self.tracker.update(out, len(batch["x"]))
-                if self.global_step % self.log_every == 0 and self.dist.is_main:
-                    values = {k: v.item() for k, v in out.items()}
-                    for key, value in values.items():
-                        self.writer.train.add_scalar(f"step/{key}", value, self.global_step)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
-            bar.update()
-        bar.close()
+        try:
+            for batch in self._epoch_batches(epoch):
+                batch = move_to(batch, self.device, non_blocking=True)
+                step = self._train_step(batch, epoch)
+                self.global_step += 1
+                if step is not None:
+                    out, taken = step
+                    self.tracker.update(out, len(batch["x"]), taken)
+                    if self.global_step % self.log_every == 0:
+                        self._check_non_finite(epoch)
+                        if self.dist.is_main:
+                            self._log_step(out, bar)
+                bar.update()
+        except NonFiniteLossError:
+            raise
+        except Exception:  # a step after an unnoticed non-finite one may fail on non-finite weights: say so first
+            self._check_non_finite(epoch)
+            raise
+        finally:
+            bar.close()
+        self._check_non_finite(epoch)
         return self.tracker.result()
+
+    def _log_step(self, out: dict[str, torch.Tensor], bar: tqdm) -> None:
+        """The step's scalars to TensorBoard (`step/<key>`) and the progress bar: one host read."""
+        values = dict(zip(out, torch.stack([v.float() for v in out.values()]).tolist()))
+        if not math.isfinite(values["loss"]):  # a skipped step
+            return
+        for key, value in values.items():
+            self.writer.train.add_scalar(f"step/{key}", value, self.global_step)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
 
     @torch.no_grad()
     def valid_epoch(self) -> dict[str, float]:
@@ -145,20 +175,55 @@ class Trainer(BaseTrainer):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def _train_step(self, batch: dict, epoch: int) -> dict[str, torch.Tensor] | None:
+    def _compile(self, spec: bool | dict) -> bool:
+        """Compile the training model's forward (and so, through AOTAutograd, its backward) as
+        `trainer.compile` says; the optimizer step, validation and test.py stay eager. `model_core` stays
+        the plain module, so checkpoints keep their keys (no `_orig_mod.`). Returns whether it compiled."""
+        if spec is False:
+            return False
+        if self.data_parallel:
+            self.logger.warning("trainer.compile is not applied under DataParallel (it replicates the module "
+                                "every step): training eagerly; run under torchrun (DDP) to compile")
+            return False
+        options = {} if spec is True else dict(spec)
+        self.logger.info("compiling the training step with torch.compile(%s): the first steps take longer",
+                         ", ".join(f"{k}={v!r}" for k, v in options.items()))
+        self.eager_model = self.model
+        self.model = torch.compile(self.model, **options)
+        return True
+
+    def _forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """The training model's outputs; when the compiler itself fails (e.g. no C++ compiler on this machine),
+        say so once and go on eagerly: nothing of the step has run yet."""
+        if not self.compiled:
+            return self.model(batch)
+        torch.compiler.cudagraph_mark_step_begin()  # outputs of the last step are read already
+        try:
+            return self.model(batch)
+        except torch._dynamo.exc.BackendCompilerFailed as err:
+            reason = " ".join(str(err).split("Set TORCHDYNAMO")[0].split())[:300]
+            self.logger.warning("trainer.compile: the compiler failed (%s); training eagerly", reason)
+            self.model, self.compiled = self.eager_model, False
+            return self.model(batch)
+
+    def _train_step(self, batch: dict, epoch: int) -> tuple[dict[str, torch.Tensor], torch.Tensor] | None:
+        """One optimizer step; returns the detached outputs and whether the step was taken (a 0-d bool on
+        the device), or None for a step skipped after a host check."""
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         with self._autocast():
-            out = self.model(batch)
+            out = self._forward(batch)
         statistics = out.pop("statistics", None)
         if self.data_parallel:  # DataParallel gathers one scalar per GPU
             out = {k: v.mean() for k, v in out.items()}
         loss = out["loss"]
-        if not self._all_finite(loss):
-            self._on_non_finite(loss, epoch)
+        finite = self._finite_on_every_rank(loss)
+        self.non_finite.record(finite, loss, self.global_step + 1)
+        if self.nan_policy == "skip" and not self.skip_on_device and not finite.item():
+            self._check_non_finite(epoch)
             return None
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
+        if self.scaler is not None:  # a non-finite loss makes every gradient NaN: the scaler skips the step
+            self.scaler.scale(loss * torch.where(finite, 1.0, math.nan)).backward()
         else:
             loss.backward()
         if self.grad_clip > 0:
@@ -166,35 +231,54 @@ class Trainer(BaseTrainer):
                 for opt in self.optimizers.values():
                     self.scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(self.model_core.parameters(), self.grad_clip)
-        for opt in self.optimizers.values():
-            if self.scaler is not None:
-                self.scaler.step(opt)
-            else:
-                opt.step()
-        if self.scaler is not None:
-            self.scaler.update()
-        self.model_core.after_optimizer_step(None if statistics is None else sum_statistics(statistics))
-        return {k: v.detach() for k, v in out.items()}
+        self._step_optimizers(finite)
+        taken = finite if self.skip_on_device else None  # else a non-finite step is stepped (stop) or never here (skip)
+        self.model_core.after_optimizer_step(None if statistics is None else sum_statistics(statistics), taken)
+        return {k: v.detach() for k, v in out.items()}, finite
 
-    def _all_finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is finite on every rank (all ranks must take the same branch)."""
+    def _step_optimizers(self, finite: torch.Tensor) -> None:
+        """Step every optimizer; on the device, a step with a non-finite loss changes nothing where the
+        optimizer takes a found_inf flag (as the GradScaler passes it)."""
+        if self.scaler is not None:
+            for opt in self.optimizers.values():
+                self.scaler.step(opt)
+            self.scaler.update()
+            return
+        found_inf = (~finite).float() if self.skip_on_device else None
+        for opt in self.optimizers.values():
+            if found_inf is not None:
+                opt.found_inf = found_inf
+            try:
+                opt.step()
+            finally:
+                if found_inf is not None:
+                    del opt.found_inf
+
+    def _finite_on_every_rank(self, loss: torch.Tensor) -> torch.Tensor:
+        """Whether the loss is finite on every rank, a 0-d bool on the device (no host read)."""
         bad = (~torch.isfinite(loss.detach())).float()
         if self.dist.enabled:
             all_reduce_sum(bad)
-        return bad.item() == 0
+        return bad == 0
 
-    def _on_non_finite(self, loss: torch.Tensor, epoch: int) -> None:
-        where = f"epoch {epoch}, step {self.global_step + 1}"
-        if self.nan_policy == "skip":
-            self.skipped_steps += 1
-            if self.skipped_steps <= 10:
-                self.logger.warning("non-finite loss (%s) at %s: step skipped (trainer.nan_policy=skip)",
-                                    loss.item(), where)
+    def _check_non_finite(self, epoch: int) -> None:
+        """Read the device-side record of non-finite steps (one sync): stop (`nan_policy: stop`) at the first
+        one, or count and report the skipped ones (`skip`)."""
+        found = self.non_finite.read()
+        if found is None:
             return
-        raise NonFiniteLossError(
-            f"non-finite loss ({loss.item()}) at {where}; training stopped and {self.last_good_checkpoint()}. "
-            f"Lower the learning rate, set trainer.grad_clip, or set trainer.nan_policy=skip to skip such steps."
-        )
+        where = f"epoch {epoch}, step {found.first_step}"
+        if self.nan_policy == "stop":
+            raise NonFiniteLossError(
+                f"non-finite loss ({found.first_loss}) at {where}; training stopped and "
+                f"{self.last_good_checkpoint()}. Lower the learning rate, set trainer.grad_clip, or set "
+                f"trainer.nan_policy=skip to skip such steps."
+            )
+        if self.skipped_steps < 10:
+            more = f" and {found.count - 1} more up to step {self.global_step}" if found.count > 1 else ""
+            self.logger.warning("non-finite loss (%s) at %s%s: step(s) skipped (trainer.nan_policy=skip)",
+                                found.first_loss, where, more)
+        self.skipped_steps += found.count
 
     # ------------------------------------------------------------ logging
     def _log_epoch(self, epoch: int, log: dict[str, float], seconds: float, improved: bool) -> None:

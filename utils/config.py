@@ -58,6 +58,7 @@ SCHEMA: dict[str, Any] = {
         "tensorboard": _field(bool, True),
         "grad_clip": _field(float, 0.0),
         "amp": _field(str, "off", ("off", "bf16", "fp16")),
+        "compile": _field((bool, dict), False),
         "log_every": _field(int, 10),
         "len_epoch": _field((int, NONE), None),
         "nan_policy": _field(str, "stop", ("stop", "skip")),
@@ -202,6 +203,7 @@ def _check_ranges(config: dict) -> None:
             raise ConfigError(f"config key 'trainer.{key}' must be >= 0, got {trainer[key]}")
     if trainer["len_epoch"] is not None and trainer["len_epoch"] < 1:
         raise ConfigError(f"config key 'trainer.len_epoch' must be >= 1 or null, got {trainer['len_epoch']}")
+    _check_compile(trainer["compile"])
     monitor = trainer["monitor"].split()
     if monitor != ["off"] and (len(monitor) != 2 or monitor[0] not in ("min", "max")):
         raise ConfigError(
@@ -210,6 +212,25 @@ def _check_ranges(config: dict) -> None:
         )
     if config["n_gpu"] < 0:
         raise ConfigError(f"config key 'n_gpu' must be >= 0, got {config['n_gpu']}")
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILE_OPTIONS = {"mode": (str,), "dynamic": (bool, NONE), "backend": (str,), "fullgraph": (bool,)}
+
+
+def _check_compile(spec: bool | dict) -> None:
+    """`trainer.compile`: false, true, or the torch.compile options {mode, dynamic, backend, fullgraph}."""
+    if isinstance(spec, bool):
+        return
+    for key, value in spec.items():
+        if key not in COMPILE_OPTIONS:
+            raise ConfigError(f"unknown key 'trainer.compile.{key}'; allowed: {', '.join(COMPILE_OPTIONS)}")
+        if not isinstance(value, COMPILE_OPTIONS[key]):
+            names = " or ".join("null" if t is NONE else t.__name__ for t in COMPILE_OPTIONS[key])
+            raise ConfigError(f"config key 'trainer.compile.{key}' must be {names}, got {value!r}")
+    if spec.get("mode", "default") not in COMPILE_MODES:
+        raise ConfigError(f"config key 'trainer.compile.mode' must be one of {', '.join(COMPILE_MODES)}, "
+                          f"got {spec['mode']!r}")
 
 
 def optimizer_groups(config: dict) -> dict[str, dict]:

@@ -1,0 +1,181 @@
+"""trainer.compile: every architecture's training step compiles, with the graph breaks the README names and
+no recompilation from one epoch to the next; the checkpoints keep the eager keys; compiled and eager runs
+resume into each other; DDP compiles too. The Dynamo-only backend ("eager") keeps these fast; the
+inductor runs of every architecture are `slow`."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch._dynamo
+import torch._inductor.config
+from torch._dynamo.utils import counters
+
+from tests.conftest import ROOT, final_state, run_cli
+from train import RunOptions, train
+from trainer.build import load_and_check
+from utils.checkpoint import load_checkpoint
+from utils.errors import ConfigError
+
+#: the shipped configs (the graph VAEs' bench twins: their architecture on offline data), shrunk
+TINY = {
+    "vae": ("configs/vae_pinwheel.yaml", ["arch.args.hidden_dims=[16, 16]", "arch.args.kl_warmup_epochs=3",
+                                          "data_loader.args.points_per_class=20", "data_loader.args.batch_size=10"]),
+    "svae_gmm": ("configs/svae_gmm.yaml", [
+        "arch.args.num_components=4", "arch.args.hidden_dims=[8]", "arch.args.kl_warmup_epochs=3",
+        "data_loader.args.points_per_class=8", "data_loader.args.batch_size=10",
+        "data_loader.args.test_points_per_class=2"]),
+    "svae_lds": ("configs/svae_lds.yaml", [
+        "arch.args.latent_dim=3", "arch.args.hidden_dims=[8]", "arch.args.prefix_len=4", "arch.args.horizon=3",
+        "data_loader.args.num_frames=96", "data_loader.args.duration=9.6", "data_loader.args.chunk_len=8",
+        "data_loader.args.test_frames=16", "data_loader.args.batch_size=4"]),
+    "svae_slds": ("configs/svae_slds.yaml", [
+        "arch.args.latent_dim=2", "arch.args.hidden_dims=[8]", "arch.args.prefix_len=3", "arch.args.horizon=2",
+        "data_loader.args.chunk_len=6", "data_loader.args.num_sequences=8", "data_loader.args.num_test_sequences=2",
+        "data_loader.args.batch_size=4"]),
+    "graph_vae": ("configs/bench/graph_vae_shipped.json", [
+        "arch.args.hidden_dims=[32, 16]", "arch.args.head_hidden_dims=[8]", "arch.args.node_dim=3",
+        "arch.args.kl_warmup_epochs=3", "arch.args.tau_decay=0.5",
+        "data_loader.args.num_examples=40", "data_loader.args.batch_size=10", "data_loader.args.data_shape=[1, 6, 6]"]),
+    "graph_lstm_vae": ("configs/bench/graph_lstm_vae_shipped.json", [
+        "arch.args.hidden_dims=[32, 16]", "arch.args.head_hidden_dims=[8]", "arch.args.node_dim=3",
+        "arch.args.lstm_hidden=8", "arch.args.tau_decay=0.5", "arch.args.fixed_gates_epoch=2",
+        "data_loader.args.num_examples=40", "data_loader.args.batch_size=10", "data_loader.args.data_shape=[1, 6, 6]"]),
+    "recurrent_graph_vae": ("configs/recurrent_graph_vae.yaml", [
+        "arch.args.state_dim=8", "arch.args.feature_dims=[8]", "arch.args.encoder_dim=8",
+        "arch.args.head_hidden_dims=[8]", "arch.args.decoder_hidden_dims=[8]", "arch.args.prefix_len=3",
+        "arch.args.horizon=2", "arch.args.kl_warmup_epochs=3", "data_loader.args.num_sequences=20",
+        "data_loader.args.num_test_sequences=4", "data_loader.args.validation_split=0",
+        "data_loader.args.chunk_len=6", "data_loader.args.batch_size=5", "data_loader.args.image_width=8"]),
+}
+#: where a compiled step leaves the graph, per architecture: the mean-field fixed-point loops read the
+#: batch-mean KL after every sweep to decide whether to stop (data-dependent by design), so the loop runs in
+#: Python and each sweep is its own graph
+GRAPH_BREAKS = {"svae_gmm": "Tensor.item()", "svae_slds": "Tensor.item()"}
+RUN = ["trainer.epochs=2", "trainer.len_epoch=2", "trainer.verbosity=0", "trainer.tensorboard=false",
+       "trainer.visualize_every=0", "trainer.monitor=off"]
+
+
+def tiny(name: str, tmp_path, *overrides: str) -> dict:
+    path, shrink = TINY[name]
+    return load_and_check(ROOT / path, [*shrink, *RUN, f"trainer.save_dir={tmp_path}", *overrides])
+
+
+def test_every_architecture_is_covered():
+    assert {load_and_check(ROOT / path, shrink)["arch"]["type"] for path, shrink in TINY.values()} == {
+        "VAE", "SVAE-GMM", "SVAE-LDS", "SVAE-SLDS", "GraphVAE", "GraphLSTMVAE", "RecurrentGraphVAE"}
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_the_compiled_step_equals_the_eager_one_and_does_not_recompile(name, tmp_path):
+    """Two epochs compiled by Dynamo (graph capture, the captured ops run as they are) give bit for bit the
+    weights of two eager epochs; the schedule values (KL weight, temperature) are buffers, so epoch 2 runs
+    the graphs of epoch 1; the graph breaks are the documented ones; checkpoint keys have no `_orig_mod.`."""
+    eager = final_state(train(tiny(name, tmp_path / "eager")).run_dir)
+    torch._dynamo.reset()
+    counters.clear()
+    graphs = []
+    run = train(tiny(name, tmp_path / "compiled", "trainer.compile={backend: eager}"),
+                options=RunOptions(on_epoch_end=lambda epoch, log: graphs.append(counters["stats"]["unique_graphs"])))
+    compiled = final_state(run.run_dir)
+    assert graphs[0] > 0 and graphs[1] == graphs[0], graphs
+    breaks = {reason.splitlines()[0] for reason in counters["graph_break"]}
+    assert all(GRAPH_BREAKS[name] in reason for reason in breaks) if name in GRAPH_BREAKS else not breaks, breaks
+    assert list(compiled["model"]) == list(eager["model"])
+    for key, value in eager["model"].items():
+        assert torch.equal(compiled["model"][key], value), key
+
+
+def test_a_failing_compiler_falls_back_to_eager_training(tmp_path):
+    """A compiler that cannot run here (as inductor without a C++ compiler) costs one warning, not the run:
+    the run trains eagerly and ends with the eager run's weights."""
+
+    @torch._dynamo.register_backend(name="broken_for_test")
+    def broken(graph, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    eager = final_state(train(tiny("graph_vae", tmp_path / "eager")).run_dir)
+    torch._dynamo.reset()
+    run = train(tiny("graph_vae", tmp_path / "broken", "trainer.compile={backend: broken_for_test}"))
+    log = (run.run_dir / "train.log").read_text()
+    assert "the compiler failed (backend='broken_for_test' raised: RuntimeError: no C++ compiler found)" in log
+    for key, value in eager["model"].items():
+        assert torch.equal(final_state(run.run_dir)["model"][key], value), key
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_a_non_finite_compiled_step_is_handled_as_an_eager_one(regression_config, policy):
+    """The finiteness check sits outside the compiled forward: skip and stop behave as in eager runs."""
+    regression_config["arch"]["args"]["nan_at_call"] = 10
+    config = load_and_check(base=regression_config, overrides=[f"trainer.nan_policy={policy}",
+                                                               "trainer.compile={backend: eager}"])
+    if policy == "stop":
+        with pytest.raises(Exception, match="non-finite loss .* epoch 3, step 10"):
+            train(config)
+    else:
+        state = final_state(train(config).run_dir)
+        assert state["global_step"] == 12 and all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_compiled_and_eager_runs_resume_into_each_other(tmp_path):
+    """Epoch 1 compiled by inductor, epoch 2 resumed eagerly, epoch 3 compiled again: the checkpoints load
+    strictly both ways and the run ends where an eager run ends (inductor draws the eager random numbers
+    here, fallback_random, so that only rounding differs)."""
+    eager = final_state(train(tiny("vae", tmp_path / "eager", "trainer.epochs=3")).run_dir)
+    with torch._inductor.config.patch(fallback_random=True):
+        run = train(tiny("vae", tmp_path / "mixed", "trainer.epochs=1", "trainer.compile=true"))
+        path = run.run_dir / "checkpoints" / "last.pt"
+        for epochs, spec in ((2, "false"), (3, "true")):
+            checkpoint = load_checkpoint(path)
+            assert not any("_orig_mod" in key for key in checkpoint["model"])
+            train(load_and_check(base=checkpoint["config"], overrides=[f"trainer.epochs={epochs}",
+                                                                        f"trainer.compile={spec}"]), checkpoint, path)
+    mixed = final_state(run.run_dir)
+    assert mixed["epoch"] == 3 and mixed["global_step"] == eager["global_step"]
+    assert list(mixed["model"]) == list(eager["model"])
+    for key, value in eager["model"].items():
+        torch.testing.assert_close(mixed["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_ddp_compiles_and_matches_one_process(regression_config, tmp_path):
+    """Under torchrun (gloo, 2 ranks) the compiled DDP module trains as one eager process does."""
+    single = final_state(train(load_and_check(base=regression_config)).run_dir)
+    config = dict(regression_config, trainer=dict(regression_config["trainer"], save_dir=str(tmp_path / "ddp"),
+                                                  compile={"backend": "eager"}))
+    path = tmp_path / "ddp.json"
+    path.write_text(json.dumps(config))
+    proc = run_cli("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "tests/fakes.py",
+                   "-c", str(path), env={"OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [last] = (tmp_path / "ddp").glob("*/*/checkpoints/last.pt")
+    ddp = torch.load(last, weights_only=True)
+    assert ddp["global_step"] == single["global_step"] and list(ddp["model"]) == list(single["model"])
+    for key, value in single["model"].items():
+        torch.testing.assert_close(ddp["model"][key], value, atol=1e-5, rtol=1e-5, msg=key)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("{mode: fastest}", "'trainer.compile.mode' must be one of default, reduce-overhead"),
+    ("{modes: default}", "unknown key 'trainer.compile.modes'; allowed: mode, dynamic, backend, fullgraph"),
+    ("{dynamic: 2}", "'trainer.compile.dynamic' must be bool or null, got 2"),
+    ("yes", "config key 'trainer.compile' must be"),
+])
+def test_bad_compile_settings_name_the_key(value, message, tmp_path):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+        tiny("vae", tmp_path, f"trainer.compile={value}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_every_architecture_trains_compiled_by_inductor(name, tmp_path):
+    """The default backend (inductor's generated C++ on the CPU, drawing the eager random numbers): the second
+    epoch's training means equal the eager run's up to rounding. (Not every weight: a bias before BatchNorm
+    gets gradients of rounding size only, which Adam's normalisation turns into steps of either sign.)"""
+    eager = train(tiny(name, tmp_path / "eager")).metrics
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(fallback_random=True):
+        compiled = train(tiny(name, tmp_path / "compiled", "trainer.compile=true")).metrics
+    assert compiled.keys() == eager.keys()
+    for key, value in eager.items():
+        assert compiled[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key
