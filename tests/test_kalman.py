@@ -193,3 +193,39 @@ def test_hand_written_adjoints_pass_gradcheck():
         return post.log_z, post.mean, post.cov, post.cross_cov
 
     assert torch.autograd.gradcheck(moments, (node_J, node_h))
+
+
+@pytest.mark.parametrize("num_samples", [1, 3])  # n = 2: fewer samples than n run fused with the covariances
+def test_hand_written_adjoints_pass_gradcheck_with_samples(num_samples):
+    """The sequential smoother's custom backward pass with the samples among the outputs (the same noise at
+    every evaluation), against finite differences."""
+    gen = torch.Generator().manual_seed(9)
+    prior = random_prior(2, gen)
+    node_J, node_h = (t.requires_grad_(True) for t in random_nodes(2, 4, 2, gen))
+
+    def outputs(J, h):
+        torch.manual_seed(0)
+        post = lds_posterior(prior, J, h, num_samples=num_samples)
+        return post.log_z, post.mean, post.cov, post.cross_cov, post.samples
+
+    assert torch.autograd.gradcheck(outputs, (node_J, node_h))
+
+
+@pytest.mark.parametrize("method", ["sequential", "parallel"])
+def test_a_failed_factorisation_is_retried_with_jitter_and_counted(method):
+    """Nothing about the second coordinate before step 2 (no initial or node information, J11 singular): the
+    plain factorisation of P_1 fails, the jitter retry is taken and counted (twice: the filter's, then the
+    smoother's factorisation of the same matrix), and the outputs stay finite."""
+    eye = torch.eye(2, dtype=DT)
+    prior = LDSPotentials(torch.zeros(2, 2, dtype=DT), torch.zeros(2, dtype=DT), torch.tensor(0.0, dtype=DT),
+                          torch.diag(torch.tensor([1.0, 0.0], dtype=DT)),
+                          torch.diag(torch.tensor([-0.5, 0.0], dtype=DT)), eye, torch.tensor(0.0, dtype=DT))
+    node_J = torch.ones(1, 4, 2, dtype=DT)
+    node_J[0, 0] = 0.0
+    node_h = torch.randn(1, 4, 2, generator=torch.Generator().manual_seed(10), dtype=DT)
+    post = lds_posterior(prior, node_J, node_h, num_samples=2, method=method)
+    assert post.retries.item() == 2
+    for value in post[:5]:
+        assert torch.isfinite(value).all()
+    healthy = lds_posterior(prior, node_J + 1.0, node_h, method=method)
+    assert healthy.retries.item() == 0

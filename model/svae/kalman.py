@@ -15,15 +15,20 @@ psi_1..t, sequentially or by a parallel associative scan. Backward pass: the fil
 conditionals x_t | x_{t+1} ~ N(G_t x_{t+1} + b_t, P_t^-1) with P_t = J^f_t + J11, G_t = -P_t^-1 J12,
 b_t = P_t^-1 h^f_t, so the RTS smoother (means, covariances) and the backward sampler are one affine
 recursion, again sequential or an associative scan. All batched over sequences, float64.
+
+The sequential loops (`_InformationFilter`, `_Smoother`) have hand-written adjoints and do one or two
+fused products per step on views made before the loop: at one short sequence per training step the cost
+is the number of operations, not their flops.
 """
 from __future__ import annotations
 
 import math
-from typing import Literal, NamedTuple
+from functools import partial
+from typing import Callable, Literal, NamedTuple
 
 import torch
 
-from model.expfam.gaussian import InfoGaussian
+from model.expfam.gaussian import LOG_2PI, InfoGaussian
 from model.expfam.mniw import MNIWExpectations
 from model.expfam.niw import NIWExpectations, expected_gaussian_potential
 from model.expfam.psd import psd_cholesky
@@ -72,6 +77,11 @@ def lds_posterior(prior: LDSPotentials, node_J: torch.Tensor, node_h: torch.Tens
                   method: Method = "sequential") -> LDSPosterior:
     """Posterior marginals, log Z and samples of the chain with diagonal node potentials.
 
+    The filter gives P_t = J^f_t + J11_t (t < T), P_T = J^f_T and h^f_t; then x_t | x_{t+1}, psi_1..t ~
+    N(G_t x_{t+1} + b_t, V_t) for t < T and x_T ~ N(b_T, V_T), with b = P^-1 h^f, V = P^-1, G = -P^-1 J12
+    (G_T = 0), batched over time: one factorisation P = L L^T and one triangular solve, L^-1 [h^f | I | -J12],
+    then the smoother (`_smooth_*`).
+
     Args:
         prior: the chain's log-potentials.
         node_J: (B, T, n) diagonal precisions of psi_t (>= 0; zero masks a step).
@@ -82,32 +92,27 @@ def lds_posterior(prior: LDSPotentials, node_J: torch.Tensor, node_h: torch.Tens
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     filtered = _filter_parallel if method == "parallel" else _filter_sequential
-    J_f, h_f, filter_retries = filtered(prior, node_J, node_h)
-    T = node_J.shape[1]
-    # x_t | x_{t+1}, psi_1..t for t < T, batched over time: N(G_t x_{t+1} + b_t, V_t), precision P_t
-    conditionals = InfoGaussian.from_natural(J_f[:, :-1] + prior.J11, h_f[:, :-1], symmetric=True)
-    b = conditionals.mean()
-    G = -torch.cholesky_solve(prior.J12.expand_as(conditionals.J), conditionals.chol)
-    V = torch.cholesky_inverse(conditionals.chol)
-    last = InfoGaussian.from_natural(J_f[:, -1], h_f[:, -1], symmetric=True)
-    last_mean = last.mean()
+    P, h_f, filter_retries = filtered(prior, node_J, node_h)
+    B, T, n = node_h.shape
+    factor = InfoGaussian.from_natural(P, h_f, symmetric=True)
+    minus_J12 = (-prior.J12).expand(B, T - 1, n, n) if prior.J12.dim() == 2 else -prior.J12
+    minus_J12 = torch.cat([minus_J12, minus_J12.new_zeros(B, 1, n, n)], 1)
+    eye = torch.eye(n, dtype=P.dtype, device=P.device).expand(B, T, n, n)
+    solved = torch.linalg.solve_triangular(factor.chol, torch.cat([h_f.unsqueeze(-1), eye, minus_J12], -1),
+                                           upper=False)
+    if num_samples:  # the draws of x_t | x_{t+1} (t < T), then of x_T
+        eps = torch.cat([torch.randn(num_samples, B, T - 1, n, dtype=P.dtype, device=P.device),
+                         torch.randn(num_samples, B, 1, n, dtype=P.dtype, device=P.device)], 2).permute(1, 2, 3, 0)
+    else:
+        eps = P.new_zeros(B, T, n, 0)
+    smooth = _smooth_parallel if method == "parallel" else _Smoother.apply
+    quadratic, mean, samples, cov, cross_cov = smooth(solved, eps)
     # log Z = the constants + the log-normalisers of the factors x_t | x_{t+1} (t < T) and of x_T
     pair_const = prior.pair_const.sum(-1) if prior.pair_const.dim() else (T - 1) * prior.pair_const
-    log_z = prior.init_const + pair_const + conditionals.log_normalizer(b).sum(-1) + last.log_normalizer(last_mean)
-
-    # offsets of the affine backward maps: column 0 the means, columns 1..S the samples
-    offsets = b.unsqueeze(-1)
-    last_values = last_mean.unsqueeze(-1)
-    if num_samples:
-        noise = conditionals.sample(num_samples, torch.zeros_like(b))  # (S, B, T-1, n)
-        offsets = torch.cat([offsets, (b + noise).permute(1, 2, 3, 0)], -1)
-        last_values = torch.cat([last_values, last.sample(num_samples, last_mean).permute(1, 2, 0)], -1)
-    backward = _backward_parallel if method == "parallel" else _backward_sequential
-    values, cov = backward(G, offsets, V, last_values, torch.cholesky_inverse(last.chol))
-    cross_cov = G @ cov[:, 1:]  # Cov(x_t, x_{t+1}) = G_t Cov(x_{t+1})
-    samples = values[..., 1:].permute(3, 0, 1, 2) if num_samples else None
-    retries = filter_retries + conditionals.retried.sum() + last.retried.sum()
-    return LDSPosterior(log_z, values[..., 0], cov, cross_cov, samples, retries)
+    log_z = (prior.init_const + pair_const + quadratic - factor.chol.diagonal(dim1=-2, dim2=-1).log().sum((-2, -1))
+             + 0.5 * T * n * LOG_2PI)
+    retries = filter_retries + factor.retried.sum()
+    return LDSPosterior(log_z, mean, cov, cross_cov, samples if num_samples else None, retries)
 
 
 def chain_log_potential(prior: LDSPotentials, x: torch.Tensor) -> torch.Tensor:
@@ -136,66 +141,105 @@ def _node_precision(prior_J: torch.Tensor, node_J: torch.Tensor) -> torch.Tensor
 
 def _filter_sequential(prior: LDSPotentials, node_J: torch.Tensor,
                        node_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Filtered potentials (J^f (B, T, n, n), h^f (B, T, n)) by the information-form Kalman filter, and its
-    jitter retries. Differentiable in the node potentials (not in the prior's, which are SVI's)."""
+    """The information-form Kalman filter: P (B, T, n, n) (`lds_posterior`), h^f (B, T, n) and its jitter
+    retries. Differentiable in the node potentials (not in the prior's, which are SVI's)."""
     if any(t.requires_grad for t in prior):
         raise ValueError("the sequential Kalman filter does not differentiate the prior potentials; detach them")
     return _InformationFilter.apply(node_J, node_h, prior.init_J, prior.init_h, prior.J11, prior.J12, prior.J22)
 
 
+def _by_step(pair: torch.Tensor, B: int, T: int) -> torch.Tensor:
+    """A pair potential, shared (n, n) or per step (B, T-1, n, n), as (T-1, B, n, n)."""
+    return pair.expand(T - 1, B, *pair.shape) if pair.dim() == 2 else pair.transpose(0, 1)
+
+
 class _InformationFilter(torch.autograd.Function):
-    """The filter loop with a hand-written adjoint. Step t: P_t = J^f_t + J11, K_t = P_t^-1 J12,
-    b_t = P_t^-1 h^f_t; prediction J^p_{t+1} = J22 - J12^T K_t, h^p_{t+1} = -K_t^T h^f_t. The adjoint runs back
-    in time: dL/dP_t = K_t [Abar_{t+1} | abar_{t+1}] [K_t | b_t]^T, Abar_t = dL/dJ^f_t + dL/dP_t and
-    abar_t = dL/dh^f_t - K_t abar_{t+1}; the node gradients are diag(Abar_t) and abar_t."""
+    """The filter loop with a hand-written adjoint, on the rows Z_t = [P_t ; h^f_t^T] (n+1, n), P_t as in
+    `lds_posterior`. Step t factors P_t = L_t L_t^T, solves W_t = L_t^-1 [J12_t | h^f_t] and predicts
+    Z_{t+1} = Z0_{t+1} - W_t^T W_t[:, :n] (the prediction J^p_{t+1} = J22_t - J12_t^T P_t^-1 J12_t,
+    h^p_{t+1} = -J12_t^T P_t^-1 h^f_t), where Z0_{t+1} = [J22_t + J11_{t+1} + diag(J_{t+1}) ; h_{t+1}^T] holds
+    everything that does not depend on the past, added before the loop. The adjoint runs back in time with the
+    gains [K_t | b_t] = P_t^-1 [J12_t | h^f_t] on Y_t = [Abar_t | abar_t] (n, n+1):
+    Y_t = [dL/dP_t | dL/dh^f_t] + K_t Y_{t+1} [[K_t^T, 0], [b_t^T, -1]], i.e. Abar_t = dL/dP_t
+    + K_t (Abar_{t+1} K_t^T + abar_{t+1} b_t^T) and abar_t = dL/dh^f_t - K_t abar_{t+1}; the node gradients are
+    diag(Abar_t) and abar_t. Per step one factorisation, one solve and one fused product forwards, two fused
+    products backwards, on views made before the loop (indexing inside it would cost as much as the work)."""
 
     @staticmethod
     def forward(ctx, node_J, node_h, init_J, init_h, J11, J12, J22):
         B, T, n = node_h.shape
-        node_precision = torch.diag_embed(node_J)
-        if J11.dim() == 2:  # shared by every step: the same tensors each time
-            J11_steps, J12_steps = [J11] * (T - 1), [J12.expand(B, n, n)] * (T - 1)
-            J12t_steps = [J12.mT.expand(B, n, n)] * (T - 1)
-            J22_steps = [torch.cat([J22, J22.new_zeros(n, 1)], -1).expand(B, n, n + 1)] * (T - 1)
-        else:  # one per step (B, T-1, n, n)
-            J11_steps, J12_steps, J12t_steps = J11.unbind(1), J12.unbind(1), J12.mT.unbind(1)
-            J22_steps = torch.cat([J22, J22.new_zeros(B, T - 1, n, 1)], -1).unbind(1)
-        J_pred, h_pred = init_J.expand(B, n, n), init_h.expand(B, n)
-        J_f, h_f, gains, retried = [], [], [], []
-        for t, (D_t, h_node_t) in enumerate(zip(node_precision.unbind(1), node_h.unbind(1))):
-            J_f.append(J_pred + D_t)
-            h_f.append(h_pred + h_node_t)
-            if t == T - 1:
-                break
-            chol, retried_t = psd_cholesky(J_f[-1] + J11_steps[t], symmetric=True)
-            retried.append(retried_t)
-            gain = torch.cholesky_solve(torch.cat([J12_steps[t], h_f[-1].unsqueeze(-1)], -1), chol)  # [K_t | b_t]
-            gains.append(gain)
-            prediction = torch.baddbmm(J22_steps[t], J12t_steps[t], gain, alpha=-1.0)  # [J^p_t+1 | h^p_t+1]
-            J_pred, h_pred = prediction[..., :n], prediction[..., n]
-        ctx.save_for_backward(torch.stack(gains, 1) if gains else node_J.new_zeros(B, 0, n, n + 1))
-        retries = torch.stack(retried).sum() if retried else node_J.new_zeros((), dtype=torch.long)
+        rhs = node_h.new_empty(T - 1, B, n, n + 1)  # [J12_t | h^f_t], h^f_t copied in by step t
+        rhs[..., :n] = _by_step(J12, B, T)
+        if node_J.is_cpu and not torch.compiler.is_compiling():
+            # psd_cholesky's fast path without its per-call read: plain factorisations, their status read once
+            # at the end; if one failed, the loop runs again with psd_cholesky's jitter retry
+            Z = _filter_rows(node_J, node_h, init_J, init_h, J11, J22)
+            chols, solved, infos = _filter_loop(Z, rhs, torch.linalg.cholesky_ex)
+            failed = bool(torch.stack(infos).any()) if infos else False
+            retries = node_J.new_zeros((), dtype=torch.long)
+        if not node_J.is_cpu or torch.compiler.is_compiling() or failed:
+            Z = _filter_rows(node_J, node_h, init_J, init_h, J11, J22)
+            chols, solved, retried = _filter_loop(Z, rhs, partial(psd_cholesky, symmetric=True))
+            retries = torch.stack(retried).sum() if retried else node_J.new_zeros((), dtype=torch.long)
+        if chols:
+            ctx.save_for_backward(torch.stack(chols), torch.stack(solved))
+        else:
+            ctx.save_for_backward(node_J.new_zeros(0, B, n, n), node_J.new_zeros(0, B, n, n + 1))
         ctx.mark_non_differentiable(retries)
-        return torch.stack(J_f, 1), torch.stack(h_f, 1), retries
+        Z = Z.transpose(0, 1)
+        return Z[:, :, :n], Z[:, :, n], retries
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_J_f, grad_h_f, _grad_retries):
-        (gains,) = ctx.saved_tensors
-        B, T, n = gains.shape[0], gains.shape[1] + 1, gains.shape[2]
-        grad_J_f = gains.new_zeros(B, T, n, n) if grad_J_f is None else grad_J_f
-        grad_h_f = gains.new_zeros(B, T, n) if grad_h_f is None else grad_h_f
-        A, a = grad_J_f[:, -1], grad_h_f[:, -1]
-        grads_J, grads_h = [A], [a]
+    def backward(ctx, grad_P, grad_h_f, _grad_retries):
+        chols, solved = ctx.saved_tensors
+        T, B, n = chols.shape[0] + 1, chols.shape[1], chols.shape[2]
+        Y = chols.new_zeros(T, B, n, n + 1)  # [dL/dP_t | dL/dh^f_t], then the adjoints in place
+        if grad_P is not None:
+            Y[..., :n] = grad_P.transpose(0, 1)
+        if grad_h_f is not None:
+            Y[..., n] = grad_h_f.transpose(0, 1)
+        gains = torch.linalg.solve_triangular(chols.mT, solved, upper=True)  # [K_t | b_t] (T-1, B, n, n+1)
+        E = torch.cat([gains.mT, gains.new_zeros(T - 1, B, n + 1, 1)], -1)  # [[K_t^T, 0], [b_t^T, -1]]
+        E[..., n, n] = -1.0
+        Ys, Ks, Es = Y.unbind(0), gains[..., :n].unbind(0), E.unbind(0)
         for t in range(T - 2, -1, -1):
-            K = gains[:, t, :, :n]
-            left = K @ torch.cat([A, a.unsqueeze(-1)], -1)  # [K Abar | K abar]
-            A = grad_J_f[:, t] + left @ gains[:, t].mT
-            a = grad_h_f[:, t] - left[..., n]
-            grads_J.append(A)
-            grads_h.append(a)
-        grad_node_J = torch.stack(grads_J[::-1], 1).diagonal(dim1=-2, dim2=-1)
-        return grad_node_J, torch.stack(grads_h[::-1], 1), None, None, None, None, None
+            Ys[t].baddbmm_(torch.bmm(Ks[t], Ys[t + 1]), Es[t])
+        Y = Y.transpose(0, 1)
+        return Y[..., :n].diagonal(dim1=-2, dim2=-1), Y[..., n], None, None, None, None, None
+
+
+def _filter_rows(node_J: torch.Tensor, node_h: torch.Tensor, init_J: torch.Tensor, init_h: torch.Tensor,
+                 J11: torch.Tensor, J22: torch.Tensor) -> torch.Tensor:
+    """Z0 (T, B, n+1, n) of `_InformationFilter`: the rows [P_t ; h^f_t^T] without the predictions."""
+    B, T, n = node_h.shape
+    Z = node_h.new_empty(T, B, n + 1, n)  # time first: every Z[t] is contiguous
+    Z[0, :, :n] = init_J
+    Z[1:, :, :n] = _by_step(J22, B, T)
+    Z[:-1, :, :n] += _by_step(J11, B, T)
+    Z[:, :, :n].diagonal(dim1=-2, dim2=-1).add_(node_J.transpose(0, 1))
+    Z[:, :, n] = node_h.transpose(0, 1)
+    Z[0, :, n] += init_h
+    return Z
+
+
+def _filter_loop(Z: torch.Tensor, rhs: torch.Tensor, cholesky: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+                 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+    """The filter's steps on Z (T, B, n+1, n) (Z0 in, Z out, in place) and rhs (T-1, B, n, n+1) (h^f copied in):
+    the factors L_t and the solves W_t, and the failure flags that `cholesky` returned, per step."""
+    n = Z.shape[-1]
+    rows, precisions, h_f = Z.unbind(0), Z[:, :, :n].unbind(0), Z[:, :, n].unbind(0)
+    rhs_steps, rhs_h = rhs.unbind(0), rhs[..., n].unbind(0)
+    chols, solved, flags = [], [], []
+    for t in range(len(rhs_steps)):
+        chol, flag = cholesky(precisions[t])
+        rhs_h[t].copy_(h_f[t])
+        W = torch.linalg.solve_triangular(chol, rhs_steps[t], upper=False)
+        rows[t + 1].baddbmm_(W.mT, W[..., :n], alpha=-1.0)
+        chols.append(chol)
+        solved.append(W)
+        flags.append(flag)
+    return chols, solved, flags
 
 
 def _combine_chain(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...],
@@ -220,7 +264,7 @@ def _combine_chain(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...],
 
 def _filter_parallel(prior: LDSPotentials, node_J: torch.Tensor,
                      node_h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Filtered potentials by an associative scan over chain segments: segment t is the pair potential
+    """`_filter_sequential` by an associative scan over chain segments: segment t is the pair potential
     (x_{t-1}, x_t) plus psi_t (segment 1: the initial potential plus psi_1, not coupled to anything),
     and the prefix ending at t is a potential over (x_0, x_t) whose x_t part is (J^f_t, h^f_t)."""
     B, T, n = node_h.shape
@@ -232,48 +276,7 @@ def _filter_parallel(prior: LDSPotentials, node_J: torch.Tensor,
     retries = [node_J.new_zeros((), dtype=torch.long)]
     *_, J_f, _, h_f = associative_scan(lambda x, y: _combine_chain(x, y, retries),
                                        (A, C, D, torch.zeros_like(d), d))
-    return J_f, h_f, torch.stack(retries).sum()
-
-
-def _backward_sequential(G: torch.Tensor, offsets: torch.Tensor, V: torch.Tensor, last: torch.Tensor,
-                         last_cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run v_t = G_t v_{t+1} + offsets_t and Sigma_t = G_t Sigma_{t+1} G_t^T + V_t back from t = T.
-
-    G, V (B, T-1, n, n), offsets (B, T-1, n, K), last (B, n, K), last_cov (B, n, n)
-    -> values (B, T, n, K), covariances (B, T, n, n)."""
-    return _AffineBackwardRecursion.apply(G, offsets, V, last, last_cov)
-
-
-class _AffineBackwardRecursion(torch.autograd.Function):
-    """`_backward_sequential` with a hand-written adjoint: the gradient runs the recursion forwards in time,
-    lambda_t = dL/dv_t + G_{t-1}^T lambda_{t-1} and Lambda_t = dL/dSigma_t + G_{t-1}^T Lambda_{t-1} G_{t-1},
-    and everything else is batched over time. About half the work and a tenth of the operations of autograd
-    through the loop (one fused `baddbmm` per product)."""
-
-    @staticmethod
-    def forward(ctx, G, offsets, V, last, last_cov):
-        values, covs = [last], [last_cov]
-        for G_t, offset_t, V_t in zip(G.unbind(1)[::-1], offsets.unbind(1)[::-1], V.unbind(1)[::-1]):
-            values.append(torch.baddbmm(offset_t, G_t, values[-1]))
-            covs.append(torch.baddbmm(V_t, G_t @ covs[-1], G_t.mT))
-        values, covs = torch.stack(values[::-1], 1), torch.stack(covs[::-1], 1)
-        ctx.save_for_backward(G, values, covs)
-        return values, covs
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_values, grad_covs):
-        G, values, covs = ctx.saved_tensors
-        grad_values = torch.zeros_like(values) if grad_values is None else grad_values
-        grad_covs = torch.zeros_like(covs) if grad_covs is None else grad_covs
-        lam, Lam = [grad_values[:, 0]], [grad_covs[:, 0]]
-        for G_t, gv_t, gc_t in zip(G.unbind(1), grad_values[:, 1:].unbind(1), grad_covs[:, 1:].unbind(1)):
-            lam.append(torch.baddbmm(gv_t, G_t.mT, lam[-1]))
-            Lam.append(torch.baddbmm(gc_t, G_t.mT @ Lam[-1], G_t))
-        lam, Lam = torch.stack(lam, 1), torch.stack(Lam, 1)  # adjoints of v_t and Sigma_t, (B, T, ...)
-        lam_head, Lam_head = lam[:, :-1], Lam[:, :-1]
-        grad_G = lam_head @ values[:, 1:].mT + (Lam_head + Lam_head.mT) @ G @ covs[:, 1:]
-        return grad_G, lam_head, Lam_head, lam[:, -1], Lam[:, -1]
+    return J_f + torch.cat([A[:, 1:], zeros], 1), h_f, torch.stack(retries).sum()
 
 
 def _compose_affine(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
@@ -283,11 +286,92 @@ def _compose_affine(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) ->
     return G1 @ G2, G1 @ c2 + c1, G1 @ V2 @ G1.mT + V1
 
 
-def _backward_parallel(G: torch.Tensor, offsets: torch.Tensor, V: torch.Tensor, last: torch.Tensor,
-                       last_cov: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`_backward_sequential` by a reverse associative scan of affine maps (the last one is constant)."""
-    G = torch.cat([G, torch.zeros_like(G[:, :1])], 1)
-    offsets = torch.cat([offsets, last.unsqueeze(1)], 1)
-    V = torch.cat([V, last_cov.unsqueeze(1)], 1)
-    _, values, cov = associative_scan(_compose_affine, (G, offsets, V), reverse=True)
-    return values, cov
+def _smooth_parallel(solved: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The smoother and sampler from the solves [L^-1 h^f | L^-1 | -L^-1 J12] (B, T, n, 1 + 2n) and the
+    noise eps (B, T, n, S): the moments L^-T [L^-1 h^f | L^-1 h^f + eps | L^-1 | -L^-1 J12] = [b | b + L^-T eps |
+    V | G], then v_t = G_t v_{t+1} + c_t and Sigma_t = G_t Sigma_{t+1} G_t^T + V_t back from t = T for the
+    columns c = [b | b + L^-T eps] (the means, the samples) by a reverse associative scan of affine maps.
+    Returns 1/2 sum_t |L_t^-1 h^f_t|^2 (B,), means (B, T, n), samples (S, B, T, n), covariances (B, T, n, n)
+    and Cov(x_t, x_{t+1}) = G_t Sigma_{t+1} (B, T-1, n, n)."""
+    n, S = solved.shape[-2], eps.shape[-1]
+    w = solved[..., :1]
+    moments = solved[..., 1:1 + n].mT @ torch.cat([w, w + eps, solved[..., 1:]], -1)
+    G = moments[:, :-1, :, 1 + S + n:]
+    _, values, cov = associative_scan(_compose_affine, (torch.cat([G, torch.zeros_like(G[:, :1])], 1),
+                                                       moments[..., :1 + S], moments[..., 1 + S:1 + S + n]),
+                                      reverse=True)
+    return (0.5 * (w[..., 0] ** 2).sum((-2, -1)), values[..., 0], values[..., 1:].permute(3, 0, 1, 2), cov,
+            G @ cov[:, 1:])
+
+
+class _Smoother(torch.autograd.Function):
+    """`_smooth_parallel` by a loop back in time on Y_t = [v_t | Sigma_t], the columns v = [b + L^-T eps | b]
+    (the samples, the means): with the identity on the value columns,
+    Y_t = (G_t Y_{t+1}) blockdiag(I, G_t^T) + [c_t | V_t], one fused product pair per step. Many samples
+    (more than n) run on their own, v_t = G_t v_{t+1} + c_t, as the block-diagonal factor would grow with
+    their square. The hand-written adjoint runs forwards in time, [lambda_t | Lambda_t] = [dL/dv_t | dL/dSigma_t]
+    + (G_{t-1}^T [lambda_{t-1} | Lambda_{t-1}]) blockdiag(I, G_{t-1}), and everything else (the moments'
+    product, the cross-covariances, the gradient in G) is batched over time. Time runs along dim 0 inside."""
+
+    @staticmethod
+    def forward(ctx, solved, eps):
+        B, T, n, _ = solved.shape
+        S = eps.shape[-1]
+        K, alone = S + 1, S if S >= n else 0  # value columns; the samples that run on their own
+        w = solved[..., :1]
+        X = torch.cat([w + eps, w, solved[..., 1:]], -1).transpose(0, 1)  # (T, B, n, K + 2n)
+        moments = torch.matmul(X[..., K:K + n].mT, X)  # [b + L^-T eps | b | V | G]
+        G = moments[:-1, ..., K + n:].contiguous()  # (T-1, B, n, n)
+        F = G.new_zeros(T - 1, B, K + n - alone, K + n - alone)  # blockdiag(I, G_t^T)
+        F[..., :-n, :-n].diagonal(dim1=-2, dim2=-1).fill_(1.0)
+        F[..., -n:, -n:] = G.mT
+        Y = moments[..., :K + n].contiguous()  # [c | V], then [v | Sigma] in place
+        fused, single, Gs, Fs = Y[..., alone:].unbind(0), Y[..., :alone].unbind(0), G.unbind(0), F.unbind(0)
+        for t in range(T - 2, -1, -1):
+            fused[t].baddbmm_(torch.bmm(Gs[t], fused[t + 1]), Fs[t])
+            if alone:
+                single[t].baddbmm_(Gs[t], single[t + 1])
+        cross = torch.matmul(G, Y[1:, ..., K:])
+        ctx.save_for_backward(X, G, F, Y)
+        Y = Y.transpose(0, 1)
+        return (0.5 * (w[..., 0] ** 2).sum((-2, -1)), Y[..., S], Y[..., :S].permute(3, 0, 1, 2), Y[..., K:],
+                cross.transpose(0, 1))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_quadratic, grad_mean, grad_samples, grad_cov, grad_cross):
+        X, G, F, Y = ctx.saved_tensors
+        T, B, n, width = Y.shape
+        K = width - n
+        S = K - 1
+        alone = S if S >= n else 0
+        adj = Y.new_zeros(T, B, n, width)  # [dL/dv_t | dL/dSigma_t], then the adjoints in place
+        if grad_samples is not None:
+            adj[..., :S] = grad_samples.permute(2, 1, 3, 0)
+        if grad_mean is not None:
+            adj[..., S] = grad_mean.transpose(0, 1)
+        if grad_cov is not None:
+            adj[..., K:] = grad_cov.transpose(0, 1)
+        covs = Y[1:, ..., K:]
+        if grad_cross is not None:  # cross_t = G_t Sigma_{t+1}
+            grad_cross = grad_cross.transpose(0, 1)
+            adj[1:, ..., K:] += G.mT @ grad_cross
+        fused, single = adj[..., alone:].unbind(0), adj[..., :alone].unbind(0)
+        G_T, F_T = G.mT.unbind(0), F.mT.unbind(0)
+        for t in range(1, T):
+            fused[t].baddbmm_(torch.bmm(G_T[t - 1], fused[t - 1]), F_T[t - 1])
+            if alone:
+                single[t].baddbmm_(G_T[t - 1], single[t - 1])
+        lam, Lam = adj[:-1, ..., :K], adj[:-1, ..., K:]
+        grad_G = lam @ Y[1:, ..., :K].mT + (Lam + Lam.mT) @ G @ covs
+        if grad_cross is not None:
+            grad_G += grad_cross @ covs.mT
+        grad_moments = torch.cat([adj, torch.cat([grad_G, grad_G.new_zeros(1, B, n, n)], 0)], -1)
+        # moments = X[..., K:K+n]^T X, X = [w + eps | w | L^-1 | -L^-1 J12]
+        grad_X = torch.matmul(X[..., K:K + n], grad_moments)
+        grad_X[..., K:K + n] += torch.matmul(X, grad_moments.mT)
+        grad_w = grad_X[..., :K].sum(-1)
+        if grad_quadratic is not None:
+            grad_w += grad_quadratic[:, None] * X[..., S]
+        grad_solved = torch.cat([grad_w.unsqueeze(-1), grad_X[..., K:]], -1)
+        return grad_solved.transpose(0, 1), None
