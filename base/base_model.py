@@ -1,8 +1,9 @@
 """BaseModel: the contract between an architecture and the Trainer.
 
 A model takes a batch (a dict of tensors from the data loader) and returns a
-dict of named scalar tensors; `out["loss"]` is minimised and is per data point
-so that numbers compare across batch sizes. Everything else is logged, except
+dict of named scalar tensors on the batch's device (numbers that vary from step to
+step as tensors: a compiled step would recompile for a new Python number); `out["loss"]` is
+minimised and is per data point so that numbers compare across batch sizes. Everything else is logged, except
 `out["statistics"]`: a dict of detached tensors, each with a leading dim of 1,
 that the Trainer sums over DataParallel replicas (dim 0) and DDP ranks and hands
 to `after_optimizer_step` (the SVAEs' natural-gradient statistics). `forward`

@@ -12,86 +12,66 @@ import torch._dynamo
 import torch._inductor.config
 from torch._dynamo.utils import counters
 
-from tests.conftest import ROOT, final_state, run_cli
+from model.registry import ARCHITECTURES
+from tests.conftest import ARCHS, final_state, run_cli, shrunk_config
 from train import RunOptions, train
 from trainer.build import load_and_check
 from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError
 
-#: the shipped configs (the graph VAEs' bench twins: their architecture on offline data), shrunk
-TINY = {
-    "vae": ("configs/vae_pinwheel.yaml", ["arch.args.hidden_dims=[16, 16]", "arch.args.kl_warmup_epochs=3",
-                                          "data_loader.args.points_per_class=20", "data_loader.args.batch_size=10"]),
-    "svae_gmm": ("configs/svae_gmm.yaml", [
-        "arch.args.num_components=4", "arch.args.hidden_dims=[8]", "arch.args.kl_warmup_epochs=3",
-        "data_loader.args.points_per_class=8", "data_loader.args.batch_size=10",
-        "data_loader.args.test_points_per_class=2"]),
-    "svae_lds": ("configs/svae_lds.yaml", [
-        "arch.args.latent_dim=3", "arch.args.hidden_dims=[8]", "arch.args.prefix_len=4", "arch.args.horizon=3",
-        "data_loader.args.num_frames=96", "data_loader.args.duration=9.6", "data_loader.args.chunk_len=8",
-        "data_loader.args.test_frames=16", "data_loader.args.batch_size=4"]),
-    "svae_slds": ("configs/svae_slds.yaml", [
-        "arch.args.latent_dim=2", "arch.args.hidden_dims=[8]", "arch.args.prefix_len=3", "arch.args.horizon=2",
-        "data_loader.args.chunk_len=6", "data_loader.args.num_sequences=8", "data_loader.args.num_test_sequences=2",
-        "data_loader.args.batch_size=4"]),
-    "graph_vae": ("configs/bench/graph_vae_shipped.json", [
-        "arch.args.hidden_dims=[32, 16]", "arch.args.head_hidden_dims=[8]", "arch.args.node_dim=3",
-        "arch.args.kl_warmup_epochs=3", "arch.args.tau_decay=0.5",
-        "data_loader.args.num_examples=40", "data_loader.args.batch_size=10", "data_loader.args.data_shape=[1, 6, 6]"]),
-    "graph_lstm_vae": ("configs/bench/graph_lstm_vae_shipped.json", [
-        "arch.args.hidden_dims=[32, 16]", "arch.args.head_hidden_dims=[8]", "arch.args.node_dim=3",
-        "arch.args.lstm_hidden=8", "arch.args.tau_decay=0.5", "arch.args.fixed_gates_epoch=2",
-        "data_loader.args.num_examples=40", "data_loader.args.batch_size=10", "data_loader.args.data_shape=[1, 6, 6]"]),
-    "recurrent_graph_vae": ("configs/recurrent_graph_vae.yaml", [
-        "arch.args.state_dim=8", "arch.args.feature_dims=[8]", "arch.args.encoder_dim=8",
-        "arch.args.head_hidden_dims=[8]", "arch.args.decoder_hidden_dims=[8]", "arch.args.prefix_len=3",
-        "arch.args.horizon=2", "arch.args.kl_warmup_epochs=3", "data_loader.args.num_sequences=20",
-        "data_loader.args.num_test_sequences=4", "data_loader.args.validation_split=0",
-        "data_loader.args.chunk_len=6", "data_loader.args.batch_size=5", "data_loader.args.image_width=8"]),
-}
 #: where a compiled step leaves the graph, per architecture: the mean-field fixed-point loops read the
 #: batch-mean KL after every sweep to decide whether to stop (data-dependent by design), so the loop runs in
 #: Python and each sweep is its own graph
-GRAPH_BREAKS = {"svae_gmm": "Tensor.item()", "svae_slds": "Tensor.item()"}
+GRAPH_BREAKS = {"SVAE-GMM": "Tensor.item()", "SVAE-SLDS": "Tensor.item()"}
 #: older Dynamo also breaks at NamedTuple methods (`_replace`, a field's `.to`: measured on torch 2.4.1); the
 #: breaks are pinned from the torch this project is developed on
 BREAKS_PINNED = torch.torch_version.TorchVersion(torch.__version__) >= (2, 14)
 RUN = ["trainer.epochs=2", "trainer.len_epoch=2", "trainer.verbosity=0", "trainer.tensorboard=false",
-       "trainer.visualize_every=0", "trainer.monitor=off"]
+       "trainer.visualize_every=0", "trainer.monitor=off", "trainer.compile=false"]
 
 
-def tiny(name: str, tmp_path, *overrides: str) -> dict:
-    path, shrink = TINY[name]
-    return load_and_check(ROOT / path, [*shrink, *RUN, f"trainer.save_dir={tmp_path}", *overrides])
+@pytest.fixture
+def tiny(tmp_path, mnist_root):
+    """tiny(arch, *overrides): the architecture's shrunk shipped config (tests/conftest.py ARCHS), two epochs
+    of two steps under tmp_path/<n>, validated with the overrides."""
+    runs = iter(range(100))
+
+    def make(arch: str, *overrides: str) -> dict:
+        config = shrunk_config(*ARCHS[arch], mnist_root)
+        return load_and_check(base=config, overrides=[*RUN, f"trainer.save_dir={tmp_path / str(next(runs))}",
+                                                      "n_gpu=0", *overrides])
+
+    return make
 
 
 def test_every_architecture_is_covered():
-    assert {load_and_check(ROOT / path, shrink)["arch"]["type"] for path, shrink in TINY.values()} == {
-        "VAE", "SVAE-GMM", "SVAE-LDS", "SVAE-SLDS", "GraphVAE", "GraphLSTMVAE", "RecurrentGraphVAE"}
+    shipped = {name for name in ARCHITECTURES.names()
+               if ARCHITECTURES.get(name, "arch.type").__module__.startswith("model.")}
+    assert shipped == set(ARCHS)
 
 
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_the_compiled_step_equals_the_eager_one_and_does_not_recompile(name, tmp_path):
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_the_compiled_step_equals_the_eager_one_and_does_not_recompile(arch, tiny):
     """Two epochs compiled by Dynamo (graph capture, the captured ops run as they are) give bit for bit the
     weights of two eager epochs; the schedule values (KL weight, temperature) are buffers, so epoch 2 runs
     the graphs of epoch 1; the graph breaks are the documented ones; checkpoint keys have no `_orig_mod.`."""
-    eager = final_state(train(tiny(name, tmp_path / "eager")).run_dir)
+    eager = final_state(train(tiny(arch)).run_dir)
     torch._dynamo.reset()
     counters.clear()
     graphs = []
-    run = train(tiny(name, tmp_path / "compiled", "trainer.compile={backend: eager}"),
+    run = train(tiny(arch, "trainer.compile={backend: eager}"),
                 options=RunOptions(on_epoch_end=lambda epoch, log: graphs.append(counters["stats"]["unique_graphs"])))
     compiled = final_state(run.run_dir)
     assert graphs[0] > 0 and graphs[1] == graphs[0], graphs
     breaks = {reason.splitlines()[0] for reason in counters["graph_break"]}
     if BREAKS_PINNED:
-        assert all(GRAPH_BREAKS[name] in reason for reason in breaks) if name in GRAPH_BREAKS else not breaks, breaks
+        assert all(GRAPH_BREAKS[arch] in reason for reason in breaks) if arch in GRAPH_BREAKS else not breaks, breaks
     assert list(compiled["model"]) == list(eager["model"])
     for key, value in eager["model"].items():
         assert torch.equal(compiled["model"][key], value), key
 
 
-def test_a_failing_compiler_falls_back_to_eager_training(tmp_path):
+def test_a_failing_compiler_falls_back_to_eager_training(tiny):
     """A compiler that cannot run here (as inductor without a C++ compiler) costs one warning, not the run:
     the run trains eagerly and ends with the eager run's weights."""
 
@@ -99,9 +79,9 @@ def test_a_failing_compiler_falls_back_to_eager_training(tmp_path):
     def broken(graph, example_inputs):
         raise RuntimeError("no C++ compiler found")
 
-    eager = final_state(train(tiny("graph_vae", tmp_path / "eager")).run_dir)
+    eager = final_state(train(tiny("GraphVAE")).run_dir)
     torch._dynamo.reset()
-    run = train(tiny("graph_vae", tmp_path / "broken", "trainer.compile={backend: broken_for_test}"))
+    run = train(tiny("GraphVAE", "trainer.compile={backend: broken_for_test}"))
     log = (run.run_dir / "train.log").read_text()
     assert "the compiler failed (backend='broken_for_test' raised: RuntimeError: no C++ compiler found)" in log
     for key, value in eager["model"].items():
@@ -122,13 +102,13 @@ def test_a_non_finite_compiled_step_is_handled_as_an_eager_one(regression_config
         assert state["global_step"] == 12 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_compiled_and_eager_runs_resume_into_each_other(tmp_path):
+def test_compiled_and_eager_runs_resume_into_each_other(tiny):
     """Epoch 1 compiled by inductor, epoch 2 resumed eagerly, epoch 3 compiled again: the checkpoints load
     strictly both ways and the run ends where an eager run ends (inductor draws the eager random numbers
     here, fallback_random, so that only rounding differs)."""
-    eager = final_state(train(tiny("vae", tmp_path / "eager", "trainer.epochs=3")).run_dir)
+    eager = final_state(train(tiny("VAE", "trainer.epochs=3")).run_dir)
     with torch._inductor.config.patch(fallback_random=True):
-        run = train(tiny("vae", tmp_path / "mixed", "trainer.epochs=1", "trainer.compile=true"))
+        run = train(tiny("VAE", "trainer.epochs=1", "trainer.compile=true"))
         path = run.run_dir / "checkpoints" / "last.pt"
         for epochs, spec in ((2, "false"), (3, "true")):
             checkpoint = load_checkpoint(path)
@@ -165,21 +145,21 @@ def test_ddp_compiles_and_matches_one_process(regression_config, tmp_path):
     ("{dynamic: 2}", "'trainer.compile.dynamic' must be bool or null, got 2"),
     ("yes", "config key 'trainer.compile' must be"),
 ])
-def test_bad_compile_settings_name_the_key(value, message, tmp_path):
+def test_bad_compile_settings_name_the_key(value, message, tiny):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        tiny("vae", tmp_path, f"trainer.compile={value}")
+        tiny("VAE", f"trainer.compile={value}")
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_every_architecture_trains_compiled_by_inductor(name, tmp_path):
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_every_architecture_trains_compiled_by_inductor(arch, tiny):
     """The default backend (inductor's generated C++ on the CPU, drawing the eager random numbers): the second
     epoch's training means equal the eager run's up to rounding. (Not every weight: a bias before BatchNorm
     gets gradients of rounding size only, which Adam's normalisation turns into steps of either sign.)"""
-    eager = train(tiny(name, tmp_path / "eager")).metrics
+    eager = train(tiny(arch)).metrics
     torch._dynamo.reset()
     with torch._inductor.config.patch(fallback_random=True):
-        compiled = train(tiny(name, tmp_path / "compiled", "trainer.compile=true")).metrics
+        compiled = train(tiny(arch, "trainer.compile=true")).metrics
     assert compiled.keys() == eager.keys()
     for key, value in eager.items():
         assert compiled[key] == pytest.approx(value, rel=1e-3, abs=1e-4), key

@@ -20,11 +20,10 @@ from torch import nn
 
 import test as test_script
 import train as train_script
-from model.registry import ARCHITECTURES
 from model.svae.gmm_inference import local_meanfield
 from model.svae.kalman import lds_posterior
 from model.svae.slds_inference import switching_meanfield
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ARCHS, run_cli, shrunk_config
 from tests.test_distributed import SVAE_SHRINKS, TORCHRUN
 from tests.test_kalman import random_nodes as chain_nodes
 from tests.test_kalman import random_prior
@@ -34,7 +33,6 @@ from tests.test_svae_gmm import mixtures, random_globals, random_potentials
 from trainer.build import build_data, build_model, load_and_check
 from trainer.trainer import AMP_DTYPES, Trainer
 from utils.checkpoint import load_checkpoint
-from utils.config import read_config_file
 from utils.seeding import seed_everything
 
 pytestmark = pytest.mark.cuda
@@ -45,29 +43,6 @@ NUM_GPUS = torch.cuda.device_count()
 TWO_GPUS = pytest.mark.skipif(0 < NUM_GPUS < 2, reason=f"needs 2 GPUs, {NUM_GPUS} visible")  # 0: no CUDA, skipped
 STEPS = 8  # training steps on one GPU: fp16's GradScaler may skip the first few (overflow at scale 2^16)
 
-# architecture -> (shipped config, arch args, data args): the shrinks of the architectures' end-to-end tests
-ARCHS: dict[str, tuple[str, dict, dict]] = {
-    "VAE": ("vae_pinwheel.yaml", dict(hidden_dims=[16, 16], kl_warmup_epochs=2),
-            dict(points_per_class=20, batch_size=10, validation_split=0.2)),
-    "SVAE-GMM": ("svae_gmm.yaml", dict(num_components=5, hidden_dims=[8, 8], kl_warmup_epochs=1),
-                 dict(points_per_class=12, batch_size=10, test_points_per_class=8)),
-    "SVAE-LDS": ("svae_lds.yaml", dict(latent_dim=3, hidden_dims=[8], prefix_len=6, horizon=5, eval_samples=2),
-                 dict(num_frames=144, duration=14.3, chunk_len=12, test_frames=36, batch_size=4)),
-    "SVAE-SLDS": ("svae_slds.yaml", dict(latent_dim=2, hidden_dims=[8], prefix_len=6, horizon=5, eval_samples=2,
-                                         max_iter=5),
-                  dict(chunk_len=12, num_sequences=12, num_test_sequences=3, batch_size=4)),
-    "GraphVAE": ("graph_vae.yaml", dict(num_nodes=4, node_dim=3, hidden_dims=[32, 16], head_hidden_dims=[8]),
-                 dict(download=False, batch_size=16, validation_split=12, num_workers=0)),
-    "GraphLSTMVAE": ("graph_lstm_vae.yaml", dict(lstm_hidden=8, num_nodes=4, node_dim=3, hidden_dims=[32, 16],
-                                                 head_hidden_dims=[8]),
-                     dict(download=False, batch_size=16, validation_split=12, num_workers=0)),
-    "RecurrentGraphVAE": ("recurrent_graph_vae.yaml",
-                          dict(num_nodes=3, node_dim=2, state_dim=8, feature_dims=[8], encoder_dim=8,
-                               head_hidden_dims=[8], decoder_hidden_dims=[8], prefix_len=5, horizon=4,
-                               prediction_samples=2),
-                          dict(chunk_len=10, num_sequences=55, num_test_sequences=12, validation_split=10,
-                               batch_size=10, min_len=9)),
-}
 SVAES = sorted(arch for arch in ARCHS if arch.startswith("SVAE-"))
 
 
@@ -81,13 +56,9 @@ def tiny(tmp_path: Path, mnist_root: Path) -> Callable[..., dict]:
 
     def make(arch: str, n_gpu: int, steps: int = STEPS, exact: bool = False, **trainer: Any) -> dict:
         name, arch_args, data_args = ARCHS[arch]
-        config = read_config_file(ROOT / "configs" / name)
         if exact and arch in SVAES:
             arch_args, data_args, _ = SVAE_SHRINKS[Path(name).stem]
-        config["arch"]["args"].update(arch_args)
-        config["data_loader"]["args"].update(data_args)
-        if config["data_loader"]["type"] == "MNIST":
-            config["data_loader"]["args"]["root"] = str(mnist_root)
+        config = shrunk_config(name, arch_args, data_args, mnist_root)
         config["n_gpu"] = n_gpu
         config["trainer"].update(epochs=1, len_epoch=steps, save_dir=str(tmp_path / "saved"), verbosity=0,
                                  tensorboard=False, visualize_every=0, early_stop=0, compile=False)
@@ -182,12 +153,6 @@ def assert_svae_globals_match_one_gpu(config: dict, checkpoint: Path) -> None:
     two_gpus = load_checkpoint(checkpoint)
     for key, value in updated.items():
         torch.testing.assert_close(two_gpus["model"][key], value, rtol=1e-4, atol=1e-6, msg=key)
-
-
-def test_every_shipped_architecture_is_covered():
-    shipped = {name for name in ARCHITECTURES.names()
-               if ARCHITECTURES.get(name, "arch.type").__module__.startswith("model.")}
-    assert shipped == set(ARCHS)
 
 
 # ---------------------------------------------------------------- training

@@ -76,7 +76,7 @@ class GaussianMixture(GraphicalModel):
 
     def diagnostics(self, post: MeanFieldPosterior) -> dict[str, torch.Tensor]:
         in_use = (post.responsibilities.detach().mean(0) > IN_USE_THRESHOLD).sum().double()
-        return {"components_in_use": in_use, "meanfield_iters": torch.tensor(float(post.iterations))}
+        return {"components_in_use": in_use, "meanfield_iters": post.iterations.float()}
 
     def component_moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """E[pi] (K,), the component means m_k (K, d) and the expected covariances E[Sigma_k] (K, d, d)."""

@@ -41,7 +41,7 @@ class MeanFieldPosterior(NamedTuple):
     second: torch.Tensor
     kl: torch.Tensor
     retried: torch.Tensor
-    iterations: int = 1
+    iterations: torch.Tensor | int = 1  # sweeps without gradient: a 0-d long tensor from local_meanfield
     samples: torch.Tensor | None = None
 
     @property
@@ -102,4 +102,5 @@ def local_meanfield(node_J: torch.Tensor, node_h: torch.Tensor, mix: MixtureExpe
                 break
             previous = current
     post = meanfield_update(node_J, node_h, responsibilities, mix)
-    return post._replace(retried=torch.stack([*retried, post.retried]), iterations=len(retried))
+    return post._replace(retried=torch.stack([*retried, post.retried]),
+                         iterations=torch.tensor(len(retried), device=node_h.device))

@@ -148,7 +148,7 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
     def diagnostics(self, post: SwitchingPosterior) -> dict[str, torch.Tensor]:
         usage = post.states.marginals.detach().mean((0, 1))
         return {"states_in_use": (usage > 0.05).sum().double(),
-                "meanfield_iters": torch.tensor(float(post.iterations), dtype=torch.float64)}
+                "meanfield_iters": post.iterations.double()}
 
     def point_dynamics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The dynamics at the point estimate of iw_nll, A_k = M_k (K, n, n), and the Cholesky factors of

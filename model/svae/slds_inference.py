@@ -65,7 +65,7 @@ class SwitchingPosterior(NamedTuple):
     states: HMMPosterior
     kl: torch.Tensor
     retries: torch.Tensor
-    iterations: int = 1
+    iterations: torch.Tensor | int = 1  # sweeps without gradient: a 0-d long tensor from switching_meanfield
 
     @property
     def samples(self) -> torch.Tensor | None:
@@ -133,4 +133,5 @@ def switching_meanfield(potentials: SwitchingPotentials, node_J: torch.Tensor, n
                 break
             previous = current
     post = switching_sweep(potentials, node_J, node_h, weights, num_samples, method)
-    return post._replace(retries=torch.stack([*retries, post.retries]).sum(), iterations=iterations)
+    return post._replace(retries=torch.stack([*retries, post.retries]).sum(),
+                         iterations=torch.tensor(iterations, device=node_h.device))
