@@ -56,7 +56,7 @@ def evaluate(checkpoint_path: str | Path, device: str = "auto", batch_size: int 
     model = build_model(config, data)
     load_model_weights(model, checkpoint)
     model.to(torch_device).eval()
-    metrics = eval_metric_names(config, model)
+    metrics = eval_metric_names(config, model, data)
     options = {**DEFAULT_OPTIONS, "iw_samples": iw_samples}
     seed_everything(config["seed"])
 

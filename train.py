@@ -4,6 +4,7 @@
     python train.py -r saved/<name>/<run>/checkpoints/last.pt [--set trainer.epochs=N]   # resume / extend
     python train.py -r CKPT -c CONFIG      # fine-tune: CKPT's weights, CONFIG's everything else, new run
     python train.py -d 2,3 -c CONFIG       # GPUs 2 and 3 (DataParallel); torchrun ... train.py for DDP
+    python train.py -c CONFIG --dry-run    # build the data and the model, print what they are, write nothing
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from base.base_model import BaseModel  # noqa: E402
 from base.base_trainer import load_model_weights  # noqa: E402
 from logger import TensorboardWriter, setup_logging  # noqa: E402
 from trainer import Trainer  # noqa: E402
-from trainer.build import build_data, build_model, load_and_check  # noqa: E402
+from trainer.build import build_data, build_model, describe_run, eval_metric_names, load_and_check  # noqa: E402
 from trainer.optim import build_optimizers  # noqa: E402
 from utils.checkpoint import load_checkpoint, run_dir_of  # noqa: E402
 from utils.cli import ArgumentParser, run_main, short_flag_overrides  # noqa: E402
@@ -77,6 +78,7 @@ def _train(config: dict, checkpoint: dict | None, checkpoint_path: str | Path | 
         check_save_dir(options.run_dir.parent if options.run_dir is not None else config["trainer"]["save_dir"])
     data = build_data(config)  # a bad data path or model config fails before any run folder exists
     model = build_model(config, data)
+    eval_metric_names(config, model, data)  # so does a metric whose field the data lacks
     if new_run and dist_info.is_main:
         run_dir = new_run_dir(config["trainer"]["save_dir"], config["name"], options.run_dir)
     run_dir = broadcast_object(run_dir)
@@ -114,6 +116,13 @@ def _build_trainer(config: dict, data: BaseDataLoader, model: BaseModel, run_dir
     return trainer
 
 
+def dry_run(config: dict) -> None:
+    """Build the data and the model as training would and print what they are; nothing is written."""
+    seed_everything(config["seed"])
+    data = build_data(config)
+    print(describe_run(config, data, build_model(config, data)))
+
+
 def config_from_args(args) -> tuple[dict, dict | None]:
     """The config to train with and the checkpoint (None without -r)."""
     overrides = list(args.set) + short_flag_overrides(args)
@@ -145,12 +154,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bs", type=int, help="batch size (data_loader.args.batch_size)")
     parser.add_argument("--epochs", type=int, help="number of epochs (trainer.epochs)")
     parser.add_argument("--seed", type=int, help="random seed")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="build the data and the model, print the data summary, the parameter count and the "
+                             "metrics, and exit without writing anything")
     args = parser.parse_args(argv)
     if args.device is not None:  # before anything initialises CUDA
         args.set.append(f"n_gpu={set_visible_devices(args.device)}")
 
     def run() -> None:
         config, checkpoint = config_from_args(args)
+        if args.dry_run:
+            dry_run(config)
+            return
         train(config, checkpoint, args.resume, finetune=args.config is not None and checkpoint is not None)
 
     return run_main(run)

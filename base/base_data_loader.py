@@ -2,7 +2,15 @@
 
 Datasets hold their tensors in memory and are fetched a whole batch at a time
 (`__getitems__`), so a batch costs one indexing operation, not B Python calls.
-Batches are dicts of tensors ({"x": ..., "y": ...}).
+Batches are dicts of tensors. The keys every model and metric relies on (the batch-key contract):
+
+    x        (B, *data_shape) float   the observations; sequences (B, T, D)
+    y        (B,) int64               a label per example (classes of ImageFolder, `y` of Arrays)
+    mask     (B, T) bool              True on a sequence's real frames, False on padding
+    labels   (B, T) int64             a label per frame (annotated segments, generated regimes), -1 on padding
+    clean    (B, T, D) float          noiseless frames (generated data only)
+    states   (B, T) int64             true discrete states (generated data only)
+    sequence, start  (B,) int64       which sequence a window was cut from, and its first frame
 
 Shuffling uses a DistributedSampler in every case (one rank when not
 distributed): the order depends on (seed, epoch) alone, so it needs no saved
@@ -89,7 +97,9 @@ class BaseDataLoader:
     """Builds DataLoaders for the train, validation and test splits.
 
     Subclasses set `train_set`, `test_set`, `data_shape` (shape of one example's
-    "x") and `is_image`, then call `split_validation()`.
+    "x") and `is_image`, then call `split_validation()`. Loaders of labelled data set
+    `label_names` (names of the values of "y" or "labels"); loaders of files add their own
+    lines to `describe()` (what `train.py --dry-run` prints).
 
     Args:
         batch_size: global batch size (divided among ranks under torchrun).
@@ -104,6 +114,7 @@ class BaseDataLoader:
     test_set: TensorDictDataset
     data_shape: tuple[int, ...]
     is_image: bool = False
+    label_names: tuple[str, ...] | None = None
 
     def __init__(self, batch_size: int = 128, shuffle: bool = True, validation_split: float = 0.0,
                  num_workers: int = 0, split_seed: int = 0):
@@ -131,6 +142,32 @@ class BaseDataLoader:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         self.val_set = self.train_set.subset(order[:n_val].sort().values)
         self.train_set = self.train_set.subset(order[n_val:].sort().values)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The keys of this loader's batches (the batch-key contract in the module docstring)."""
+        return tuple(self.train_set.__getitems__([0]))
+
+    @property
+    def frames_per_example(self) -> float:
+        """Mean number of real frames per training example: T of sequences (B, T, D), counted through
+        "mask" where batches have one; 1 for data that is not a sequence."""
+        if len(self.data_shape) != 2 or self.is_image:
+            return 1.0
+        mask = self.train_set.tensors.get("mask")
+        return float(self.data_shape[0]) if mask is None else float(mask.sum()) / len(mask)
+
+    def describe(self) -> list[str]:
+        """Lines that summarise the data: examples per split, the fields of a batch with their shapes,
+        the labels."""
+        splits = [("train", self.train_set), ("validation", self.val_set), ("test", self.test_set)]
+        lines = ["examples: " + ", ".join(f"{name} {len(ds)}" for name, ds in splits if ds is not None)]
+        one = self.train_set.__getitems__([0])
+        lines.append("batch fields: " + ", ".join(
+            f"{key} {tuple(value.shape[1:])} {str(value.dtype).removeprefix('torch.')}" for key, value in one.items()))
+        if self.label_names is not None:
+            lines.append(f"labels ({len(self.label_names)}): {', '.join(self.label_names)}")
+        return lines
 
     def _loader(self, dataset: TensorDictDataset, batch_size: int, shuffle: bool, seed: int,
                 rank: int, world_size: int, pin_memory: bool) -> DataLoader:

@@ -28,11 +28,14 @@ class Metric:
         reduce: per-example values (concatenated over the test split) -> the reported value, or a dict of
             reported values (its own under `name`, plus what belongs with it, e.g. the prediction horizon).
         doc: one line for the README and error messages: what is measured, in which unit.
+        needs: the batch fields it reads besides "x" (e.g. "y", "labels"): without them in the data it is not
+            computed by default, and naming it in the config is an error.
     """
 
     name: str
     reduce: Callable[[PerExample], Any]
     doc: str = ""
+    needs: tuple[str, ...] = ()
 
     def report(self, per_example: PerExample) -> dict[str, Any]:
         value = self.reduce(per_example)

@@ -23,7 +23,7 @@ def sticky_markov_states(count: int, length: int, num_states: int, stay_prob: fl
 @DATA_LOADERS.register("SwitchingDots")
 class SwitchingDotsDataLoader(BaseDataLoader):
     """Sequences of a dot bouncing in a 1-D image {"x": noisy (B, T, P), "clean": noiseless (B, T, P),
-    "states": the regime (B, T) long}, T = chunk_len, P = image_width.
+    "labels": the regime of each frame (B, T) long}, T = chunk_len, P = image_width; `label_names` "speed v".
 
     The regime z_t follows a sticky Markov chain over len(speeds) regimes and sets the speed of the move from
     frame t to t+1: phase_t+1 = phase_t + speeds[z_t] * frame_interval, position = triangle_wave(phase) (period
@@ -58,6 +58,7 @@ class SwitchingDotsDataLoader(BaseDataLoader):
                 raise ConfigError(f"config key 'data_loader.args.{name}' must be >= 1, got {value}")
         self.data_shape = (chunk_len, image_width)
         self.num_states = len(speeds)
+        self.label_names = tuple(f"speed {v:g}" for v in speeds)
         shape = dict(length=chunk_len, speeds=torch.tensor(list(speeds), dtype=torch.float64), stay_prob=stay_prob,
                      frame_interval=frame_interval, image_width=image_width, render_sigma=render_sigma,
                      noise_sigma=noise_sigma)
@@ -75,4 +76,4 @@ class SwitchingDotsDataLoader(BaseDataLoader):
         phase = torch.cat([start, start + moves.cumsum(1)], 1)
         clean = render_positions(triangle_wave(phase), image_width, render_sigma)
         noisy = clean + noise_sigma * torch.randn(clean.shape, generator=gen, dtype=clean.dtype)
-        return TensorDictDataset({"x": noisy.float(), "clean": clean.float(), "states": states})
+        return TensorDictDataset({"x": noisy.float(), "clean": clean.float(), "labels": states})

@@ -1,8 +1,8 @@
-"""Clustering metrics: adjusted Rand index and normalised mutual information of two labelings."""
+"""Clustering metrics: adjusted Rand index, normalised mutual information and matched accuracy of two
+labelings, and the optimal one-to-one matching of labels behind the last."""
 from __future__ import annotations
 
-from itertools import permutations
-
+import numpy as np
 import torch
 
 
@@ -52,11 +52,53 @@ def normalized_mutual_info(labels_true: torch.Tensor, labels_pred: torch.Tensor)
     return float(mutual / ((ha + hb) / 2))
 
 
+def linear_assignment(score: np.ndarray) -> list[tuple[int, int]]:
+    """The one-to-one pairs (row, column) of a score matrix (R, C) with the largest total score, min(R, C) pairs
+    (the Hungarian method with potentials, O(R^2 C) for R <= C)."""
+    if score.shape[0] > score.shape[1]:
+        return [(r, c) for c, r in linear_assignment(score.T)]
+    cost = -np.asarray(score, dtype=np.float64)
+    rows, cols = cost.shape
+    u, v = np.zeros(rows + 1), np.zeros(cols + 1)
+    owner = np.zeros(cols + 1, dtype=np.int64)  # owner[j]: the row (1-based) assigned to column j; column 0 is free
+    way = np.zeros(cols + 1, dtype=np.int64)
+    for row in range(1, rows + 1):
+        owner[0], col = row, 0
+        slack = np.full(cols + 1, np.inf)
+        used = np.zeros(cols + 1, dtype=bool)
+        while owner[col] != 0:  # grow alternating paths until one ends in a free column
+            used[col] = True
+            current = owner[col]
+            reduced = cost[current - 1] - u[current] - v[1:]
+            better = ~used[1:] & (reduced < slack[1:])
+            slack[1:][better] = reduced[better]
+            way[1:][better] = col
+            free = np.flatnonzero(~used[1:]) + 1
+            nxt = free[np.argmin(slack[free])]
+            delta = slack[nxt]
+            u[owner[used]] += delta
+            v[used] -= delta
+            slack[~used] -= delta
+            col = nxt
+        while col:  # flip the path
+            previous = way[col]
+            owner[col] = owner[previous]
+            col = previous
+    return sorted((int(owner[c]) - 1, c - 1) for c in range(1, cols + 1) if owner[c])
+
+
+def matched_accuracy(labels_true: torch.Tensor, labels_pred: torch.Tensor) -> float:
+    """The share of points whose predicted label maps to their true label under the one-to-one map of predicted
+    to true labels that maximises it (Hungarian matching); predicted labels left unmatched count as wrong."""
+    table = contingency_table(labels_pred, labels_true).numpy()
+    return float(sum(table[r, c] for r, c in linear_assignment(table)) / table.sum())
+
+
 def match_labels(labels_pred: torch.Tensor, labels_true: torch.Tensor, num_labels: int) -> torch.Tensor:
     """`labels_pred` relabelled by the permutation of {0..num_labels-1} that agrees with `labels_true` most often
-    (all permutations tried: for a handful of labels), e.g. to colour inferred states like the true ones."""
+    (a linear assignment), e.g. to colour inferred states like the true ones. Labels (...) in 0..num_labels-1."""
     agree = torch.zeros(num_labels, num_labels, dtype=torch.long)
     agree.index_put_((labels_pred.flatten().cpu(), labels_true.flatten().cpu()),
                      torch.ones(labels_pred.numel(), dtype=torch.long), accumulate=True)
-    best = max(permutations(range(num_labels)), key=lambda p: sum(int(agree[k, p[k]]) for k in range(num_labels)))
-    return torch.tensor(best, device=labels_pred.device)[labels_pred]
+    best = dict(linear_assignment(agree.numpy()))
+    return torch.tensor([best[k] for k in range(num_labels)], device=labels_pred.device)[labels_pred]

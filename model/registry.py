@@ -1,7 +1,8 @@
 """The architecture registry: config `arch.type` -> class.
 
-The framework injects `data_shape` (the shape of one example) and `num_train` (the size of
-the training split, N in the SVAE objectives) into the classes that take them."""
+The framework injects what the data loader knows into the classes that take it: `data_shape` (the shape of
+one example), `num_train` (the size of the training split, N in the SVAE objectives), `frames_per_example`
+(mean real frames per training sequence) and `label_names` (the names of the labels, None without labels)."""
 from utils.registry import Registry
 
-ARCHITECTURES = Registry("architecture", injected=("data_shape", "num_train"))
+ARCHITECTURES = Registry("architecture", injected=("data_shape", "num_train", "frames_per_example", "label_names"))

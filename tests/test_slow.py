@@ -276,7 +276,7 @@ def test_default_svae_slds_job_segments_the_speed_regimes(tmp_path):
         node_J, node_h = model.encoder(test["x"])
     means = node_h / node_J
     features = (means[:, 1:] - means[:, :-1]).norm(dim=-1, keepdim=True).flatten(0, 1)
-    baseline = adjusted_rand_index(test["states"][:, :-1].flatten(), kmeans_labels(features, data.num_states))
+    baseline = adjusted_rand_index(test["labels"][:, :-1].flatten(), kmeans_labels(features, data.num_states))
     lds_checkpoint = train(load_and_check("configs/svae_lds_switching.yaml", overrides)).run_dir / "checkpoints"
     lds = test_script.evaluate(lds_checkpoint / "model_best.pt", progress=False)
     lds_mse = predictive_mean_mse(lds_checkpoint / "model_best.pt")

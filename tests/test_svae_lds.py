@@ -189,9 +189,14 @@ def test_prediction_sees_only_the_prefix():
     metrics = ("elbo", "pred_mse", "pred_mse_repeat_last")
     per_example = model.evaluate_batch(batch, metrics, {"iw_samples": 1})
     truth = batch["clean"][:, 4:7]
-    torch.testing.assert_close(per_example["pred_mse"], ((mean[:, 4:] - truth) ** 2).mean((1, 2)))
-    torch.testing.assert_close(per_example["pred_mse_repeat_last"], ((batch["x"][:, 3:4] - truth) ** 2).mean((1, 2)))
+    values = per_example["pred_values"]
+    assert values.tolist() == [3 * 6] * 4
+    torch.testing.assert_close(per_example["pred_sq_error"] / values, ((mean[:, 4:] - truth) ** 2).mean((1, 2)),
+                               check_dtype=False)
+    torch.testing.assert_close(per_example["repeat_sq_error"] / values,
+                               ((batch["x"][:, 3:4] - truth) ** 2).mean((1, 2)), check_dtype=False)
     results = model.summarize_evaluation(per_example, metrics)
+    assert results["pred_mse"] == pytest.approx(float(((mean[:, 4:] - truth) ** 2).mean()))
     assert len(results["dynamics_eigenvalue_moduli"]) == 3
     assert results["dynamics_eigenvalue_moduli"] == sorted(results["dynamics_eigenvalue_moduli"], reverse=True)
 

@@ -27,7 +27,7 @@ def test_states_set_the_speed_of_each_move():
     data = SwitchingDotsDataLoader(batch_size=4, speeds=speeds, num_sequences=6, num_test_sequences=2,
                                    chunk_len=30, render_sigma=0.15, image_width=200)
     batch = data.train_set.tensors
-    states, clean = batch["states"], batch["clean"].double()
+    states, clean = batch["labels"], batch["clean"].double()
     assert states.shape == (6, 30) and states.dtype == torch.long and clean.shape == (6, 30, 200)
     grid = torch.linspace(-1, 1, 200, dtype=DT)
     position = grid[clean.argmax(-1)]
@@ -111,7 +111,7 @@ def random_batch(B: int = 4, T: int = 8, P: int = 6, seed: int = 0) -> dict[str,
     gen = torch.Generator().manual_seed(seed)
     clean = torch.rand(B, T, P, generator=gen)
     return {"x": clean + 0.1 * torch.randn(B, T, P, generator=gen), "clean": clean,
-            "states": torch.randint(3, (B, T), generator=gen)}
+            "labels": torch.randint(3, (B, T), generator=gen)}
 
 
 def test_forward_changes_no_state_and_the_statistics_count_frames():
@@ -133,15 +133,33 @@ def test_extreme_encoder_outputs_stay_finite():
     assert_finite_under_extreme_encoder(tiny_model(), [x, x * 1e6], 2)
 
 
-def test_state_ari_is_one_for_a_relabelled_segmentation():
+@pytest.mark.parametrize("name", ["state_ari", "state_nmi", "state_accuracy"])
+def test_segmentation_metrics_are_one_for_a_relabelled_segmentation(name):
     model = tiny_model().eval()
     batch = random_batch()
-    out = model.evaluate_batch(batch, ("state_ari",), {})
-    assert out["state_probs"].shape == (4, 8, 3) and torch.equal(out["true_states"], batch["states"])
-    metric = next(m for m in model.metrics if m.name == "state_ari")
-    relabelled = torch.nn.functional.one_hot((batch["states"] + 1) % 3, 3).double()
-    assert metric.report({"state_probs": relabelled, "true_states": batch["states"]}) == {"state_ari": 1.0}
-    assert abs(metric.report(out)["state_ari"]) < 0.5  # an untrained model: about chance
+    out = model.evaluate_batch(batch, (name,), {})
+    assert out["state_probs"].shape == (4, 8, 3) and torch.equal(out["frame_labels"], batch["labels"])
+    metric = next(m for m in model.metrics if m.name == name)
+    relabelled = torch.nn.functional.one_hot((batch["labels"] + 1) % 3, 3).double()
+    assert metric.report({"state_probs": relabelled, "frame_labels": batch["labels"]}) == {name: 1.0}
+    if name != "state_accuracy":
+        assert abs(metric.report(out)[name]) < 0.5  # an untrained model: about chance
+
+
+def test_segmentation_metrics_skip_padding_and_pool_every_frame():
+    """Over the labelled frames of all sequences at once: -1 (padding) frames count nowhere, and the score of
+    two halves is not the mean of the halves' scores."""
+    model = tiny_model().eval()
+    labels = torch.tensor([[0, 0, 1, 1, -1, -1], [2, 2, 2, 0, 0, -1]])
+    states = torch.tensor([[1, 1, 2, 2, 0, 1], [0, 0, 0, 1, 2, 2]])
+    probs = torch.nn.functional.one_hot(states, 3).double()
+    report = {m.name: m.report({"state_probs": probs, "frame_labels": labels}) for m in model.metrics
+              if m.name.startswith("state_")}
+    real = labels >= 0
+    # matched: state 1 -> label 0 (3 frames), 2 -> 1 (2), 0 -> 2 (3); the last real frame (state 2, label 0) is wrong
+    assert report["state_accuracy"]["state_accuracy"] == pytest.approx(8 / 9)
+    from model.metrics import adjusted_rand_index
+    assert report["state_ari"]["state_ari"] == adjusted_rand_index(labels[real], states[real])
 
 
 # ---------------------------------------------------------------- end to end
@@ -163,8 +181,8 @@ def test_train_resume_and_evaluate(slds_config):
     path = run_dir / "checkpoints" / "last.pt"
 
     results = test_script.evaluate(path, progress=False)
-    assert {"elbo", "iw_nll", "state_ari", "pred_mse", "pred_mse_repeat_last", "transition_matrix",
-            "state_usage"} <= results.keys()
+    assert {"elbo", "iw_nll", "state_ari", "state_nmi", "state_accuracy", "pred_mse", "pred_mse_repeat_last",
+            "transition_matrix", "state_usage"} <= results.keys()
     assert results["num_examples"] == 3 and -1 <= results["state_ari"] <= 1
     assert len(results["transition_matrix"]) == 3 and sum(results["state_usage"]) == pytest.approx(1, abs=1e-3)
     assert json.loads((run_dir / "test_metrics.json").read_text())["state_ari"] == results["state_ari"]

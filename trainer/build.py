@@ -10,6 +10,16 @@ from utils.config import load_config
 from utils.errors import ConfigError
 
 
+def describe_run(config: dict, data: BaseDataLoader, model: BaseModel) -> str:
+    """What `train.py --dry-run` prints: the data summary, the model's size and the metrics test.py reports."""
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    lines = [f"data: {config['data_loader']['type']}", *(f"  {line}" for line in data.describe()),
+             f"  example shape: {tuple(data.data_shape)}",
+             f"model: {config['arch']['type']}, {n_params:,} trainable parameters",
+             f"metrics: {', '.join(eval_metric_names(config, model, data)) or '(none)'}"]
+    return "\n".join(lines)
+
+
 def check_names(config: dict) -> None:
     """Check every class name and argument in the config against the registries."""
     ARCHITECTURES.check(config["arch"], "arch")
@@ -38,9 +48,23 @@ def build_data(config: dict) -> BaseDataLoader:
 
 def build_model(config: dict, data: BaseDataLoader) -> BaseModel:
     return ARCHITECTURES.build(config["arch"], "arch", data_shape=tuple(data.data_shape),
-                               num_train=len(data.train_set))
+                               num_train=len(data.train_set), frames_per_example=data.frames_per_example,
+                               label_names=data.label_names)
 
 
-def eval_metric_names(config: dict, model: BaseModel) -> tuple[str, ...]:
-    """The metrics test.py computes: config `metrics`, or all the model supports."""
-    return tuple(config["metrics"]) if config["metrics"] is not None else model.metric_names()
+def eval_metric_names(config: dict, model: BaseModel, data: BaseDataLoader) -> tuple[str, ...]:
+    """The metrics test.py computes: config `metrics`, or every metric of the model whose fields the data's
+    batches have. Raises ConfigError for a listed metric whose field the data lacks."""
+    fields = set(data.fields)
+    if config["metrics"] is None:
+        return tuple(m.name for m in model.metrics if fields.issuperset(m.needs))
+    needs = {m.name: m.needs for m in model.metrics}
+    for name in config["metrics"]:
+        missing = [field for field in needs[name] if field not in fields]
+        if missing:
+            raise ConfigError(
+                f"config key 'metrics' names {name!r}, which needs the batch field {missing[0]!r}; data loader "
+                f"{config['data_loader']['type']!r} gives {', '.join(data.fields)}. Drop {name!r} from 'metrics' "
+                f"(or leave 'metrics' out to compute what the data allows)"
+            )
+    return tuple(config["metrics"])

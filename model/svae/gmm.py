@@ -54,7 +54,8 @@ class GaussianMixture(GraphicalModel):
         return mixture_expectations(stats["dirichlet"], stats["niw"])
 
     def infer(self, potentials: MixtureExpectations, node_J: torch.Tensor, node_h: torch.Tensor,
-              num_samples: int) -> MeanFieldPosterior:
+              num_samples: int, mask: None = None) -> MeanFieldPosterior:
+        """Mean field q(z) q(x) of each example's one latent (no nodes, so no `mask`)."""
         post = local_meanfield(node_J, node_h, potentials, self.max_iter, self.tol)
         return post._replace(samples=post.gaussian.sample(num_samples, post.mean) if num_samples else None)
 
@@ -68,7 +69,7 @@ class GaussianMixture(GraphicalModel):
     def posterior_log_prob(self, post: MeanFieldPosterior, x: torch.Tensor) -> torch.Tensor:
         return post.gaussian.log_prob(x)
 
-    def prior_log_prob(self, potentials: MixtureExpectations, x: torch.Tensor) -> torch.Tensor:
+    def prior_log_prob(self, potentials: MixtureExpectations, x: torch.Tensor, mask: None = None) -> torch.Tensor:
         """log sum_k pi_k N(x | mu_k, Sigma_k) for x (S, B, d): (S, B)."""
         quadratic = torch.einsum("sbi,kij,sbj->sbk", x, potentials.J, x)
         logits = -0.5 * quadratic + x @ potentials.h.mT + potentials.const + potentials.log_weights
@@ -126,9 +127,9 @@ class SVAEGMM(StructuredVAE):
 
     metrics = StructuredVAE.metrics + (
         Metric("ari", _clustering(adjusted_rand_index),
-               "adjusted Rand index of the most likely component against the true labels"),
+               "adjusted Rand index of the most likely component against the true labels", needs=("y",)),
         Metric("nmi", _clustering(normalized_mutual_info),
-               "normalised mutual information of the most likely component and the true labels"),
+               "normalised mutual information of the most likely component and the true labels", needs=("y",)),
         Metric("components_in_use", _components_in_use,
                f"components whose mean responsibility over the test set exceeds {IN_USE_THRESHOLD}"),
     )

@@ -130,9 +130,11 @@ class GraphicalModel(nn.Module):
         raise NotImplementedError
 
     def infer(self, potentials: Any, node_J: torch.Tensor, node_h: torch.Tensor,
-              num_samples: int) -> LocalPosterior:
+              num_samples: int, mask: torch.Tensor | None = None) -> LocalPosterior:
         """Local posterior of a batch given the node potentials (B, *nodes, n), with `num_samples`
-        reparameterised samples. Differentiable in the node potentials; never changes state."""
+        reparameterised samples. `mask` (B, *nodes) bool: the observed nodes (None: all); an unobserved node
+        has zero node potentials, and a chain ends at its last observed node. Differentiable in the node
+        potentials; never changes state."""
         raise NotImplementedError
 
     def statistics(self, post: LocalPosterior) -> dict[str, torch.Tensor]:
@@ -144,8 +146,9 @@ class GraphicalModel(nn.Module):
         """log q(x) of samples x (S, B, *nodes, n) under the local posterior's continuous part: (S, B)."""
         raise NotImplementedError
 
-    def prior_log_prob(self, potentials: Any, x: torch.Tensor) -> torch.Tensor:
-        """log p(x | theta) of x (S, B, *nodes, n), discrete latents summed out exactly: (S, B)."""
+    def prior_log_prob(self, potentials: Any, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x | theta) of x (S, B, *nodes, n), discrete latents summed out exactly, the model cut as
+        `infer` cuts it for `mask`: (S, B)."""
         raise NotImplementedError
 
     def diagnostics(self, post: LocalPosterior) -> dict[str, torch.Tensor]:

@@ -115,6 +115,35 @@ def lds_posterior(prior: LDSPotentials, node_J: torch.Tensor, node_h: torch.Tens
     return LDSPosterior(log_z, mean, cov, cross_cov, samples if num_samples else None, retries)
 
 
+def chain_extent(mask: torch.Tensor) -> torch.Tensor:
+    """The frames inside each chain: True up to each sequence's last real frame, for a frame mask (B, T) bool
+    (True on real frames). Masked frames inside the chain are missing observations (the dynamics bridge
+    them); those after the last real frame are padding (`truncate_chain` cuts them off): (B, T) bool."""
+    return mask.flip(-1).long().cumsum(-1).flip(-1) > 0
+
+
+def truncate_chain(prior: LDSPotentials, within: torch.Tensor) -> LDSPotentials:
+    """The chain cut after each sequence's last frame: the pair potential into every frame outside the chain
+    (`within` (B, T) False, see `chain_extent`) becomes the standard normal -1/2 x'^T x' - n/2 log 2 pi, which
+    neither depends on x nor carries evidence. With no node potential there, those frames integrate to exactly 1:
+    log Z, the marginals of the frames inside and every expectation over them equal the shorter chain's, and the
+    frames outside are N(0, I) under both the prior and the posterior. Returns per-step pair potentials
+    (B, T-1, n, n), (B, T-1)."""
+    B, T = within.shape
+    n = prior.init_h.shape[-1]
+    inside = within[:, 1:, None, None]
+    zero = prior.J11.new_zeros(())
+    eye = torch.eye(n, dtype=prior.J11.dtype, device=prior.J11.device)
+
+    def per_step(pair: torch.Tensor, outside: torch.Tensor) -> torch.Tensor:
+        return torch.where(inside, pair.expand(B, T - 1, n, n) if pair.dim() == 2 else pair, outside)
+
+    const = prior.pair_const.expand(B, T - 1) if prior.pair_const.dim() == 0 else prior.pair_const
+    return prior._replace(J11=per_step(prior.J11, zero), J12=per_step(prior.J12, zero),
+                          J22=per_step(prior.J22, eye),
+                          pair_const=torch.where(within[:, 1:], const, -0.5 * n * LOG_2PI))
+
+
 def chain_log_potential(prior: LDSPotentials, x: torch.Tensor) -> torch.Tensor:
     """init(x_1) + sum_{t<T} pair(x_t, x_{t+1}), constants included, of paths x (..., T, n): (...). The pair
     potentials may vary with time (J11, J12, J22 (..., T-1, n, n), pair_const (..., T-1)) or be shared."""

@@ -1,6 +1,6 @@
 """SequenceSVAE: a structured VAE over sequences of frames, one latent node per frame, that predicts by
-conditioning on a prefix (SVAE.md section 4): the prediction metrics and figure of SVAE-LDS, shared by
-every graphical model over time."""
+conditioning on a prefix (SVAE.md section 4): the likelihoods, variable lengths, prediction metrics and figure
+of SVAE-LDS, shared by every graphical model over time."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from base.metric import Metric, PerExample, mean_of
+from base.metric import Metric, PerExample, ratio_of_sums
+from model.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from model.svae.graphical_model import GraphicalModel, LocalPosterior
 from model.svae.recognition import GaussianRecognition
 from model.svae.structured_vae import StructuredVAE
@@ -16,54 +17,84 @@ from model.visualization import log_sequences
 from utils.errors import ConfigError, DataError
 
 
+LIKELIHOOD_NAMES = ("gaussian", "sigmoid_gaussian", "bernoulli")
+
+
 class SequenceSVAE(StructuredVAE):
-    """Batches {"x": (B, T, P)} and, for the prediction metrics, the noiseless frames {"clean": (B, T, P)}.
-    The decoder's mean goes through a sigmoid (frames in [0, 1]).
+    """Batches {"x": (B, T, P)}, with {"mask": (B, T) bool} for sequences of different lengths (True on real
+    frames; the others carry no node potential, and count nowhere in the ELBO, iw_nll or the per-frame
+    normalisation) and, when the data has them, the noiseless frames {"clean": (B, T, P)} that the prediction
+    metrics compare with (otherwise the observed frames).
+
+    Likelihood p(y_t | x_t): "gaussian" (decoder mean and bounded log-variance, for real-valued or standardized
+    frames), "sigmoid_gaussian" (the mean through a sigmoid: frames in [0, 1], the dot videos) or "bernoulli"
+    (the decoder mean as logits: binary frames).
 
     Prediction: the node potentials after the first `prefix_len` frames are zeroed, so q(x) of the later
-    frames is the model's own continuation; its decoded mean is compared with the noiseless frames over
-    the next `horizon` frames (`pred_mse`), as is repeating the last observed frame (`pred_mse_repeat_last`).
+    frames is the model's own continuation; its decoded mean is compared with the next `horizon` frames
+    (`pred_mse`), as is repeating the last observed frame (`pred_mse_repeat_last`).
 
     Args (besides StructuredVAE's):
         data_shape: (T, P).
+        frames_per_example: mean real frames per training sequence (set by the framework; default T).
+        likelihood: one of LIKELIHOOD_NAMES.
         prefix_len, horizon: condition on frames 1..prefix_len, predict the next `horizon`.
         figure_samples: sampled continuations drawn in the figure.
     """
 
     metrics = StructuredVAE.metrics + (
-        Metric("pred_mse", mean_of("pred_mse"),
-               "squared error per pixel of the predicted mean over the horizon, against the noiseless frames"),
-        Metric("pred_mse_repeat_last", mean_of("pred_mse_repeat_last"),
+        Metric("pred_mse", ratio_of_sums("pred_sq_error", "pred_values"),
+               "squared error per value of the predicted mean over the horizon, against the noiseless frames "
+               "(the observed ones when the data has no 'clean')"),
+        Metric("pred_mse_repeat_last", ratio_of_sums("repeat_sq_error", "pred_values"),
                "the same for repeating the last observed frame"),
     )
     visualization_size = 3
 
     def __init__(self, pgm: GraphicalModel, encoder: GaussianRecognition, decoder: nn.Module,
                  data_shape: tuple[int, int], num_train: int, rho: float, num_samples: int, eval_samples: int,
-                 prefix_len: int, horizon: int, figure_samples: int, kl_warmup_epochs: int = 0):
+                 prefix_len: int, horizon: int, figure_samples: int, kl_warmup_epochs: int = 0,
+                 likelihood: str = "sigmoid_gaussian", frames_per_example: float | None = None):
         if len(data_shape) != 2:
             raise ConfigError(f"{type(self).__name__} needs sequences of frames, data_shape (T, P); "
                               f"got {tuple(data_shape)}")
         for name, value in [("prefix_len", prefix_len), ("horizon", horizon), ("figure_samples", figure_samples)]:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        super().__init__(pgm, encoder, decoder, num_train, frames_per_example=data_shape[0], rho=rho,
-                         num_samples=num_samples, eval_samples=eval_samples, kl_warmup_epochs=kl_warmup_epochs)
+        if likelihood not in LIKELIHOOD_NAMES:
+            raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, got {likelihood!r}")
+        super().__init__(pgm, encoder, decoder, num_train,
+                         frames_per_example=data_shape[0] if frames_per_example is None else frames_per_example,
+                         rho=rho, num_samples=num_samples, eval_samples=eval_samples,
+                         kl_warmup_epochs=kl_warmup_epochs)
+        self.likelihood = BernoulliLikelihood if likelihood == "bernoulli" else GaussianLikelihood
+        self.squash_mean = likelihood == "sigmoid_gaussian"
         self.seq_len = data_shape[0]
         self.prefix_len, self.horizon, self.figure_samples = prefix_len, horizon, figure_samples
 
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder output (..., 2P): sigmoid mean and raw log-variance of p(y_t | x_t)."""
-        mean, raw = self.decoder(x)
-        return torch.cat([torch.sigmoid(mean), raw], -1)
+    def observed_nodes(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return batch.get("mask")
 
-    def predict(self, y: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Condition on the first `prefix_len` frames of y (B, T, P) and continue for `horizon` frames:
-        decoded means of the posterior mean path (B, P+H, P) and of S sampled paths (S, B, P+H, P)."""
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Parameters of p(y_t | x_t): the mean (through a sigmoid for "sigmoid_gaussian") and raw log-variance
+        (..., 2P), or the logits (..., P) for "bernoulli"."""
+        mean, raw = self.decoder(x)
+        if self.likelihood is BernoulliLikelihood:
+            return mean
+        return torch.cat([torch.sigmoid(mean) if self.squash_mean else mean, raw], -1)
+
+    def decode_mean(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """E[y_t | x_t] (..., P) for latents x (..., n), in `dtype`."""
+        return self.likelihood.mean(self.decode(x.to(dtype)))
+
+    def predict(self, y: torch.Tensor, num_samples: int,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Condition on the first `prefix_len` frames of y (B, T, P) (those in `mask`) and continue for `horizon`
+        frames: decoded means of the posterior mean path (B, P+H, P) and of S sampled paths (S, B, P+H, P)."""
         length = self.check_prediction_length(y)
-        post = self.infer(y[:, :length], self.expected_potentials()[0], num_samples, observed=self.prefix_len)
-        decode_mean = lambda x: self.likelihood.mean(self.decode(x.to(y.dtype)))  # noqa: E731
-        return decode_mean(post.mean), decode_mean(post.samples)
+        post = self.infer(y[:, :length], self.expected_potentials()[0], num_samples,
+                          None if mask is None else mask[:, :length], observed=self.prefix_len)
+        return self.decode_mean(post.mean, y.dtype), self.decode_mean(post.samples, y.dtype)
 
     def check_prediction_length(self, y: torch.Tensor) -> int:
         """prefix_len + horizon, after checking that the sequences y (B, T, P) are that long."""
@@ -75,27 +106,32 @@ class SequenceSVAE(StructuredVAE):
 
     def evaluate_more(self, batch: dict[str, torch.Tensor], y: torch.Tensor, post: LocalPosterior,
                       metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """Per sequence, the squared prediction errors (means over the H predicted frames and the pixels)
-        of the model and of repeating the last observed frame, against the noiseless frames."""
+        """Per sequence, the summed squared prediction errors of the model and of repeating the last observed
+        frame over the real frames of the horizon, against the noiseless frames (or the observed ones), and
+        the number of values they sum over."""
         wanted = [name for name in ("pred_mse", "pred_mse_repeat_last") if name in metrics]
         if not wanted:
             return {}
-        if "clean" not in batch:
-            raise DataError("metrics pred_mse and pred_mse_repeat_last need the noiseless frames, but the "
-                            "data loader's batches have no 'clean'; drop them from the config's `metrics`")
         P, H = self.prefix_len, self.horizon
-        truth = batch["clean"][:, P:P + H]
-        out = {}
+        mask = self.observed_nodes(batch)
+        self.check_prediction_length(y)
+        truth = batch.get("clean", y)[:, P:P + H]
+        real = torch.ones_like(truth[..., 0]) if mask is None else mask[:, P:P + H].to(truth.dtype)  # (B, H)
+
+        def squared_error(prediction: torch.Tensor) -> torch.Tensor:
+            return (((prediction - truth) ** 2).sum(-1) * real).sum(-1)
+
+        out = {"pred_values": real.sum(-1).double() * y.shape[-1]}
         if "pred_mse" in wanted:
-            mean, _ = self.predict(y, 1)
-            out["pred_mse"] = ((mean[:, P:] - truth) ** 2).mean((1, 2))
+            mean, _ = self.predict(y, 1, mask)
+            out["pred_sq_error"] = squared_error(mean[:, P:])
         if "pred_mse_repeat_last" in wanted:
-            out["pred_mse_repeat_last"] = ((y[:, P - 1:P] - truth) ** 2).mean((1, 2))
+            out["repeat_sq_error"] = squared_error(y[:, P - 1:P])
         return out
 
     def model_summary(self, per_example: PerExample) -> dict[str, Any]:
         summary = super().model_summary(per_example)
-        if "pred_mse" in per_example or "pred_mse_repeat_last" in per_example:
+        if "pred_values" in per_example:
             summary.update(prefix_len=self.prefix_len, horizon=self.horizon)
         return summary
 
@@ -106,7 +142,8 @@ class SequenceSVAE(StructuredVAE):
         y = self.observations(batch)[:3]
         if y.shape[1] < self.prefix_len + self.horizon:
             return
-        mean, samples = self.predict(y, self.figure_samples)
+        mask = self.observed_nodes(batch)
+        mean, samples = self.predict(y, self.figure_samples, None if mask is None else mask[:3])
         rows = {"data": y[:, :mean.shape[1]], "predicted mean": mean,
                 **{f"sample {i + 1}": s for i, s in enumerate(samples)}}
         log_sequences(writer, f"{tag}/predictions", step, rows, self.prefix_len, title="Prediction, sequence")

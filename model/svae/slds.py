@@ -5,19 +5,19 @@ per-frame diagonal-Gaussian decoder (SVAE.md section 6). Local inference (struct
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable, Literal
 
 import torch
 
 from base.metric import Metric, PerExample
 from model.expfam import dirichlet, mniw, niw
-from model.metrics import adjusted_rand_index, match_labels
+from model.metrics import adjusted_rand_index, match_labels, matched_accuracy, normalized_mutual_info
 from model.networks import GaussianResNet
 from model.registry import ARCHITECTURES
 from model.svae.graphical_model import DIRICHLET, MNIW, NIW, GraphicalModel
 from model.svae.hmm import hmm_log_normalizer
-from model.svae.kalman import METHODS, expected_lds_potentials, initial_log_potential
-from model.svae.lds import chain_posterior_log_prob, second_moments
+from model.svae.kalman import METHODS, chain_extent, expected_lds_potentials, initial_log_potential
+from model.svae.lds import chain_posterior_log_prob, pair_weights, second_moments
 from model.svae.recognition import GaussianRecognition
 from model.svae.sequence import SequenceSVAE
 from model.svae.slds_inference import SwitchingPosterior, SwitchingPotentials, switching_meanfield
@@ -111,15 +111,22 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
                                    expected_lds_potentials(stats["niw"], stats["mniw"]))
 
     def infer(self, potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
-              num_samples: int) -> SwitchingPosterior:
-        return switching_meanfield(potentials, node_J, node_h, num_samples, self.max_iter, self.tol, self.inference)
+              num_samples: int, mask: torch.Tensor | None = None) -> SwitchingPosterior:
+        within = None if mask is None else chain_extent(mask)
+        return switching_meanfield(potentials, node_J, node_h, num_samples, self.max_iter, self.tol, self.inference,
+                                   within)
 
     def statistics(self, post: SwitchingPosterior) -> dict[str, torch.Tensor]:
         """Initial state: sum_b q(z_1); transitions: sum_b,t q(z_t, z_t+1); NIW: (E x_1 x_1^T, E x_1, count,
-        count); MNIW_k: sum_b,t q(z_t = k) (E x_t x_t^T, E x_t x_t+1^T, E x_t+1 x_t+1^T, 1)."""
+        count); MNIW_k: sum_b,t q(z_t = k) (E x_t x_t^T, E x_t x_t+1^T, E x_t+1 x_t+1^T, 1); over the steps
+        inside each chain."""
         mean = post.chain.mean.detach()
         second, cross = (m.detach() for m in second_moments(post.chain))
         marginals, pairs = post.states.marginals.detach(), post.states.pair_marginals.detach()
+        steps = pair_weights(post)
+        if steps is not None:
+            marginals = torch.cat([marginals[:, :-1] * steps[..., None], marginals[:, -1:]], 1)
+            pairs = pairs * steps[..., None, None]
         weights = marginals[:, :-1].flatten(0, 1)  # (B (T-1), K)
         n = mean.shape[-1]
 
@@ -135,15 +142,17 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
     def posterior_log_prob(self, post: SwitchingPosterior, x: torch.Tensor) -> torch.Tensor:
         return chain_posterior_log_prob(post, x)
 
-    def prior_log_prob(self, potentials: SwitchingPotentials, x: torch.Tensor) -> torch.Tensor:
+    def prior_log_prob(self, potentials: SwitchingPotentials, x: torch.Tensor,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x) = init(x_1) + log sum_z p(z) prod_t p_{z_t}(x_t+1 | x_t), z summed out by the forward
-        algorithm, for paths x (S, B, T, n): (S, B)."""
+        algorithm, for paths x (S, B, T, n), chains cut after the last real frame of `mask` (B, T): (S, B)."""
+        within = None if mask is None else chain_extent(mask)
         second = x.unsqueeze(-1) * x.unsqueeze(-2)
         cross = x[..., :-1, :].unsqueeze(-1) * x[..., 1:, :].unsqueeze(-2)
-        pair = potentials.pair_log_potentials(second, cross)
+        pair = potentials.pair_log_potentials(second, cross, within)
         node = torch.cat([pair, torch.zeros_like(pair[..., :1, :])], -2)
         return (initial_log_potential(potentials.states, x[..., 0, :])
-                + hmm_log_normalizer(potentials.log_init, potentials.log_trans, node))
+                + hmm_log_normalizer(potentials.log_init, potentials.transition_log_potentials(within), node))
 
     def diagnostics(self, post: SwitchingPosterior) -> dict[str, torch.Tensor]:
         usage = post.states.marginals.detach().mean((0, 1))
@@ -162,8 +171,15 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         return alpha / alpha.sum(-1, keepdim=True)
 
 
-def _state_ari(per_example: PerExample) -> float:
-    return adjusted_rand_index(per_example["true_states"].flatten(), per_example["state_probs"].argmax(-1).flatten())
+def _segmentation(score: Callable[[torch.Tensor, torch.Tensor], float]) -> Callable[[PerExample], float]:
+    """Reduction: `score`(true labels, most likely states) over every labelled real frame of the split."""
+
+    def reduce(per_example: PerExample) -> float:
+        labels = per_example["frame_labels"]
+        keep = labels >= 0
+        return score(labels[keep], per_example["state_probs"].argmax(-1)[keep])
+
+    return reduce
 
 
 @ARCHITECTURES.register("SVAE-SLDS")
@@ -183,11 +199,19 @@ class SVAESLDS(SequenceSVAE):
             used state after the SVI step (0: never).
         predictive_samples: sampled futures whose decoded mean is the prediction (`predict`).
         kl_warmup_epochs: the local KL's weight in the training loss rises from 0 to 1 over this many epochs.
+        label_names: names of the frame labels (set by the framework), for the figures.
     """
 
     metrics = SequenceSVAE.metrics + (
-        Metric("state_ari", _state_ari,
-               "adjusted Rand index of the most likely discrete state per frame against the true states"),
+        Metric("state_ari", _segmentation(adjusted_rand_index),
+               "adjusted Rand index of the most likely discrete state per frame against the frame labels",
+               needs=("labels",)),
+        Metric("state_nmi", _segmentation(normalized_mutual_info),
+               "normalised mutual information of the most likely state per frame and the frame labels",
+               needs=("labels",)),
+        Metric("state_accuracy", _segmentation(matched_accuracy),
+               "share of frames whose most likely state maps to their label, states matched one-to-one to "
+               "labels (Hungarian)", needs=("labels",)),
     )
 
     def __init__(self, data_shape: tuple[int, int], num_train: int, num_states: int = 3, latent_dim: int = 4,
@@ -196,7 +220,9 @@ class SVAESLDS(SequenceSVAE):
                  prefix_len: int = 25, horizon: int = 20, figure_samples: int = 3, max_iter: int = 20,
                  tol: float = 1e-2, prior_alpha: float = 1.0, stickiness: float = 10.0,
                  init_dynamics_scale: float = 0.5, revive_below: float = 0.02, predictive_samples: int = 100,
-                 kl_warmup_epochs: int = 0):
+                 kl_warmup_epochs: int = 0,
+                 likelihood: Literal["gaussian", "sigmoid_gaussian", "bernoulli"] = "sigmoid_gaussian",
+                 frames_per_example: float | None = None, label_names: tuple[str, ...] | None = None):
         obs_dim = data_shape[-1]
         encoder = GaussianRecognition(obs_dim, latent_dim, list(hidden_dims), activation, init_scale,
                                       precision_bound="exp_tanh")
@@ -204,13 +230,15 @@ class SVAESLDS(SequenceSVAE):
         pgm = SwitchingLinearDynamicalSystem(num_states, latent_dim, max_iter, tol, prior_alpha, stickiness,
                                              init_dynamics_scale, revive_below, inference)
         super().__init__(pgm, encoder, decoder, data_shape, num_train, rho, num_samples, eval_samples, prefix_len,
-                         horizon, figure_samples, kl_warmup_epochs)
+                         horizon, figure_samples, kl_warmup_epochs, likelihood, frames_per_example)
         if predictive_samples < 1:
             raise ValueError(f"predictive_samples must be >= 1, got {predictive_samples}")
         self.latent_dim, self.predictive_samples = latent_dim, predictive_samples
+        self.label_names = label_names
 
-    def predict(self, y: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Condition on the first `prefix_len` frames of y (B, T, P) and sample `predictive_samples` futures
+    def predict(self, y: torch.Tensor, num_samples: int,
+                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Condition on the first `prefix_len` frames of y (B, T, P) (those in `mask`) and sample `predictive_samples` futures
         from the model: z and x at the prefix's last frame from q(z) q(x), then z_t+1 ~ E[P][z_t] and
         x_t+1 = A_{z_t} x_t + eps, eps ~ N(0, Q_{z_t}) (globals at their point estimate) for `horizon` frames.
         Returns the prediction, (B, P+H, P): the decoded posterior mean over the prefix, then the mean of the
@@ -219,7 +247,7 @@ class SVAESLDS(SequenceSVAE):
         decodes, follows one blend of the dynamics instead."""
         self.check_prediction_length(y)
         P, H, S = self.prefix_len, self.horizon, max(num_samples, self.predictive_samples)
-        post = self.infer(y[:, :P], self.expected_potentials()[0], S)
+        post = self.infer(y[:, :P], self.expected_potentials()[0], S, None if mask is None else mask[:, :P])
         A, Q_chol = self.pgm.point_dynamics()
         transitions = self.pgm.transition_matrix()
         B = len(y)
@@ -230,22 +258,24 @@ class SVAESLDS(SequenceSVAE):
             x = (A[state] @ x.unsqueeze(-1) + Q_chol[state] @ torch.randn_like(x).unsqueeze(-1)).squeeze(-1)
             future.append(x)
             state = torch.multinomial(transitions[state.flatten()], 1).view(S, B)
-        decode_mean = lambda x: self.likelihood.mean(self.decode(x.to(y.dtype)))  # noqa: E731
-        prefix_mean = decode_mean(post.mean)
-        futures = decode_mean(torch.stack(future, 2))  # (S, B, H, P)
+        prefix_mean = self.decode_mean(post.mean, y.dtype)
+        futures = self.decode_mean(torch.stack(future, 2), y.dtype)  # (S, B, H, P)
         mean = torch.cat([prefix_mean, futures.mean(0)], 1)
-        paths = torch.cat([decode_mean(post.samples[:num_samples]), futures[:num_samples]], 2)
+        paths = torch.cat([self.decode_mean(post.samples[:num_samples], y.dtype), futures[:num_samples]], 2)
         return mean, paths
 
     def evaluate_more(self, batch: dict[str, torch.Tensor], y: torch.Tensor, post: SwitchingPosterior,
                       metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """Besides the prediction errors: q(z_t) (B, T, K) and, for state_ari, the true states (B, T)."""
+        """Besides the prediction errors: q(z_t) (B, T, K) and, for the segmentation metrics, the frame labels
+        (B, T), -1 on frames outside the mask."""
         out = super().evaluate_more(batch, y, post, metrics)
-        if "state_ari" in metrics:
-            if "states" not in batch:
-                raise DataError("metric state_ari needs the true discrete states, but the data loader's batches "
-                                "have no 'states'; drop it from the config's `metrics`")
-            out.update(state_probs=post.states.marginals, true_states=batch["states"])
+        out["state_probs"] = post.states.marginals
+        if any(metric.name in metrics and "labels" in metric.needs for metric in self.metrics):
+            if "labels" not in batch:
+                raise DataError("metrics state_ari, state_nmi and state_accuracy need per-frame 'labels', but the "
+                                "data loader's batches have none; drop them from the config's `metrics`")
+            labels, mask = batch["labels"], self.observed_nodes(batch)
+            out["frame_labels"] = labels if mask is None else torch.where(mask, labels, -1)
         return out
 
     def model_summary(self, per_example: PerExample) -> dict[str, Any]:
@@ -254,7 +284,10 @@ class SVAESLDS(SequenceSVAE):
         summary["transition_matrix"] = [[round(float(p), 4) for p in row] for row in self.pgm.transition_matrix()]
         if "state_probs" in per_example:
             K = self.pgm.num_states
-            share = torch.bincount(per_example["state_probs"].argmax(-1).flatten(), minlength=K).double()
+            frames = per_example["state_probs"].argmax(-1)
+            if "frame_labels" in per_example:
+                frames = frames[per_example["frame_labels"] >= 0]
+            share = torch.bincount(frames.flatten(), minlength=K).double()
             summary["state_usage"] = [round(float(s), 4) for s in share / share.sum()]
         return summary
 
@@ -266,15 +299,17 @@ class SVAESLDS(SequenceSVAE):
         y = self.observations(batch)[:3]
         if y.shape[1] < self.prefix_len + self.horizon:
             return
-        post = self.infer(y, self.expected_potentials()[0], 0)
-        mean, samples = self.predict(y, self.figure_samples)
+        mask = self.observed_nodes(batch)
+        mask = None if mask is None else mask[:3]
+        post = self.infer(y, self.expected_potentials()[0], 0, mask)
+        mean, samples = self.predict(y, self.figure_samples, mask)
         length = mean.shape[1]
         rows = {"data": y[:, :length], "predicted mean": mean,
                 **{f"sample {i + 1}": s for i, s in enumerate(samples)}}
         inferred = post.states.marginals.argmax(-1)[:, :length]
         states = {"inferred": inferred}
-        if "states" in batch and int(batch["states"].max()) < self.pgm.num_states <= 6:
-            states = {"inferred": match_labels(inferred, batch["states"][:3, :length], self.pgm.num_states),
-                      "true": batch["states"][:3, :length]}
+        if "labels" in batch and 0 <= int(batch["labels"][:3].max()) < self.pgm.num_states:
+            truth = batch["labels"][:3, :length]
+            states = {"inferred": match_labels(inferred, truth.clamp(min=0), self.pgm.num_states), "true": truth}
         log_sequences(writer, f"{tag}/segmentation", step, rows, self.prefix_len,
                       title="Segmentation and prediction, sequence", states=states)

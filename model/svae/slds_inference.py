@@ -9,6 +9,11 @@ The local KL of the pair is exact for any w (not only at the fixed point):
     KL = sum_t <w_t, l_t> + sum_t E_q(x)[psi_t] - log Z_x - log Z_z,
 since E_q[log q(z)] - E_q[log p(z)] = <q(z_t), l_t> - log Z_z and E_q[log q(x)] - E_q[log p(x | z)] =
 <w_t - q(z_t), l_t> + E[psi] - log Z_x.
+
+Variable lengths: with `within` (B, T) (`chain_extent` of a frame mask) every chain is cut after its last real
+frame (`truncate_chain`): x there is N(0, I) whatever the state, so l_t is that density for every state, and
+z there moves uniformly (log-potential -log K). Both integrate to exactly 1, so q, the KL and log Z of the
+frames inside equal the shorter chain's.
 """
 from __future__ import annotations
 
@@ -18,7 +23,8 @@ from typing import NamedTuple
 import torch
 
 from model.svae.hmm import HMMPosterior, hmm_posterior
-from model.svae.kalman import LDSPosterior, LDSPotentials, lds_posterior
+from model.expfam.gaussian import LOG_2PI
+from model.svae.kalman import LDSPosterior, LDSPotentials, lds_posterior, truncate_chain
 from model.svae.lds import expected_node_potential, second_moments
 
 
@@ -29,29 +35,43 @@ class SwitchingPotentials(NamedTuple):
     log_trans: torch.Tensor
     states: LDSPotentials
 
-    def weighted_chain(self, weights: torch.Tensor) -> LDSPotentials:
+    def weighted_chain(self, weights: torch.Tensor, within: torch.Tensor | None = None) -> LDSPotentials:
         """The Gaussian chain whose pair potential at step t is sum_k weights[:, t, k] * pair_k, for weights
-        (B, T-1, K): per-step potentials (B, T-1, n, n), (B, T-1)."""
+        (B, T-1, K), cut after the frames `within` (B, T): per-step potentials (B, T-1, n, n), (B, T-1)."""
         s = self.states
         K, n = s.J11.shape[:2]
 
         def mix(matrices: torch.Tensor) -> torch.Tensor:
             return (weights @ matrices.reshape(K, n * n)).unflatten(-1, (n, n))
 
-        return s._replace(J11=mix(s.J11), J12=mix(s.J12), J22=mix(s.J22), pair_const=weights @ s.pair_const)
+        chain = s._replace(J11=mix(s.J11), J12=mix(s.J12), J22=mix(s.J22), pair_const=weights @ s.pair_const)
+        return chain if within is None else truncate_chain(chain, within)
 
-    def pair_log_potentials(self, second: torch.Tensor, cross: torch.Tensor) -> torch.Tensor:
+    def pair_log_potentials(self, second: torch.Tensor, cross: torch.Tensor,
+                            within: torch.Tensor | None = None) -> torch.Tensor:
         """l_t(k) = the expected pair log-potential of state k, -1/2 <J11_k, S_t> - <J12_k, X_t>
         - 1/2 <J22_k, S_t+1> + c_k, from S_t = E[x_t x_t^T] (..., T, n, n) and X_t = E[x_t x_t+1^T]
-        (..., T-1, n, n) (or x x^T and x_t x_t+1^T at a path): (..., T-1, K)."""
+        (..., T-1, n, n) (or x x^T and x_t x_t+1^T at a path): (..., T-1, K). Into a frame outside `within`
+        (B, T): the standard normal's -1/2 tr(S_t+1) - n/2 log 2 pi for every k."""
         s = self.states
         K, n = s.J11.shape[:2]
 
         def inner(moment: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
             return moment.flatten(-2) @ matrices.reshape(K, n * n).mT
 
-        return (-0.5 * inner(second[..., :-1, :, :], s.J11) - inner(cross, s.J12)
+        pair = (-0.5 * inner(second[..., :-1, :, :], s.J11) - inner(cross, s.J12)
                 - 0.5 * inner(second[..., 1:, :, :], s.J22) + s.pair_const)
+        if within is None:
+            return pair
+        outside = -0.5 * second[..., 1:, :, :].diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True) - 0.5 * n * LOG_2PI
+        return torch.where(within[:, 1:, None], pair, outside)
+
+    def transition_log_potentials(self, within: torch.Tensor | None = None) -> torch.Tensor:
+        """log_trans (K, K), or per step (B, T-1, K, K) with the uniform -log K into frames outside `within`."""
+        if within is None:
+            return self.log_trans
+        K = self.log_trans.shape[-1]
+        return torch.where(within[:, 1:, None, None], self.log_trans, -math.log(K))
 
 
 class SwitchingPosterior(NamedTuple):
@@ -66,6 +86,7 @@ class SwitchingPosterior(NamedTuple):
     kl: torch.Tensor
     retries: torch.Tensor
     iterations: torch.Tensor | int = 1  # sweeps without gradient: a 0-d long tensor from switching_meanfield
+    within: torch.Tensor | None = None  # (B, T) the frames inside each chain (`chain_extent`); None: all
 
     @property
     def samples(self) -> torch.Tensor | None:
@@ -77,22 +98,24 @@ class SwitchingPosterior(NamedTuple):
 
 
 def switching_sweep(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
-                    weights: torch.Tensor, num_samples: int = 0, method: str = "sequential") -> SwitchingPosterior:
+                    weights: torch.Tensor, num_samples: int = 0, method: str = "sequential",
+                    within: torch.Tensor | None = None) -> SwitchingPosterior:
     """One block coordinate ascent sweep from the state weights w (B, T-1, K): q(x) given w, then q(z) given
-    q(x), and the local KL of the pair (module docstring)."""
-    used = potentials.weighted_chain(weights)
+    q(x), and the local KL of the pair (module docstring); chains cut after the frames `within` (B, T)."""
+    used = potentials.weighted_chain(weights, within)
     chain = lds_posterior(used, node_J, node_h, num_samples, method)
     second, cross = second_moments(chain)
-    pair = potentials.pair_log_potentials(second, cross)  # (B, T-1, K)
+    pair = potentials.pair_log_potentials(second, cross, within)  # (B, T-1, K)
     node = torch.cat([pair, torch.zeros_like(pair[:, :1])], 1)  # z_T governs no step
-    states = hmm_posterior(potentials.log_init, potentials.log_trans, node)
+    states = hmm_posterior(potentials.log_init, potentials.transition_log_potentials(within), node)
     kl = ((weights * pair).sum((-2, -1)) + expected_node_potential(chain, node_J, node_h) - chain.log_z
           - states.log_z)
-    return SwitchingPosterior(chain, used, node_J, node_h, states, kl, chain.retries)
+    return SwitchingPosterior(chain, used, node_J, node_h, states, kl, chain.retries, within=within)
 
 
 def initial_state_weights(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
-                          method: str = "sequential") -> tuple[torch.Tensor, torch.Tensor]:
+                          method: str = "sequential",
+                          within: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first q(z_t) (B, T-1, K) of mean field, from each state's own smoothing: q_k(x) is the chain under
     state k's dynamics at every step (K chains per sequence, batched), l_t(k) the expected pair log-potential
     of state k under q_k(x), and q(z) the HMM posterior with those node potentials; and the jitter retries.
@@ -104,27 +127,31 @@ def initial_state_weights(potentials: SwitchingPotentials, node_J: torch.Tensor,
     B, T, n = node_h.shape
     K = potentials.log_init.shape[-1]
     each_state = torch.eye(K, dtype=node_h.dtype, device=node_h.device).repeat_interleave(B, 0)  # (K B, K)
-    chains = lds_posterior(potentials.weighted_chain(each_state[:, None].expand(K * B, T - 1, K)),
+    each_within = None if within is None else within.repeat(K, 1)
+    chains = lds_posterior(potentials.weighted_chain(each_state[:, None].expand(K * B, T - 1, K), each_within),
                            node_J.repeat(K, 1, 1), node_h.repeat(K, 1, 1), 0, method)
     second, cross = second_moments(chains)
-    own = potentials.pair_log_potentials(second, cross).unflatten(0, (K, B))  # (K, B, T-1, K)
+    own = potentials.pair_log_potentials(second, cross, each_within).unflatten(0, (K, B))  # (K, B, T-1, K)
     pair = own.diagonal(dim1=0, dim2=-1)  # (B, T-1, K): state k under its own q_k(x)
     node = torch.cat([pair, torch.zeros_like(pair[:, :1])], 1)
-    return hmm_posterior(potentials.log_init, potentials.log_trans, node).marginals[:, :-1], chains.retries
+    log_trans = potentials.transition_log_potentials(within)
+    return hmm_posterior(potentials.log_init, log_trans, node).marginals[:, :-1], chains.retries
 
 
 def switching_meanfield(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
-                        num_samples: int, max_iter: int, tol: float, method: str = "sequential") -> SwitchingPosterior:
+                        num_samples: int, max_iter: int, tol: float, method: str = "sequential",
+                        within: torch.Tensor | None = None) -> SwitchingPosterior:
     """Structured mean field from `initial_state_weights`: up to `max_iter` sweeps without gradient until the
     batch-mean local KL changes by less than `tol` nats, then one differentiable sweep (with `num_samples`
-    samples of x) from the last q(z). The sweep count is data-dependent by design (one number read per sweep)."""
+    samples of x) from the last q(z); chains cut after the frames `within` (B, T) (None: all frames). The sweep
+    count is data-dependent by design (one number read per sweep)."""
     previous, iterations = math.inf, 0
     with torch.no_grad():
         node_J_, node_h_ = node_J.detach(), node_h.detach()
-        weights, retried = initial_state_weights(potentials, node_J_, node_h_, method)
+        weights, retried = initial_state_weights(potentials, node_J_, node_h_, method, within)
         retries = [retried]
         while iterations < max_iter:
-            post = switching_sweep(potentials, node_J_, node_h_, weights, 0, method)
+            post = switching_sweep(potentials, node_J_, node_h_, weights, 0, method, within)
             weights = post.states.marginals[:, :-1]
             retries.append(post.retries)
             iterations += 1
@@ -132,6 +159,6 @@ def switching_meanfield(potentials: SwitchingPotentials, node_J: torch.Tensor, n
             if abs(previous - current) < tol:
                 break
             previous = current
-    post = switching_sweep(potentials, node_J, node_h, weights, num_samples, method)
+    post = switching_sweep(potentials, node_J, node_h, weights, num_samples, method, within)
     return post._replace(retries=torch.stack([*retries, post.retries]).sum(),
                          iterations=torch.tensor(iterations, device=node_h.device))

@@ -76,6 +76,10 @@ class StructuredVAE(KLWarmup, BaseModel):
         """The observations y (B, *nodes, P) of a batch."""
         return batch["x"]
 
+    def observed_nodes(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Which nodes of each example are observed, (B, *nodes) bool, or None when all are."""
+        return None
+
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Parameters of p(y | x) (..., 2P) for latents x (..., n)."""
         mean, raw = self.decoder(x)
@@ -87,40 +91,52 @@ class StructuredVAE(KLWarmup, BaseModel):
         expected = self.pgm.global_stats()
         return self.pgm.potentials(expected), self.pgm.global_kl(expected)
 
-    def infer(self, y: torch.Tensor, potentials: Any, num_samples: int,
+    def infer(self, y: torch.Tensor, potentials: Any, num_samples: int, mask: torch.Tensor | None = None,
               observed: int | None = None) -> LocalPosterior:
-        """q(local latents) of observations y (B, *nodes, P); with `observed`, the node potentials from
-        node `observed` on (dim 1, time) are zeroed (those frames are predicted, not seen)."""
+        """q(local latents) of observations y (B, *nodes, P). Nodes outside `mask` (B, *nodes) carry no node
+        potential (the graphical model also ends each chain at its last observed node); with `observed`, neither
+        do the nodes from node `observed` on (dim 1, time): those frames are predicted, not seen."""
         node_J, node_h = self.encoder(y)
+        seen = None if mask is None else mask.to(node_J.dtype)
         if observed is not None:
-            seen = (torch.arange(y.shape[1], device=y.device) < observed).to(node_J.dtype)[:, None]
-            node_J, node_h = node_J * seen, node_h * seen
+            prefix = (torch.arange(y.shape[1], device=y.device) < observed).to(node_J.dtype)
+            seen = prefix.expand(y.shape[:-1]) if seen is None else seen * prefix
+        if seen is not None:
+            node_J, node_h = node_J * seen[..., None], node_h * seen[..., None]
         with torch.autocast(y.device.type, enabled=False):
-            return self.pgm.infer(potentials, node_J, node_h, num_samples)
+            return self.pgm.infer(potentials, node_J, node_h, num_samples, mask)
 
-    def log_likelihood(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """log p(y | x) summed over frames, for S latent paths x (S, B, *nodes, n): (S, B)."""
-        return self.likelihood.log_prob(self.decode(x.to(y.dtype)), y).reshape(*x.shape[:2], -1).sum(-1)
+    def log_likelihood(self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(y | x) summed over the observed frames (`mask` (B, *nodes); None: all), for S latent paths x
+        (S, B, *nodes, n): (S, B)."""
+        log_p = self.likelihood.log_prob(self.decode(x.to(y.dtype)), y)  # (S, B, *nodes)
+        if mask is not None:
+            log_p = log_p * mask
+        return log_p.reshape(*x.shape[:2], -1).sum(-1)
 
-    @staticmethod
-    def frames(y: torch.Tensor) -> int:
-        return math.prod(y.shape[1:-1])
+    def frames(self, y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The observed frames of each example (B,) float64: prod(nodes) (1 without nodes), or `mask`'s count."""
+        if mask is None:
+            return torch.full((len(y),), math.prod(y.shape[1:-1]), dtype=torch.float64, device=y.device)
+        return mask.reshape(len(y), -1).sum(-1, dtype=torch.float64)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        y = self.observations(batch)
-        frames = self.frames(y)
+        """Per observed frame of the batch (sums over examples over their frame count): the ELBO and its
+        parts, and the training loss."""
+        y, mask = self.observations(batch), self.observed_nodes(batch)
+        frames = self.frames(y, mask).sum()
         potentials, kl_global = self.expected_potentials()
         kl_global = kl_global / (self.num_train * self.frames_per_example)
-        post = self.infer(y, potentials, self.num_samples)
-        recon = self.log_likelihood(y, post.samples).mean(0) / frames
-        kl_local = post.kl / frames
-        elbo = (recon - kl_local).mean() - kl_global
-        loss = -(recon - self.kl_weight * kl_local).mean() + kl_global if self.training else -elbo
+        post = self.infer(y, potentials, self.num_samples, mask)
+        recon = self.log_likelihood(y, post.samples, mask).mean(0).sum() / frames
+        kl_local = post.kl.sum() / frames
+        elbo = recon - kl_local - kl_global
+        loss = -(recon - self.kl_weight * kl_local) + kl_global if self.training else -elbo
         out = {
             "loss": loss,
             "elbo": elbo.detach(),
-            "recon": recon.detach().mean(),
-            "kl_local": kl_local.detach().mean(),
+            "recon": recon.detach(),
+            "kl_local": kl_local.detach(),
             "kl_global": kl_global.detach(),
             **self.pgm.diagnostics(post),
             "jitter_retries": post.retries.double(),
@@ -135,34 +151,36 @@ class StructuredVAE(KLWarmup, BaseModel):
             self.pgm.natural_gradient_step(statistics, self.num_train, self.rho, taken)
 
     # ---------------------------------------------------------------- evaluation
-    def iw_log_likelihood(self, y: torch.Tensor, num_samples: int, potentials: Any) -> torch.Tensor:
-        """Importance-weighted estimate of log p(y) for y (B, *nodes, P), summed over frames: (B,). The
-        globals sit at their point estimate, the local posterior under q(theta) (`potentials`, from
-        `expected_potentials`) is the proposal and the graphical model sums its discrete latents out exactly."""
+    def iw_log_likelihood(self, y: torch.Tensor, num_samples: int, potentials: Any,
+                          mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Importance-weighted estimate of log p(y) for y (B, *nodes, P), summed over the observed frames
+        (`mask`): (B,). The globals sit at their point estimate, the local posterior under q(theta)
+        (`potentials`, from `expected_potentials`) is the proposal and the graphical model sums its discrete
+        latents out exactly."""
         point = self.pgm.potentials(self.pgm.global_stats(point=True))
 
         def log_weights(n: int) -> torch.Tensor:
-            post = self.infer(y, potentials, n)
+            post = self.infer(y, potentials, n, mask)
             x = post.samples
-            return self.log_likelihood(y, x) + self.pgm.prior_log_prob(point, x) - self.pgm.posterior_log_prob(post, x)
+            return (self.log_likelihood(y, x, mask) + self.pgm.prior_log_prob(point, x, mask)
+                    - self.pgm.posterior_log_prob(post, x))
 
         return iw_log_likelihood(log_weights, num_samples, len(y))
 
     @torch.no_grad()
     def evaluate_batch(self, batch: dict[str, torch.Tensor], metrics: tuple[str, ...],
                        options: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Per example: `frames`; `elbo` and `iw_nll` summed over frames (the ELBO with its share of the
+        """Per example: `frames` (observed); `elbo` and `iw_nll` summed over them (the ELBO with its share of the
         global KL, KL / N); then what the architecture's own metrics need (`evaluate_more`)."""
-        y = self.observations(batch)
-        frames = self.frames(y)
-        out = {"frames": torch.full((len(y),), frames, dtype=torch.float64, device=y.device)}
+        y, mask = self.observations(batch), self.observed_nodes(batch)
+        out = {"frames": self.frames(y, mask)}
         potentials, kl_global = self.expected_potentials()
-        post = self.infer(y, potentials, self.eval_samples)
+        post = self.infer(y, potentials, self.eval_samples, mask)
         if "elbo" in metrics:
-            out["elbo"] = self.log_likelihood(y, post.samples).mean(0) - post.kl - kl_global / self.num_train
+            out["elbo"] = self.log_likelihood(y, post.samples, mask).mean(0) - post.kl - kl_global / self.num_train
         out.update(self.evaluate_more(batch, y, post, metrics))
         if "iw_nll" in metrics:
-            out["iw_nll"] = -self.iw_log_likelihood(y, options["iw_samples"], potentials)
+            out["iw_nll"] = -self.iw_log_likelihood(y, options["iw_samples"], potentials, mask)
         return out
 
     def evaluate_more(self, batch: dict[str, torch.Tensor], y: torch.Tensor, post: LocalPosterior,

@@ -1,0 +1,146 @@
+"""Variable-length sequences in the SVAEs (float64, 1e-10): a padded, masked sequence in a batch gives exactly
+what the unpadded sequence gives alone (SVAE-LDS: local KL, log Z, smoother marginals, the likelihood term,
+the SVI statistics and the importance weights; SVAE-SLDS: the same for its structured mean field), whatever
+the padded frames hold. A missing frame inside a sequence is bridged by the dynamics: it matches the dense
+Gaussian with that frame's evidence removed."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.svae.kalman import chain_extent
+from model.svae.lds import SVAELDS
+from model.svae.slds import SVAESLDS
+from tests.test_kalman import dense_joint
+from utils.distributed import sum_statistics
+
+DT = torch.float64
+TOL = dict(atol=1e-10, rtol=1e-10)
+LENGTHS = [8, 5, 2, 6]
+
+
+def padded_batch(T: int = 8, P: int = 7, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Real-valued frames (B, T, P) with lengths LENGTHS; the padding holds large garbage."""
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.arange(T) < torch.tensor(LENGTHS)[:, None]
+    x = torch.randn(len(LENGTHS), T, P, generator=gen, dtype=DT)
+    x = torch.where(mask[..., None], x, 50.0 + 10 * torch.randn(x.shape, generator=gen, dtype=DT))
+    return {"x": x, "mask": mask}
+
+
+def lds_model() -> SVAELDS:
+    torch.manual_seed(0)
+    model = SVAELDS((8, 7), num_train=8, latent_dim=3, hidden_dims=[10], rho=0.5, prefix_len=4, horizon=3,
+                    likelihood="gaussian").double()
+    for seed in range(3):  # move q(theta) away from the prior: E[A^T Q^-1 A] is no longer E[A]^T E[Q^-1] E[A]
+        model.train()
+        model.after_optimizer_step(sum_statistics(model(padded_batch(seed=10 + seed))["statistics"]))
+    return model.eval()
+
+
+def slds_model() -> SVAESLDS:
+    torch.manual_seed(0)
+    model = SVAESLDS((8, 7), num_train=8, num_states=3, latent_dim=2, hidden_dims=[10], rho=0.5, prefix_len=4,
+                     horizon=3, likelihood="gaussian", max_iter=6, tol=1e-300).double()  # always 6 sweeps
+    for seed in range(3):
+        model.train()
+        model.after_optimizer_step(sum_statistics(model(padded_batch(seed=10 + seed))["statistics"]))
+    return model.eval()
+
+
+def one_by_one(model, batch: dict[str, torch.Tensor]):
+    """Each sequence alone, unpadded: its observations and posterior."""
+    potentials = model.expected_potentials()[0]
+    for b, length in enumerate(LENGTHS):
+        y = batch["x"][b:b + 1, :length]
+        yield b, length, y, model.infer(y, potentials, 0)
+
+
+def assert_statistics_add_up(model, post, singles) -> None:
+    """The batch's SVI statistics are the sum of the unpadded sequences' statistics."""
+    batch_stats = model.pgm.statistics(post)
+    for key, value in batch_stats.items():
+        torch.testing.assert_close(value, sum(model.pgm.statistics(single)[key] for single in singles), **TOL)
+
+
+@pytest.mark.parametrize("inference", ["sequential", "parallel"])
+def test_padded_lds_sequence_equals_the_sequence_alone(inference):
+    model = lds_model()
+    model.pgm.inference = inference
+    batch = padded_batch(seed=5)
+    potentials, _ = model.expected_potentials()
+    post = model.infer(batch["x"], potentials, 0, batch["mask"])
+    singles = []
+    for b, L, y, single in one_by_one(model, batch):
+        singles.append(single)
+        torch.testing.assert_close(post.kl[b], single.kl[0], **TOL)
+        torch.testing.assert_close(post.chain.log_z[b], single.chain.log_z[0], **TOL)
+        torch.testing.assert_close(post.chain.mean[b, :L], single.chain.mean[0], **TOL)
+        torch.testing.assert_close(post.chain.cov[b, :L], single.chain.cov[0], **TOL)
+        torch.testing.assert_close(post.chain.cross_cov[b, :L - 1], single.chain.cross_cov[0], **TOL)
+        recon = model.log_likelihood(batch["x"], post.chain.mean[None], batch["mask"])[0, b]
+        torch.testing.assert_close(recon, model.log_likelihood(y, single.chain.mean[None])[0, 0], **TOL)
+    assert_statistics_add_up(model, post, singles)
+    frames = model.evaluate_batch(batch, ("elbo",), {})["frames"]
+    assert frames.tolist() == LENGTHS
+
+
+def test_padded_lds_importance_weights_equal_the_sequence_alone():
+    """log p(y, x) - log q(x) at a path: the frames after the end are N(0, I) under both, and cancel."""
+    model = lds_model()
+    batch = padded_batch(seed=6)
+    potentials = model.expected_potentials()[0]
+    point = model.pgm.potentials(model.pgm.global_stats(point=True))
+    post = model.infer(batch["x"], potentials, 2, batch["mask"])
+    x = post.samples
+    padded = model.pgm.prior_log_prob(point, x, batch["mask"]) - model.pgm.posterior_log_prob(post, x)
+    for b, L, y, single in one_by_one(model, batch):
+        alone = (model.pgm.prior_log_prob(point, x[:, b:b + 1, :L])
+                 - model.pgm.posterior_log_prob(single, x[:, b:b + 1, :L]))
+        torch.testing.assert_close(padded[:, b], alone[:, 0], **TOL)
+
+
+def test_padded_slds_sequence_equals_the_sequence_alone():
+    model = slds_model()
+    batch = padded_batch(seed=7)
+    potentials = model.expected_potentials()[0]
+    post = model.infer(batch["x"], potentials, 0, batch["mask"])
+    point = model.pgm.potentials(model.pgm.global_stats(point=True))
+    path = post.chain.mean[None]
+    padded_iw = model.pgm.prior_log_prob(point, path, batch["mask"]) - model.pgm.posterior_log_prob(post, path)
+    singles = []
+    for b, L, y, single in one_by_one(model, batch):
+        singles.append(single)
+        torch.testing.assert_close(post.kl[b], single.kl[0], **TOL)
+        torch.testing.assert_close(post.states.marginals[b, :L], single.states.marginals[0], **TOL)
+        torch.testing.assert_close(post.states.pair_marginals[b, :L - 1], single.states.pair_marginals[0], **TOL)
+        torch.testing.assert_close(post.chain.mean[b, :L], single.chain.mean[0], **TOL)
+        torch.testing.assert_close(post.chain.cov[b, :L], single.chain.cov[0], **TOL)
+        alone = path[:, b:b + 1, :L]
+        torch.testing.assert_close(padded_iw[:, b], (model.pgm.prior_log_prob(point, alone)
+                                                     - model.pgm.posterior_log_prob(single, alone))[:, 0], **TOL)
+    assert int(post.iterations) == 6
+    assert_statistics_add_up(model, post, singles)
+
+
+def test_chain_extent_keeps_missing_frames_inside():
+    mask = torch.tensor([[True, False, True, False, False], [False, True, True, True, True]])
+    assert chain_extent(mask).tolist() == [[True, True, True, False, False], [True, True, True, True, True]]
+
+
+def test_a_missing_frame_is_bridged_by_the_dynamics():
+    """A masked frame inside the sequence keeps its dynamics and loses its evidence: the marginals equal the
+    dense joint Gaussian of the chain with that frame's node potential removed."""
+    model = lds_model()
+    batch = padded_batch(seed=8)
+    mask = batch["mask"].clone()
+    mask[0, 3] = False
+    potentials = model.expected_potentials()[0]
+    post = model.infer(batch["x"][:1], potentials, 0, mask[:1])
+    node_J, node_h = model.encoder(batch["x"][:1])
+    node_J, node_h = node_J * mask[:1, :, None], node_h * mask[:1, :, None]
+    log_z, mean, cov = dense_joint(potentials, node_J, node_h)
+    n = node_h.shape[-1]
+    torch.testing.assert_close(post.chain.mean.flatten(1), mean, **TOL)
+    torch.testing.assert_close(post.chain.cov[:, 3], cov[:, 3 * n:4 * n, 3 * n:4 * n], **TOL)
+    torch.testing.assert_close(post.chain.log_z, log_z, **TOL)
