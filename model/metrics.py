@@ -95,10 +95,11 @@ def matched_accuracy(labels_true: torch.Tensor, labels_pred: torch.Tensor) -> fl
 
 
 def match_labels(labels_pred: torch.Tensor, labels_true: torch.Tensor, num_labels: int) -> torch.Tensor:
-    """`labels_pred` relabelled by the permutation of {0..num_labels-1} that agrees with `labels_true` most often
-    (a linear assignment), e.g. to colour inferred states like the true ones. Labels (...) in 0..num_labels-1."""
+    """The permutation of {0..num_labels-1} (num_labels,) that maps `labels_pred` to `labels_true` most often (a
+    linear assignment; index it with predicted labels), e.g. to colour inferred states like the true ones.
+    Labels (...) in 0..num_labels-1."""
     agree = torch.zeros(num_labels, num_labels, dtype=torch.long)
     agree.index_put_((labels_pred.flatten().cpu(), labels_true.flatten().cpu()),
                      torch.ones(labels_pred.numel(), dtype=torch.long), accumulate=True)
     best = dict(linear_assignment(agree.numpy()))
-    return torch.tensor([best[k] for k in range(num_labels)], device=labels_pred.device)[labels_pred]
+    return torch.tensor([best[k] for k in range(num_labels)], device=labels_pred.device)

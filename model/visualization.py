@@ -11,7 +11,7 @@ components, M points.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -235,30 +235,34 @@ def _prefix_handle(prefix_len: int) -> Line2D:
                   label=f"end of the observed prefix: steps 0-{prefix_len - 1} seen, the rest predicted")
 
 
-def _state_bars(axes: np.ndarray, states: dict[str, np.ndarray]) -> None:
-    """Discrete states (T,) per named bar, one thin axes each, coloured by state (STATE_COLORS), with a legend
-    of the states that occur above the first."""
-    cmap = ListedColormap(STATE_COLORS)
-    present = sorted({int(k) for bar in states.values() for k in np.unique(bar)})
+def _state_bars(axes: np.ndarray, states: dict[str, np.ndarray], names: Sequence[str] | None = None) -> None:
+    """Discrete states (T,) per named bar, one thin axes each, coloured by state (STATE_COLORS; negative entries,
+    unlabelled or padded frames, grey), with a legend of the states that occur above the first, by `names`
+    when given; with two bars or more, the first is taken to be relabelled to match the others."""
+    cmap = ListedColormap(STATE_COLORS).with_extremes(bad="#c8c8c8")
+    present = sorted({int(k) for bar in states.values() for k in np.unique(bar) if k >= 0})
     for ax, (name, bar) in zip(axes, states.items()):
-        ax.imshow(bar[None, :] % len(STATE_COLORS), cmap=cmap, vmin=-0.5, vmax=len(STATE_COLORS) - 0.5,
+        shown = np.where(bar >= 0, bar % len(STATE_COLORS), np.nan)
+        ax.imshow(shown[None, :], cmap=cmap, vmin=-0.5, vmax=len(STATE_COLORS) - 0.5,
                   aspect="auto", interpolation="nearest")
         ax.set_yticks([0], [name], fontsize=LABEL_PT)
-    axes[0].set_title("state per frame" + (" (matched labels)" if len(states) > 1 else ""), fontsize=LABEL_PT,
-                      loc="left")
-    handles = [Patch(facecolor=STATE_COLORS[k % len(STATE_COLORS)], label=str(k)) for k in present]
-    axes[0].legend(handles=handles, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(handles),
+    handles = [Patch(facecolor=STATE_COLORS[k % len(STATE_COLORS)],
+                     label=names[k] if names is not None and k < len(names) else str(k)) for k in present]
+    title = "state per frame" + (", inferred states relabelled to match the true ones" if len(states) > 1 else "")
+    axes[0].legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=min(len(handles), 3),
+                   title=title, title_fontsize=LEGEND_PT, alignment="left",
                    fontsize=LEGEND_PT, frameon=False, borderaxespad=0.1, handlelength=1.2, columnspacing=0.8)
 
 
 def sequence_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None, title: str = "",
                     value_range: tuple[float, float] | None = None,
-                    states: dict[str, torch.Tensor] | None = None) -> Figure:
+                    states: dict[str, torch.Tensor] | None = None, state_names: Sequence[str] | None = None) -> Figure:
     """One sequence as stacked panels, one per named row (T, P) (e.g. data, mean, samples): time on the x axis,
-    observed dim (pixel) on the y axis, the value as colour with a shared colour bar over `value_range` (default:
-    [0, 1] if the first row lies in it, else its range). NaN entries (steps past the sequence's end) are grey.
-    With `prefix_len`, a red line at the end of the observed prefix, explained in a legend. With `states`
-    (name -> (T,) integer states, e.g. inferred and true), a colour bar of the state per frame above the panels."""
+    observed dim on the y axis (pixel for [0, 1] data, channel otherwise), the value as colour with a shared
+    colour bar over `value_range` (default: [0, 1] if the first row lies in it, else its range). NaN entries
+    (steps past the sequence's end) are grey. With `prefix_len`, a red line at the end of the observed prefix,
+    explained in a legend. With `states` (name -> (T,) integer states, e.g. inferred and true; -1 for none), a
+    colour bar of the state per frame above the panels, its legend naming the states by `state_names`."""
     names = list(rows)
     values = {name: _numpy(rows[name]) for name in names}
     bars = {name: states[name].detach().cpu().numpy() for name in states} if states else {}
@@ -266,13 +270,14 @@ def sequence_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None
         first = values[names[0]]
         low, high = float(np.nanmin(first)), float(np.nanmax(first))
         value_range = (0.0, 1.0) if low >= 0 and high <= 1 else (low, high)
+    unit_range = tuple(value_range) == (0.0, 1.0)
     steps, dims = values[names[0]].shape
     ratios = [0.3] * len(bars) + [1.0] * len(names)
     fig, all_axes = new_figure(7.0, 1.6 + 1.25 * len(names) + 0.5 * len(bars), nrows=len(ratios), sharex=True,
                                gridspec_kw={"height_ratios": ratios})
     axes = all_axes[len(bars):]
     if bars:
-        _state_bars(all_axes[:len(bars), 0], bars)
+        _state_bars(all_axes[:len(bars), 0], bars, state_names)
     from matplotlib import colormaps
 
     cmap = colormaps[INTENSITY_CMAP].with_extremes(bad="#c8c8c8")
@@ -283,11 +288,11 @@ def sequence_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None
         if prefix_len is not None:
             ax.axvline(prefix_len - 0.5, color=PREFIX_COLOR, lw=2.5)
         ax.set_title(name, fontsize=LABEL_PT, loc="left")
-        ax.set_ylabel("pixel", fontsize=LABEL_PT)
+        ax.set_ylabel("pixel" if unit_range else "channel", fontsize=LABEL_PT)
         ax.set_yticks([0, dims - 1])
     axes[-1, 0].set_xlabel("time step", fontsize=LABEL_PT)
     colorbar = fig.colorbar(image, ax=list(axes[:, 0]), fraction=0.05, pad=0.02)
-    colorbar.set_label("intensity", fontsize=LABEL_PT)
+    colorbar.set_label("intensity" if unit_range else "value", fontsize=LABEL_PT)
     colorbar.ax.tick_params(labelsize=TICK_PT)
     handles = [_prefix_handle(prefix_len)] if prefix_len is not None else []
     if any(np.isnan(v).any() for v in values.values()):
@@ -337,7 +342,7 @@ def strokes_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None,
 
 def log_sequences(writer: Any, tag: str, step: int, rows: dict[str, torch.Tensor], prefix_len: int | None = None,
                   title: str = "Sequence", strokes: bool = False,
-                  states: dict[str, torch.Tensor] | None = None) -> None:
+                  states: dict[str, torch.Tensor] | None = None, state_names: Sequence[str] | None = None) -> None:
     """One figure per sequence, `{tag}_0`, `{tag}_1`, ... (at most MAX_FIGURES): rows name -> (B, T, P) (with
     `strokes`, (B, T, 3) pen strokes, drawn by `strokes_figure`; else `sequence_figure`, on the colour range of
     the first row over all B sequences, with the discrete `states` name -> (B, T) as bars above)."""
@@ -350,7 +355,8 @@ def log_sequences(writer: Any, tag: str, step: int, rows: dict[str, torch.Tensor
         heading = f"{title} {b + 1}"
         fig = (strokes_figure(one, prefix_len, heading) if strokes
                else sequence_figure(one, prefix_len, heading, value_range,
-                                    {name: bar[b] for name, bar in states.items()} if states else None))
+                                    {name: bar[b] for name, bar in states.items()} if states else None,
+                                    state_names))
         log_figure(writer, f"{tag}_{b}", fig, step)
 
 

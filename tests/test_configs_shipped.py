@@ -10,6 +10,7 @@ import yaml
 
 import test as test_script
 import train as train_script
+from data_loader.example_files import write_images, write_sequences, write_vectors
 from tests.conftest import ROOT, event_tags
 from tests.test_strokes import make_drawings, save
 from train import train
@@ -27,6 +28,12 @@ def test_shipped_config_builds_and_steps(path, mnist_root, tmp_path):
     if config["data_loader"]["type"] == "PenStrokes":  # a small generated stroke file
         overrides = [f"data_loader.args.path={save(tmp_path / 'strokes.npy', make_drawings(n=40))}",
                      "data_loader.args.window_len=16"]
+    if path.parent.name == "own":  # your own data: the example files, small
+        write = {"Arrays": lambda: write_vectors(tmp_path / "v.npz", points_per_class=20),
+                 "ImageFolder": lambda: write_images(tmp_path / "images", per_class=10),
+                 "Sequences": lambda: write_sequences(tmp_path / "s.npz", num_sequences=10, min_len=20, max_len=40)}
+        overrides = [f"data_loader.args.path={write[config['data_loader']['type']]()}",
+                     "data_loader.args.batch_size=4", "data_loader.args.validation_split=0"]
     if config["data_loader"]["type"] == "MNIST":  # offline: the tiny generated copy
         overrides = [f"data_loader.args.root={mnist_root}", "data_loader.args.download=false",
                      "data_loader.args.validation_split=10", "data_loader.args.num_workers=0",

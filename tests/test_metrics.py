@@ -1,12 +1,15 @@
-"""ARI and NMI against hand-computed cases."""
+"""ARI, NMI and matched accuracy against hand-computed cases; the linear assignment against enumeration."""
 from __future__ import annotations
 
+import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from model.metrics import adjusted_rand_index, match_labels, normalized_mutual_info
+from model.metrics import adjusted_rand_index, linear_assignment, match_labels, matched_accuracy, \
+    normalized_mutual_info
 
 
 def t(*labels: int) -> torch.Tensor:
@@ -49,5 +52,29 @@ def test_match_labels_undoes_a_relabelling():
     """Predicted labels that are a permutation of the true ones (plus a few errors) map back onto them."""
     true = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 2])
     predicted = torch.tensor([2, 2, 0, 0, 0, 0, 1, 1, 1, 1])  # 2 -> 0, 0 -> 1, 1 -> 2, one error
-    matched = match_labels(predicted, true, 3)
+    matched = match_labels(predicted, true, 3)[predicted]
     assert matched.tolist() == [0, 0, 1, 1, 1, 1, 2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 3), (4, 2), (2, 5), (5, 5), (6, 4)])
+def test_linear_assignment_is_the_best_of_all_matchings(shape):
+    """Against enumerating every one-to-one matching of the smaller side into the larger."""
+    gen = np.random.default_rng(sum(shape))
+    for _ in range(20):
+        score = gen.integers(0, 30, shape).astype(float)
+        pairs = linear_assignment(score)
+        rows, cols = zip(*pairs)
+        assert len(pairs) == min(shape) and len(set(rows)) == len(set(cols)) == len(pairs)
+        small, large = min(shape), max(shape)
+        oriented = score if shape[0] <= shape[1] else score.T
+        best = max(sum(oriented[i, p[i]] for i in range(small)) for p in itertools.permutations(range(large), small))
+        assert sum(score[r, c] for r, c in pairs) == best
+
+
+def test_matched_accuracy_counts_frames_under_the_best_one_to_one_map():
+    true = t(0, 0, 0, 1, 1, 2, 2, 2)
+    assert matched_accuracy(true, t(5, 5, 5, 7, 7, 9, 9, 9)) == 1.0  # any relabelling
+    # predicted 0 covers labels 0 and 1: only one of them may have it; predicted 1 -> label 2
+    assert matched_accuracy(true, t(0, 0, 0, 0, 0, 1, 1, 1)) == pytest.approx(6 / 8)
+    # more predicted states than labels: the unmatched state's frames are wrong
+    assert matched_accuracy(true, t(0, 0, 3, 1, 1, 2, 2, 2)) == pytest.approx(7 / 8)

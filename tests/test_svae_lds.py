@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from torch import distributions as td
 
 import test as test_script
 from data_loader.dots import DotVideoDataLoader, render_dots, triangle_wave
@@ -245,3 +246,22 @@ def test_train_resume_and_evaluate(lds_config):
     assert "test/predictions_0" in event_tags(run_dir, "test")["images"]
     assert {"epoch/kl_local", "epoch/kl_global", "epoch/recon", "epoch/elbo"} <= \
         set(event_tags(run_dir, "train")["scalars"])
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "sigmoid_gaussian", "bernoulli"])
+def test_each_likelihood_against_torch_distributions(likelihood):
+    """log p(y | x) summed over frames, and the decoded mean, against torch.distributions at the decoder's
+    outputs: identity mean (gaussian), sigmoid mean (sigmoid_gaussian, the dots' default), logits (bernoulli)."""
+    model = tiny_model(likelihood=likelihood).double()
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 8, 3, generator=gen, dtype=DT)  # (S, B, T, n)
+    y = torch.rand(4, 8, 6, generator=gen, dtype=DT)
+    mean, raw = model.decoder(x)
+    if likelihood == "bernoulli":
+        y = y.round()
+        dist = td.Bernoulli(logits=mean)
+    else:
+        loc = torch.sigmoid(mean) if likelihood == "sigmoid_gaussian" else mean
+        dist = td.Normal(loc, torch.exp(0.5 * 10 * torch.tanh(raw / 10)))
+    torch.testing.assert_close(model.log_likelihood(y, x), dist.log_prob(y).sum((-2, -1)))
+    torch.testing.assert_close(model.decode_mean(x, DT), dist.mean)

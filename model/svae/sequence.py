@@ -143,7 +143,16 @@ class SequenceSVAE(StructuredVAE):
         if y.shape[1] < self.prefix_len + self.horizon:
             return
         mask = self.observed_nodes(batch)
-        mean, samples = self.predict(y, self.figure_samples, None if mask is None else mask[:3])
+        mask = None if mask is None else mask[:3]
+        mean, samples = self.predict(y, self.figure_samples, mask)
         rows = {"data": y[:, :mean.shape[1]], "predicted mean": mean,
                 **{f"sample {i + 1}": s for i, s in enumerate(samples)}}
-        log_sequences(writer, f"{tag}/predictions", step, rows, self.prefix_len, title="Prediction, sequence")
+        log_sequences(writer, f"{tag}/predictions", step, past_the_end_as_nan(rows, mask), self.prefix_len,
+                      title="Prediction, sequence")
+
+
+def past_the_end_as_nan(rows: dict[str, torch.Tensor], mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Figure rows name -> (..., B, T, P) with the frames outside `mask` (B, T') (T <= T') set to NaN (drawn grey)."""
+    if mask is None:
+        return rows
+    return {name: torch.where(mask[:, :row.shape[-2], None], row, torch.nan) for name, row in rows.items()}

@@ -19,7 +19,7 @@ from model.svae.hmm import hmm_log_normalizer
 from model.svae.kalman import METHODS, chain_extent, expected_lds_potentials, initial_log_potential
 from model.svae.lds import chain_posterior_log_prob, pair_weights, second_moments
 from model.svae.recognition import GaussianRecognition
-from model.svae.sequence import SequenceSVAE
+from model.svae.sequence import SequenceSVAE, past_the_end_as_nan
 from model.svae.slds_inference import SwitchingPosterior, SwitchingPotentials, switching_meanfield
 from model.visualization import log_sequences
 from utils.errors import DataError
@@ -307,9 +307,14 @@ class SVAESLDS(SequenceSVAE):
         rows = {"data": y[:, :length], "predicted mean": mean,
                 **{f"sample {i + 1}": s for i, s in enumerate(samples)}}
         inferred = post.states.marginals.argmax(-1)[:, :length]
-        states = {"inferred": inferred}
+        if mask is not None:
+            inferred = torch.where(mask[:, :length], inferred, -1)
+        states, names = {"inferred": inferred}, None
         if "labels" in batch and 0 <= int(batch["labels"][:3].max()) < self.pgm.num_states:
             truth = batch["labels"][:3, :length]
-            states = {"inferred": match_labels(inferred, truth.clamp(min=0), self.pgm.num_states), "true": truth}
-        log_sequences(writer, f"{tag}/segmentation", step, rows, self.prefix_len,
-                      title="Segmentation and prediction, sequence", states=states)
+            both = (truth >= 0) & (inferred >= 0)
+            permutation = match_labels(inferred[both], truth[both], self.pgm.num_states)
+            matched = torch.where(inferred >= 0, permutation[inferred.clamp(min=0)], -1)
+            states, names = {"inferred": matched, "true": truth}, self.label_names
+        log_sequences(writer, f"{tag}/segmentation", step, past_the_end_as_nan(rows, mask), self.prefix_len,
+                      title="Segmentation and prediction, sequence", states=states, state_names=names)
