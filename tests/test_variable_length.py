@@ -144,3 +144,17 @@ def test_a_missing_frame_is_bridged_by_the_dynamics():
     torch.testing.assert_close(post.chain.mean.flatten(1), mean, **TOL)
     torch.testing.assert_close(post.chain.cov[:, 3], cov[:, 3 * n:4 * n, 3 * n:4 * n], **TOL)
     torch.testing.assert_close(post.chain.log_z, log_z, **TOL)
+
+
+def test_the_objective_counts_real_frames_only():
+    """Per frame of the batch: the local KL summed over sequences over their real frames (not B T), and the
+    global KL shared over the training set's mean real frames per sequence."""
+    model = lds_model()
+    model.frames_per_example = 6.5
+    batch = padded_batch(seed=9)
+    potentials, kl_global = model.expected_potentials()
+    kl = model.infer(batch["x"], potentials, 0, batch["mask"]).kl
+    out = model(batch)
+    torch.testing.assert_close(out["kl_local"], kl.sum() / sum(LENGTHS), **TOL)
+    torch.testing.assert_close(out["kl_global"], kl_global / (8 * 6.5), **TOL)
+    torch.testing.assert_close(out["elbo"], out["recon"] - out["kl_local"] - out["kl_global"], **TOL)

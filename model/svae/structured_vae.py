@@ -121,22 +121,25 @@ class StructuredVAE(KLWarmup, BaseModel):
         return mask.reshape(len(y), -1).sum(-1, dtype=torch.float64)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per observed frame of the batch (sums over examples over their frame count): the ELBO and its
-        parts, and the training loss."""
+        """Per observed frame of the batch: the ELBO and its parts, and the training loss. Each example's
+        terms per frame are weighted by its share of the batch's frames (1 when all examples have as many), so
+        that every observed frame counts once."""
         y, mask = self.observations(batch), self.observed_nodes(batch)
-        frames = self.frames(y, mask).sum()
         potentials, kl_global = self.expected_potentials()
         kl_global = kl_global / (self.num_train * self.frames_per_example)
         post = self.infer(y, potentials, self.num_samples, mask)
-        recon = self.log_likelihood(y, post.samples, mask).mean(0).sum() / frames
-        kl_local = post.kl.sum() / frames
-        elbo = recon - kl_local - kl_global
-        loss = -(recon - self.kl_weight * kl_local) + kl_global if self.training else -elbo
+        log_likelihood = self.log_likelihood(y, post.samples, mask).mean(0)  # (B,)
+        frames = self.frames(y, mask).to(log_likelihood.dtype)
+        weights = frames / frames.mean()
+        recon = log_likelihood / frames * weights
+        kl_local = post.kl / frames * weights
+        elbo = (recon - kl_local).mean() - kl_global
+        loss = -(recon - self.kl_weight * kl_local).mean() + kl_global if self.training else -elbo
         out = {
             "loss": loss,
             "elbo": elbo.detach(),
-            "recon": recon.detach(),
-            "kl_local": kl_local.detach(),
+            "recon": recon.detach().mean(),
+            "kl_local": kl_local.detach().mean(),
             "kl_global": kl_global.detach(),
             **self.pgm.diagnostics(post),
             "jitter_retries": post.retries.double(),
