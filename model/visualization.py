@@ -181,14 +181,15 @@ def _component_colors(weights: torch.Tensor, shown: list[int]) -> dict[int, tupl
     return {k: palette[rank % len(palette)] for rank, k in enumerate(order)}
 
 
-def gmm_cluster_figures(latent: torch.Tensor, data: torch.Tensor, assignments: torch.Tensor,
+def gmm_cluster_figures(latent: torch.Tensor, data: torch.Tensor | None, assignments: torch.Tensor,
                         weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor,
                         decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
                         min_weight: float = 0.02) -> dict[str, Figure]:
     """Two figures, "latent" and "data": latent points (M, 2) coloured by their most likely component
     (assignments (M,)) with the 2-sigma ellipses of the components whose weight (K,) exceeds `min_weight`
     (means (K, 2), covs (K, 2, 2)); and the data (M, 2) in the same colours with the ellipses pushed through
-    `decode` (latent (..., 2) -> data (..., 2)). Points of lighter components are grey."""
+    `decode` (latent (..., 2) -> data (..., 2)); data of another dimension (None) get no figure. Points of
+    lighter components are grey."""
     angles = torch.linspace(0, 2 * math.pi, 100, dtype=means.dtype, device=means.device)
     circle = torch.stack([angles.cos(), angles.sin()], -1)  # (100, 2)
     shown = sorted((weights > min_weight).nonzero().flatten().tolist(), key=lambda k: -float(weights[k]))
@@ -203,9 +204,12 @@ def gmm_cluster_figures(latent: torch.Tensor, data: torch.Tensor, assignments: t
     figures = {}
     panels = [("latent", latent, ellipses, "latent dimension 1", "latent dimension 2",
                "Latent means E[x] by most likely component\nlines: 2-sigma ellipses of the components"),
-              ("data", data, decode(ellipses) if decode is not None and shown else None, "data dimension 1",
+              ("data", data, decode(ellipses) if decode is not None and shown and data is not None else None,
+               "data dimension 1",
                "data dimension 2", "Data coloured by its latent's component\nlines: decoded 2-sigma ellipses")]
     for name, points, curves, xlabel, ylabel, title in panels:
+        if points is None:
+            continue
         fig, axes = new_figure(7.6, 5.6)
         ax = axes[0, 0]
         points = _numpy(points)

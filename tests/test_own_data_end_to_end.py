@@ -66,6 +66,8 @@ def test_svae_gmm_on_vectors_reports_clustering_metrics_by_default(tmp_path):
     results = train_and_test("svae_gmm_vectors", tmp_path)
     assert {"elbo", "iw_nll", "ari", "nmi", "components_in_use"} <= results.keys()
     assert results["num_examples"] == 30
+    figures = Path(results["checkpoint"]).parent.parent / "figures"
+    assert (figures / "test_clusters_latent.png").is_file() and not (figures / "test_clusters_data.png").exists()
 
 
 def test_a_listed_metric_whose_field_is_missing_stops_before_training(tmp_path):

@@ -189,9 +189,9 @@ class SVAEGMM(StructuredVAE):
     # ---------------------------------------------------------------- figures
     @torch.no_grad()
     def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
-        """2-D data and latents only: `{tag}/clusters_latent` (latent means by component, 2-sigma ellipses) and
-        `{tag}/clusters_data` (the data in the same colours, decoded ellipses)."""
-        if self.latent_dim != 2 or self.data_shape != (2,):
+        """2-D latents only: `{tag}/clusters_latent` (latent means by component, 2-sigma ellipses) and, for 2-D
+        data, `{tag}/clusters_data` (the data in the same colours, decoded ellipses)."""
+        if self.latent_dim != 2:
             return
         y = self.observations(batch)
         post = self.infer(y, self.expected_potentials()[0], 0)
@@ -200,6 +200,6 @@ class SVAEGMM(StructuredVAE):
         def decode(x: torch.Tensor) -> torch.Tensor:
             return self.likelihood.mean(self.decode(x.to(y.dtype)))
 
-        log_gmm_clusters(writer, tag, step, latent=post.mean, data=y,
+        log_gmm_clusters(writer, tag, step, latent=post.mean, data=y if self.data_shape == (2,) else None,
                          assignments=post.responsibilities.argmax(-1), weights=weights, means=means, covs=covs,
                          decode=decode)
