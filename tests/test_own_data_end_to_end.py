@@ -1,5 +1,5 @@
-"""Your own data end to end, through the CLIs users run: the configs in configs/own/ on small generated files
-(data_loader/example_files.py) train, and test.py evaluates them (SVAE-SLDS on variable-length, real-valued,
+"""Your own data end to end: the configs in configs/own/ on small generated files (data_loader/example_files.py)
+train (train.train, what train.py runs), and test.py evaluates them (SVAE-SLDS on variable-length, real-valued,
 labelled 7-channel sequences; GraphVAE on a folder of 20x20 RGB PNGs; SVAE-GMM on 5-D vectors); metrics
 default to what the data allows, and a listed metric whose field is missing stops before training; --dry-run
 writes nothing; RecurrentGraphVAE and SVAE-LDS take Sequences too."""
@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import test as test_script
 from data_loader.example_files import write_images, write_sequences, write_vectors
 from tests.conftest import ROOT, one_line_error, run_cli
+from train import train
+from trainer.build import load_and_check
 
 SHRINK = {  # config -> (data writer, overrides of a tiny run)
     "svae_gmm_vectors": (lambda d: write_vectors(d / "vectors.npz", points_per_class=30),
@@ -29,24 +32,26 @@ SHRINK = {  # config -> (data writer, overrides of a tiny run)
 }
 
 
-def own_run(name: str, tmp_path: Path, extra: list[str] = ()) -> list[str]:
-    """train.py arguments for configs/own/<name>.yaml on a small generated file under tmp_path."""
+def own_overrides(name: str, tmp_path: Path, extra: list[str] = ()) -> list[str]:
+    """`--set` overrides of configs/own/<name>.yaml for a tiny run on a small generated file under tmp_path."""
     write, overrides = SHRINK[name]
-    data = write(tmp_path)
-    args = ["train.py", "-c", str(ROOT / "configs" / "own" / f"{name}.yaml"), "--set",
-            f"data_loader.args.path={data}", "--set", f"trainer.save_dir={tmp_path / 'saved'}"]
-    for override in [*overrides, *extra]:
+    return [f"data_loader.args.path={write(tmp_path)}", f"trainer.save_dir={tmp_path / 'saved'}",
+            "trainer.verbosity=0", *overrides, *extra]
+
+
+def own_cli(name: str, tmp_path: Path, extra: list[str] = ()) -> list[str]:
+    """The train.py command line of the same run."""
+    args = ["train.py", "-c", str(ROOT / "configs" / "own" / f"{name}.yaml")]
+    for override in own_overrides(name, tmp_path, extra):
         args += ["--set", override]
     return args
 
 
-def train_and_test(name: str, tmp_path: Path) -> dict:
-    trained = run_cli(*own_run(name, tmp_path), "--set", "trainer.verbosity=0")
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    [run_dir] = (tmp_path / "saved" / name).iterdir()
-    tested = run_cli("test.py", "-r", str(run_dir / "checkpoints" / "model_best.pt"), "--iw-samples", "3")
-    assert tested.returncode == 0, tested.stderr[-3000:]
-    return json.loads((run_dir / "test_metrics.json").read_text())
+def train_and_test(name: str, tmp_path: Path, extra: list[str] = (), checkpoint: str = "model_best.pt") -> dict:
+    """Train the tiny run, evaluate `checkpoint` as test.py does; test_metrics.json's content."""
+    run = train(load_and_check(ROOT / "configs" / "own" / f"{name}.yaml", own_overrides(name, tmp_path, extra)))
+    test_script.evaluate(run.run_dir / "checkpoints" / checkpoint, iw_samples=3, progress=False)
+    return json.loads((run.run_dir / "test_metrics.json").read_text())
 
 
 def test_svae_slds_on_variable_length_labelled_sequences(tmp_path):
@@ -73,7 +78,7 @@ def test_svae_gmm_on_vectors_reports_clustering_metrics_by_default(tmp_path):
 def test_a_listed_metric_whose_field_is_missing_stops_before_training(tmp_path):
     unlabelled = tmp_path / "unlabelled.npz"
     np.savez(unlabelled, x=np.load(write_vectors(tmp_path / "vectors.npz", points_per_class=30))["x"])
-    result = run_cli(*own_run("svae_gmm_vectors", tmp_path, [f"data_loader.args.path={unlabelled}",
+    result = run_cli(*own_cli("svae_gmm_vectors", tmp_path, [f"data_loader.args.path={unlabelled}",
                                                               "metrics=[elbo, ari]"]))
     assert result.returncode == 2
     err = one_line_error(result.stderr)
@@ -82,7 +87,7 @@ def test_a_listed_metric_whose_field_is_missing_stops_before_training(tmp_path):
 
 
 def test_dry_run_prints_the_data_model_and_metrics_and_writes_nothing(tmp_path):
-    result = run_cli(*own_run("svae_slds_sequences", tmp_path), "--dry-run")
+    result = run_cli(*own_cli("svae_slds_sequences", tmp_path), "--dry-run")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     for text in ("sequences.npz", "examples: train 10, test 2", "lengths: min", "scale standardize: mean",
@@ -100,11 +105,6 @@ def test_other_sequence_models_take_sequences(arch, tmp_path):
                                   "data_loader.args.window=12", "data_loader.args.stride=6"],
             "SVAE-LDS": ["arch.args={latent_dim: 2, hidden_dims: [8], likelihood: gaussian, prefix_len: 8, "
                          "horizon: 5, eval_samples: 2}"]}[arch]
-    run = own_run("svae_slds_sequences", tmp_path, [f"arch.type={arch}", "metrics=null", *args,
-                                                     "trainer.verbosity=0"])
-    trained = run_cli(*run)
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    [run_dir] = (tmp_path / "saved" / "svae_slds_sequences").iterdir()
-    tested = run_cli("test.py", "-r", str(run_dir / "checkpoints" / "last.pt"), "--iw-samples", "2")
-    assert tested.returncode == 0, tested.stderr[-3000:]
-    assert "elbo" in json.loads((run_dir / "test_metrics.json").read_text())
+    results = train_and_test("svae_slds_sequences", tmp_path, [f"arch.type={arch}", "metrics=null", *args],
+                             checkpoint="last.pt")
+    assert "elbo" in results and results["num_examples"] >= 2  # 2 test sequences, whole or as windows

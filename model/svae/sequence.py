@@ -61,6 +61,9 @@ class SequenceSVAE(StructuredVAE):
         for name, value in [("prefix_len", prefix_len), ("horizon", horizon), ("figure_samples", figure_samples)]:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if prefix_len + horizon > data_shape[0]:
+            raise ValueError(f"prefix_len + horizon = {prefix_len + horizon} frames of prediction do not fit the "
+                             f"{data_shape[0]} frames of an example; lower prefix_len or horizon")
         if likelihood not in LIKELIHOOD_NAMES:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, got {likelihood!r}")
         super().__init__(pgm, encoder, decoder, num_train,
