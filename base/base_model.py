@@ -49,6 +49,15 @@ class BaseModel(nn.Module):
     def metric_names(cls) -> tuple[str, ...]:
         return tuple(metric.name for metric in cls.metrics)
 
+    def metric_problem(self, name: str, fields: tuple[str, ...]) -> str | None:
+        """Why metric `name` cannot be computed on data whose batches have `fields`, or None when it can
+        (by default: a batch field it `needs` is missing)."""
+        metric = next(m for m in self.metrics if m.name == name)
+        missing = [field for field in metric.needs if field not in fields]
+        if missing:
+            return f"it needs the batch field {missing[0]!r}, and the data's batches have {', '.join(fields)}"
+        return None
+
     def after_optimizer_step(self, statistics: dict[str, torch.Tensor] | None,
                              taken: torch.Tensor | None = None) -> None:
         """Called after every optimizer step (after all optimizers have stepped), with the step's

@@ -58,9 +58,9 @@ def test_a_real_architecture_trains_and_resumes_under_ddp(pinwheel_config, tmp_p
 SVAE_SHRINKS = {  # config, arch args, data args, number of SVI-updated buffers
     "svae_gmm": (dict(num_components=4, hidden_dims=[8], max_iter=1000, tol=1e-12, rho=0.5),
                  dict(points_per_class=8, batch_size=10, test_points_per_class=2), 5),
-    "svae_lds": (dict(latent_dim=3, hidden_dims=[8], rho=0.5),
+    "svae_lds": (dict(latent_dim=3, hidden_dims=[8], rho=0.5, prefix_len=6, horizon=5),
                  dict(num_frames=120, duration=12.0, chunk_len=12, test_frames=24, batch_size=10), 8),
-    "svae_slds": (dict(latent_dim=2, hidden_dims=[8], rho=0.5, max_iter=1000, tol=1e-12),
+    "svae_slds": (dict(latent_dim=2, hidden_dims=[8], rho=0.5, max_iter=1000, tol=1e-12, prefix_len=6, horizon=5),
                   dict(chunk_len=12, num_sequences=10, num_test_sequences=2, batch_size=10), 10),
 }
 

@@ -15,7 +15,8 @@ import test as test_script
 from data_loader.example_files import write_images, write_sequences, write_vectors
 from tests.conftest import ROOT, one_line_error, run_cli
 from train import train
-from trainer.build import load_and_check
+from trainer.build import build_data, build_model, eval_metric_names, load_and_check
+from utils.errors import ConfigError
 
 SHRINK = {  # config -> (data writer, overrides of a tiny run)
     "svae_gmm_vectors": (lambda d: write_vectors(d / "vectors.npz", points_per_class=30),
@@ -108,3 +109,17 @@ def test_other_sequence_models_take_sequences(arch, tmp_path):
     results = train_and_test("svae_slds_sequences", tmp_path, [f"arch.type={arch}", "metrics=null", *args],
                              checkpoint="last.pt")
     assert "elbo" in results and results["num_examples"] >= 2  # 2 test sequences, whole or as windows
+
+
+def test_prediction_metrics_are_left_out_by_default_when_examples_are_too_short(tmp_path):
+    """Windows of 10 frames cannot hold prefix_len + horizon = 13: the default metrics skip the prediction
+    metrics, and listing one is a one-line error before training."""
+    extra = ["data_loader.args.window=10", "data_loader.args.stride=5"]
+    config = load_and_check(ROOT / "configs" / "own" / "svae_slds_sequences.yaml",
+                            own_overrides("svae_slds_sequences", tmp_path, extra))
+    data = build_data(config)
+    metrics = eval_metric_names(config, build_model(config, data), data)
+    assert metrics == ("elbo", "iw_nll", "state_ari", "state_nmi", "state_accuracy")
+    config["metrics"] = ["elbo", "pred_mse"]
+    with pytest.raises(ConfigError, match="'pred_mse'.*prefix_len \\+ horizon = 13 frames.*has 10"):
+        eval_metric_names(config, build_model(config, data), data)

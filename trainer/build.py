@@ -53,18 +53,16 @@ def build_model(config: dict, data: BaseDataLoader) -> BaseModel:
 
 
 def eval_metric_names(config: dict, model: BaseModel, data: BaseDataLoader) -> tuple[str, ...]:
-    """The metrics test.py computes: config `metrics`, or every metric of the model whose fields the data's
-    batches have. Raises ConfigError for a listed metric whose field the data lacks."""
-    fields = set(data.fields)
+    """The metrics test.py computes: config `metrics`, or every metric of the model that it can compute on the
+    data (`BaseModel.metric_problem`: e.g. a field the data's batches lack). Raises ConfigError for a listed
+    metric that cannot be computed."""
+    fields = data.fields
     if config["metrics"] is None:
-        return tuple(m.name for m in model.metrics if fields.issuperset(m.needs))
-    needs = {m.name: m.needs for m in model.metrics}
+        return tuple(m.name for m in model.metrics if model.metric_problem(m.name, fields) is None)
     for name in config["metrics"]:
-        missing = [field for field in needs[name] if field not in fields]
-        if missing:
-            raise ConfigError(
-                f"config key 'metrics' names {name!r}, which needs the batch field {missing[0]!r}; data loader "
-                f"{config['data_loader']['type']!r} gives {', '.join(data.fields)}. Drop {name!r} from 'metrics' "
-                f"(or leave 'metrics' out to compute what the data allows)"
-            )
+        problem = model.metric_problem(name, fields)
+        if problem is not None:
+            raise ConfigError(f"config key 'metrics' names {name!r}, which {config['arch']['type']} cannot compute "
+                              f"here: {problem}. Drop it from 'metrics' (or leave 'metrics' out to compute what "
+                              f"the data allows)")
     return tuple(config["metrics"])

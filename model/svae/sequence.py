@@ -61,9 +61,6 @@ class SequenceSVAE(StructuredVAE):
         for name, value in [("prefix_len", prefix_len), ("horizon", horizon), ("figure_samples", figure_samples)]:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if prefix_len + horizon > data_shape[0]:
-            raise ValueError(f"prefix_len + horizon = {prefix_len + horizon} frames of prediction do not fit the "
-                             f"{data_shape[0]} frames of an example; lower prefix_len or horizon")
         if likelihood not in LIKELIHOOD_NAMES:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, got {likelihood!r}")
         super().__init__(pgm, encoder, decoder, num_train,
@@ -77,6 +74,14 @@ class SequenceSVAE(StructuredVAE):
 
     def observed_nodes(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
         return batch.get("mask")
+
+    def metric_problem(self, name: str, fields: tuple[str, ...]) -> str | None:
+        """Besides missing fields: the prediction metrics need examples of prefix_len + horizon frames."""
+        length = self.prefix_len + self.horizon
+        if name in ("pred_mse", "pred_mse_repeat_last") and self.seq_len < length:
+            return (f"it predicts prefix_len + horizon = {length} frames, and an example has {self.seq_len}; "
+                    f"lower arch.args.prefix_len or horizon")
+        return super().metric_problem(name, fields)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Parameters of p(y_t | x_t): the mean (through a sigmoid for "sigmoid_gaussian") and raw log-variance
