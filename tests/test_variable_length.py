@@ -158,3 +158,14 @@ def test_the_objective_counts_real_frames_only():
     torch.testing.assert_close(out["kl_local"], kl.sum() / sum(LENGTHS), **TOL)
     torch.testing.assert_close(out["kl_global"], kl_global / (8 * 6.5), **TOL)
     torch.testing.assert_close(out["elbo"], out["recon"] - out["kl_local"] - out["kl_global"], **TOL)
+
+
+def test_an_all_true_mask_is_inference_without_a_mask():
+    """Full windows (every frame real) take the unmasked path: the same posterior, exactly."""
+    model = slds_model()
+    batch = padded_batch(seed=11)
+    potentials = model.expected_potentials()[0]
+    full = torch.ones_like(batch["mask"])
+    masked, plain = model.infer(batch["x"], potentials, 0, full), model.infer(batch["x"], potentials, 0)
+    assert masked.within is None
+    assert torch.equal(masked.kl, plain.kl) and torch.equal(masked.states.marginals, plain.states.marginals)

@@ -25,6 +25,16 @@ from model.visualization import log_sequences
 from utils.errors import DataError
 
 
+def chains_cut(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """`chain_extent` of a frame mask (B, T), or None when every sequence's last frame is real, so that no chain
+    is cut: then inference runs with one transition matrix for every step instead of one per step of each
+    chain (15% of a training step on full 30-frame windows), and gives the same. One host read per batch, as
+    the mean-field sweeps already make."""
+    if mask is None or bool(mask[:, -1].all()):
+        return None
+    return chain_extent(mask)
+
+
 class SwitchingLinearDynamicalSystem(GraphicalModel):
     """z_1 ~ Cat(pi0), z_t+1 | z_t ~ Cat(P[z_t]); x_1 ~ N(mu0, Sigma0), x_t+1 = A_{z_t} x_t + eps,
     eps ~ N(0, Q_{z_t}): K discrete states and one n-dimensional latent per frame. Global factors
@@ -112,7 +122,7 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
 
     def infer(self, potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
               num_samples: int, mask: torch.Tensor | None = None) -> SwitchingPosterior:
-        within = None if mask is None else chain_extent(mask)
+        within = chains_cut(mask)
         return switching_meanfield(potentials, node_J, node_h, num_samples, self.max_iter, self.tol, self.inference,
                                    within)
 
@@ -146,7 +156,7 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
                        mask: torch.Tensor | None = None) -> torch.Tensor:
         """log p(x) = init(x_1) + log sum_z p(z) prod_t p_{z_t}(x_t+1 | x_t), z summed out by the forward
         algorithm, for paths x (S, B, T, n), chains cut after the last real frame of `mask` (B, T): (S, B)."""
-        within = None if mask is None else chain_extent(mask)
+        within = chains_cut(mask)
         second = x.unsqueeze(-1) * x.unsqueeze(-2)
         cross = x[..., :-1, :].unsqueeze(-1) * x[..., 1:, :].unsqueeze(-2)
         pair = potentials.pair_log_potentials(second, cross, within)
