@@ -34,6 +34,13 @@ def identity_collate(batch: Any) -> Any:
     return batch
 
 
+def random_split(n: int, n_held_out: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted (kept, held-out) indices of range(n), `n_held_out` of them held out, drawn with a generator seeded
+    by `seed` (the global RNG is not touched)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[n_held_out:].sort().values, order[:n_held_out].sort().values
+
+
 def seed_worker(worker_id: int) -> None:
     """Seed python and numpy in a DataLoader worker from its torch seed."""
     seed = torch.initial_seed() % 2**32
@@ -130,18 +137,21 @@ class BaseDataLoader:
 
     def split_validation(self) -> None:
         """Hold out `validation_split` of the training set, chosen with a private generator."""
-        n = len(self.train_set)
+        kept, held_out = self.validation_indices(len(self.train_set), "examples")
+        if len(held_out):
+            self.val_set = self.train_set.subset(held_out)
+            self.train_set = self.train_set.subset(kept)
+
+    def validation_indices(self, n: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sorted (kept, held-out) indices of n training `what` (examples, sequences): `validation_split` of them
+        (a fraction or a count) held out, drawn with `split_seed`."""
         split = self.validation_split
         n_val = int(split) if isinstance(split, int) else int(round(split * n))
         if isinstance(split, float) and not 0.0 <= split < 1.0:
             raise ValueError(f"validation_split must be in [0, 1) as a fraction, got {split}")
         if not 0 <= n_val < n:
-            raise ValueError(f"validation_split={split} leaves no training data ({n} examples)")
-        if n_val == 0:
-            return
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
-        self.val_set = self.train_set.subset(order[:n_val].sort().values)
-        self.train_set = self.train_set.subset(order[n_val:].sort().values)
+            raise ValueError(f"validation_split={split} leaves no training data ({n} {what})")
+        return random_split(n, n_val, self.split_seed)
 
     @property
     def fields(self) -> tuple[str, ...]:

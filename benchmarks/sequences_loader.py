@@ -4,17 +4,17 @@ DataLoader, against the same tensors fed directly.
     taskset -c 0 python benchmarks/sequences_loader.py --threads 1
     options: --steps S (20 per round)  --repeats R (7)  --bs B (32)  --window W (30)  --channels D (12)  --json OUT
 
-A generated .npz of 120 sequences of 60-200 frames and D channels (smooth random walks with labels) is read
-by `Sequences` (windows of W frames, stride W/3, standardized); SVAE-SLDS (K = 3, n = 4, hidden [50], the
-shipped mean-field settings) trains on it. The "tensors" entry first collects the `x` of the loader's batches
-of each round into a list, then steps on them as a fixed-length data set would give them (no mask); the
-"Sequences" entry steps while drawing the same batches, mask and all, from the DataLoader, so the ratio
-includes what the mask costs the model. Both start every round from the same weights, optimizer state and RNG state, so they do the same
-work; the entries take turns (the one that goes first alternates). Printed: ms per step, median over rounds
-with the fastest and slowest, and the ratio Sequences / tensors of the medians and the median per-round ratio
-(target: below 1.05). A step's time varies by 10-20% on a shared machine, far more than the loader costs, so
-the loader's own time per batch (drawing the round's batches without stepping) is printed too, with its
-share of the tensors entry's step.
+A generated .npz of 120 sequences of 60-200 frames and D channels (smooth random walks with labels) is read by
+`Sequences` (windows of W frames, stride W/3, standardized); SVAE-SLDS (K = 3, n = 4, hidden [50], the shipped
+mean-field settings) trains on it. The "tensors" entry first collects the `x` of the loader's batches of each
+round into a list, then steps on them as a fixed-length data set would give them (no mask); the "Sequences"
+entry steps while drawing the same batches, mask and all, from the DataLoader, so the ratio includes what the
+mask costs the model. Both start every round from the same weights, optimizer state and RNG state, so they do
+the same work; the entries take turns (the one that goes first alternates). Printed: ms per step, median over
+rounds with the fastest and slowest, and the ratio Sequences / tensors of the medians and the median per-round
+ratio (target: below 1.05). A step's time varies by 10-20% on a shared machine, far more than the loader
+costs, so the loader's own time per batch (drawing the round's batches without stepping) is printed too, with
+its share of the tensors entry's step.
 """
 from __future__ import annotations
 

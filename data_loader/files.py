@@ -12,6 +12,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from base.base_data_loader import random_split
 from utils.errors import ConfigError, DataError
 
 Scale = Literal["none", "standardize", "unit"]
@@ -140,8 +141,7 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, tor
     n_out = max(1, int(round(fraction * n)))
     if n_out >= n:
         raise DataError(f"test_fraction={fraction} of {n} leaves nothing to train on")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return order[n_out:].sort().values, order[:n_out].sort().values
+    return random_split(n, n_out, seed)
 
 
 def check_batch_size(n_train: int, batch_size: int, what: str, path: Path) -> None:

@@ -163,16 +163,9 @@ class SequencesDataLoader(BaseDataLoader):
 
     def _split_validation_sequences(self) -> torch.Tensor:
         """Move `validation_split` (fraction or count) of the training sequences to validation."""
-        n = len(self.train_sequences)
-        split = self.validation_split
-        if isinstance(split, float) and not 0.0 <= split < 1.0:
-            raise ValueError(f"validation_split must be in [0, 1) as a fraction, got {split}")
-        n_val = int(split) if isinstance(split, int) else int(round(split * n))
-        if not 0 <= n_val < n:
-            raise ValueError(f"validation_split={split} leaves no training sequences ({n} after the test split)")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
-        val = self.train_sequences[order[:n_val]].sort().values
-        self.train_sequences = self.train_sequences[order[n_val:]].sort().values
+        kept, held_out = self.validation_indices(len(self.train_sequences), "sequences after the test split")
+        val = self.train_sequences[held_out]
+        self.train_sequences = self.train_sequences[kept]
         return val
 
     def split_validation(self) -> None:

@@ -3,7 +3,8 @@
 
 The chain z_1:T in {1..K} has the (possibly unnormalised) log-potential
     log_init[z_1] + sum_{t<T} log_trans[z_t, z_t+1] + sum_t node[t, z_t],
-with one transition matrix for every step (K, K) or one per step of each chain (..., T-1, K, K), and q(z) is its normalised exponential: log Z, the marginals q(z_t = k) and the pair marginals
+with one transition matrix for every step (K, K) or one per step of each chain (..., T-1, K, K), and q(z) is
+its normalised exponential: log Z, the marginals q(z_t = k) and the pair marginals
 q(z_t = j, z_t+1 = k). Each step of the recursions is a (K, K) matrix product on exponentials shifted by
 their maximum (exact in log space up to underflow below e^-700 in float64); the loop over time is the
 only Python loop. Differentiable by autograd.

@@ -248,8 +248,8 @@ class SVAESLDS(SequenceSVAE):
 
     def predict(self, y: torch.Tensor, num_samples: int,
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Condition on the first `prefix_len` frames of y (B, T, P) (those in `mask`) and sample `predictive_samples` futures
-        from the model: z and x at the prefix's last frame from q(z) q(x), then z_t+1 ~ E[P][z_t] and
+        """Condition on the first `prefix_len` frames of y (B, T, P) (those in `mask`) and sample
+        `predictive_samples` futures from the model: z and x at the prefix's last frame from q(z) q(x), then z_t+1 ~ E[P][z_t] and
         x_t+1 = A_{z_t} x_t + eps, eps ~ N(0, Q_{z_t}) (globals at their point estimate) for `horizon` frames.
         Returns the prediction, (B, P+H, P): the decoded posterior mean over the prefix, then the mean of the
         decoded futures (the predictive mean, which averages over the regime switches to come), and the first
