@@ -100,9 +100,14 @@ MAX_PRINTED_ENTRIES = 64  # larger lists (e.g. predicted_sequences) are only nam
 
 def format_value(value: Any) -> list[str]:
     """A metric as console lines: numbers rounded, a list on one line, a list of rows as a small
-    matrix, a large or ragged list as its shape (its values are in test_metrics.json)."""
+    matrix, a large or ragged list as its shape (its values are in test_metrics.json), a dict one line per
+    entry."""
     if isinstance(value, float):
         return [f"{value:.4f}"]
+    if isinstance(value, dict):  # e.g. per_sequence: one line per entry
+        return [f"{key}: " + (", ".join(f"{k} {format_value(v)[0]}" for k, v in entry.items())
+                              if isinstance(entry, dict) else format_value(entry)[0])
+                for key, entry in value.items()] or ["{}"]
     if not isinstance(value, list):
         return [str(value)]
     try:

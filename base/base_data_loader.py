@@ -105,8 +105,9 @@ class BaseDataLoader:
 
     Subclasses set `train_set`, `test_set`, `data_shape` (shape of one example's
     "x") and `is_image`, then call `split_validation()`. Loaders of labelled data set
-    `label_names` (names of the values of "y" or "labels"); loaders of files add their own
-    lines to `describe()` (what `train.py --dry-run` prints).
+    `label_names` (names of the values of "y" or "labels"); loaders of sequences may set `channel_names`,
+    `sequence_names` and `frame_rate` (frames per second) for figures and per-sequence results. Loaders of
+    files add their own lines to `describe()` (what `train.py --dry-run` prints).
 
     Args:
         batch_size: global batch size (divided among ranks under torchrun).
@@ -122,6 +123,9 @@ class BaseDataLoader:
     data_shape: tuple[int, ...]
     is_image: bool = False
     label_names: tuple[str, ...] | None = None
+    channel_names: tuple[str, ...] | None = None
+    sequence_names: tuple[str, ...] | None = None
+    frame_rate: float | None = None
 
     def __init__(self, batch_size: int = 128, shuffle: bool = True, validation_split: float = 0.0,
                  num_workers: int = 0, split_seed: int = 0):

@@ -24,7 +24,9 @@ def existing(path: str, key: str, folder: bool = False) -> Path:
     p = Path(path).expanduser()
     if not (p.is_dir() if folder else p.is_file()):
         kind = "folder" if folder else "data file"
-        raise DataError(f"{kind} {p} (data_loader.args.{key}) does not exist{'' if folder else ' or is not a file'}")
+        where = "" if p.is_absolute() else f", expected at {p.resolve()}"
+        raise DataError(f"{kind} {p} (data_loader.args.{key}{where}) does not exist"
+                        f"{'' if folder else ' or is not a file'}")
     return p
 
 

@@ -103,15 +103,20 @@ class SequencesDataLoader(BaseDataLoader):
     zero-padded (mask False). Test and validation splits take whole sequences: `test_sequences`
     (indices) or a `test_fraction` of the sequences drawn with `split_seed` (0.2 with neither), then
     `validation_split` (fraction or count of the remaining sequences, drawn with `split_seed`).
+    `test_sequences: all` is the unsupervised-segmentation protocol: train on every sequence and evaluate
+    on every sequence (labels are only read by the metrics).
     Scaling statistics come from the training sequences' frames only; points are scaled once, at load.
 
     Args:
         path: the .npz file (see the module docstring).
         window: frames per example, or null (the default) for whole sequences.
         stride: frames between window starts (default: window, non-overlapping).
-        test_sequences: indices of the test sequences.
+        test_sequences: indices of the test sequences, or "all" (train and test on every sequence).
         test_fraction: fraction of the sequences held out for testing (default 0.2 without test_sequences).
         scale: "none", "standardize" (per channel mean 0, std 1; std 0 -> 1) or "unit" (per channel min-max).
+        frame_rate: frames per second of the recordings, for time axes in seconds (optional).
+        test_whole_sequences: the test split as whole sequences padded to the longest (with a mask) even when
+            training takes windows, so that test metrics cover every frame of each test sequence.
 
     Attributes: data_shape, label_names (file's label_names, else '0'..max, when labels exist),
     channel_names, sequence_names (tuples or None), path, window, stride, scale, shift and divisor
@@ -121,7 +126,8 @@ class SequencesDataLoader(BaseDataLoader):
 
     def __init__(self, path: str, batch_size: int = 32, shuffle: bool = True, validation_split: float = 0.0,
                  num_workers: int = 0, split_seed: int = 0, window: int | None = None, stride: int | None = None,
-                 test_sequences: list[int] | None = None, test_fraction: float | None = None, scale: Scale = "none"):
+                 test_sequences: list[int] | str | None = None, test_fraction: float | None = None,
+                 scale: Scale = "none", test_whole_sequences: bool = False, frame_rate: float | None = None):
         super().__init__(batch_size, shuffle, validation_split, num_workers, split_seed)
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
@@ -130,7 +136,12 @@ class SequencesDataLoader(BaseDataLoader):
         if stride is not None and (window is None or stride < 1):
             raise ValueError(f"stride must be >= 1 and needs a window, got stride {stride} with window {window}")
         fraction = resolve_test_split(test_sequences is not None, test_fraction, "test_sequences")
+        if isinstance(test_sequences, str) and test_sequences != "all":
+            raise ValueError(f"test_sequences must be a list of sequence indices or 'all', got {test_sequences!r}")
         self.path, self.window, self.scale = existing(path, "path"), window, scale
+        if frame_rate is not None and not frame_rate > 0:
+            raise ValueError(f"frame_rate must be > 0 frames per second, got {frame_rate}")
+        self.test_whole_sequences, self.frame_rate = test_whole_sequences, frame_rate
         self.stride = stride or window
         arrays = read_sequences(self.path)
         self.lengths = torch.from_numpy(arrays["lengths"].astype(np.int64))
@@ -141,7 +152,10 @@ class SequencesDataLoader(BaseDataLoader):
             short_seq = int(torch.argmin(self.lengths))
             raise DataError(f"sequence {self._name(short_seq)} in {self.path} has {int(self.lengths[short_seq])} "
                             f"frames, fewer than window {window}; lower data_loader.args.window or drop the sequence")
-        if fraction is None:
+        self.test_on_all = test_sequences == "all"
+        if self.test_on_all:
+            self.train_sequences, self.test_sequences = torch.arange(n), torch.arange(n)
+        elif fraction is None:
             bad = [i for i in test_sequences if not 0 <= i < n]
             if bad:
                 raise DataError(f"data_loader.args.test_sequences names sequence {bad[0]}, but {self.path} has {n} "
@@ -181,15 +195,15 @@ class SequencesDataLoader(BaseDataLoader):
         self.shift, self.divisor = scale_statistics(train_frames, self.scale, (0,))
         points = apply_scale(points, self.shift, self.divisor)
         labels = torch.from_numpy(arrays["labels"].astype(np.int64)) if "labels" in arrays else None
-        frames = self.window or int(lengths.max())
-        self.data_shape = (frames, points.shape[1])
+        self.data_shape = (self.window or int(lengths.max()), points.shape[1])
 
-        def dataset(sequences: torch.Tensor) -> SequenceWindows:
-            starts = window_starts(lengths, sequences, self.window, self.stride)
-            return SequenceWindows(starts, points, labels, offsets, lengths, frames)
+        def dataset(sequences: torch.Tensor, window: int | None) -> SequenceWindows:
+            starts = window_starts(lengths, sequences, window, self.stride)
+            return SequenceWindows(starts, points, labels, offsets, lengths, window or int(lengths.max()))
 
-        self.train_set, self.test_set = dataset(self.train_sequences), dataset(self.test_sequences)
-        self.val_set = dataset(self.val_sequences) if len(self.val_sequences) else None
+        self.train_set = dataset(self.train_sequences, self.window)
+        self.test_set = dataset(self.test_sequences, None if self.test_whole_sequences else self.window)
+        self.val_set = dataset(self.val_sequences, self.window) if len(self.val_sequences) else None
         if labels is not None:
             names = strings(arrays.get("label_names"), "label_names", self.path, None)
             top = int(labels.max())
@@ -203,10 +217,13 @@ class SequencesDataLoader(BaseDataLoader):
         return float(self.train_set.real_frames().double().mean())
 
     def describe(self) -> list[str]:
-        counts = [("train", self.train_sequences), ("validation", self.val_sequences), ("test", self.test_sequences)]
+        counts = [("train", self.train_sequences), ("validation", self.val_sequences),
+                  ("test" + (" (every sequence, trained on too)" if self.test_on_all else ""), self.test_sequences)]
         lengths = self.lengths.double()
         cut = (f"window {self.window}, stride {self.stride}" if self.window is not None
                else f"whole sequences padded to {self.data_shape[0]} frames")
+        if self.test_whole_sequences and self.window is not None:
+            cut += f"; test: whole sequences padded to {int(self.lengths.max())} frames"
         lines = [f"file: {self.path}", *super().describe(),
                  "sequences: " + ", ".join(f"{name} {len(s)}" for name, s in counts if len(s)),
                  f"lengths: min {int(lengths.min())}, median {lengths.median().item():g}, max {int(lengths.max())}",

@@ -34,7 +34,10 @@ NOT_ALLOWED_LABEL = "not allowed: a parent needs a higher index (DAG order)"
 EDGE_COLOR, NO_EDGE_COLOR = "#2c5d8f", "#ffffff"
 PREFIX_COLOR = "red"
 PEN_UP_COLOR = "#a0a0a0"
-STATE_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666")
+STATE_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
+                "#1f78b4", "#e31a1c", "#a6cee3", "#000000")
+#: at most this many channels are drawn as traces (more: as a heat map)
+MAX_TRACES = 16
 
 
 # ---------------------------------------------------------------- figures
@@ -239,21 +242,24 @@ def _prefix_handle(prefix_len: int) -> Line2D:
                   label=f"end of the observed prefix: steps 0-{prefix_len - 1} seen, the rest predicted")
 
 
-def _state_bars(axes: np.ndarray, states: dict[str, np.ndarray], names: Sequence[str] | None = None) -> None:
+def _state_bars(axes: np.ndarray, states: dict[str, np.ndarray], names: Sequence[str] | None = None,
+                extent: tuple[float, float] | None = None, legend_columns: int = 3) -> None:
     """Discrete states (T,) per named bar, one thin axes each, coloured by state (STATE_COLORS; negative entries,
     unlabelled or padded frames, grey), with a legend of the states that occur above the first, by `names`
-    when given; with two bars or more, the first is taken to be relabelled to match the others."""
+    when given; with two bars or more, the first is taken to be relabelled to match the others. `extent`: the
+    x range the T frames span (default: frame indices)."""
     cmap = ListedColormap(STATE_COLORS).with_extremes(bad="#c8c8c8")
     present = sorted({int(k) for bar in states.values() for k in np.unique(bar) if k >= 0})
     for ax, (name, bar) in zip(axes, states.items()):
         shown = np.where(bar >= 0, bar % len(STATE_COLORS), np.nan)
-        ax.imshow(shown[None, :], cmap=cmap, vmin=-0.5, vmax=len(STATE_COLORS) - 0.5,
-                  aspect="auto", interpolation="nearest")
+        ax.imshow(shown[None, :], cmap=cmap, vmin=-0.5, vmax=len(STATE_COLORS) - 0.5, aspect="auto",
+                  interpolation="nearest", extent=None if extent is None else (*extent, 0.5, -0.5))
         ax.set_yticks([0], [name], fontsize=LABEL_PT)
     handles = [Patch(facecolor=STATE_COLORS[k % len(STATE_COLORS)],
                      label=names[k] if names is not None and k < len(names) else str(k)) for k in present]
     title = "state per frame" + (", inferred states relabelled to match the true ones" if len(states) > 1 else "")
-    axes[0].legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=min(len(handles), 3),
+    axes[0].legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0),
+                   ncols=min(len(handles), legend_columns),
                    title=title, title_fontsize=LEGEND_PT, alignment="left",
                    fontsize=LEGEND_PT, frameon=False, borderaxespad=0.1, handlelength=1.2, columnspacing=0.8)
 
@@ -303,6 +309,52 @@ def sequence_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None
         handles.append(Patch(facecolor="#c8c8c8", label="past the end of the sequence"))
     if handles:
         fig.legend(handles=handles, loc="outside lower center", fontsize=LEGEND_PT, frameon=False)
+    _title(fig, title)
+    return fig
+
+
+def segmentation_figure(states: dict[str, torch.Tensor], data: torch.Tensor, title: str = "",
+                        state_names: Sequence[str] | None = None, channel_names: Sequence[str] | None = None,
+                        frame_rate: float | None = None) -> Figure:
+    """One sequence's segmentation: bars of discrete states per frame (name -> (T,), e.g. the inferred states
+    relabelled to match the annotated ones, then the annotations; -1 grey), their legend naming the states by
+    `state_names`, and under them the data (T, P): each channel's trace, offset one below the other and named
+    on the y axis by `channel_names` (P <= MAX_TRACES), or a heat map (more channels). The x axis is in
+    seconds with `frame_rate` (frames per second), else in frames."""
+    values = _numpy(data)
+    steps, dims = values.shape
+    seconds = frame_rate is not None
+    time = np.arange(steps) / frame_rate if seconds else np.arange(steps, dtype=np.float64)
+    step = time[1] - time[0] if steps > 1 else 1.0
+    extent = (time[0] - step / 2, time[-1] + step / 2)
+    bars = {name: bar.detach().cpu().numpy() for name, bar in states.items()}
+    traces = dims <= MAX_TRACES
+    height = 2.2 + 0.45 * len(bars) + (0.32 * dims + 0.6 if traces else 2.4)
+    ratios = [0.35] * len(bars) + [max(1.0, 0.32 * dims / 0.45) if traces else 3.0]
+    fig, axes = new_figure(9.0, height, nrows=len(ratios), sharex=True, gridspec_kw={"height_ratios": ratios})
+    _state_bars(axes[:len(bars), 0], bars, state_names, extent, legend_columns=4)
+    ax = axes[-1, 0]
+    names = list(channel_names) if channel_names is not None else [f"channel {p}" for p in range(dims)]
+    if traces:
+        spread = np.nanpercentile(np.abs(values), 99) if np.isfinite(values).any() else 1.0
+        gap = 2.0 * max(float(spread), 1e-6)
+        offsets = -gap * np.arange(dims)
+        for p in range(dims):
+            ax.plot(time, values[:, p] + offsets[p], lw=1.0, color=STATE_COLORS[8] if p % 2 else "#404040")
+        ax.set_yticks(offsets, names, fontsize=max(7.0, min(TICK_PT, 110.0 / dims)))
+        ax.set_ylim(offsets[-1] - gap * 0.7, gap * 0.7)
+        ax.set_ylabel("channel (traces offset)", fontsize=LABEL_PT)
+    else:
+        from matplotlib import colormaps
+
+        image = ax.imshow(values.T, cmap=colormaps[INTENSITY_CMAP].with_extremes(bad="#c8c8c8"), aspect="auto",
+                          interpolation="nearest", extent=(*extent, dims - 0.5, -0.5))
+        ax.set_ylabel("channel", fontsize=LABEL_PT)
+        colorbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+        colorbar.set_label("value", fontsize=LABEL_PT)
+        colorbar.ax.tick_params(labelsize=TICK_PT)
+    ax.set_xlim(*extent)
+    ax.set_xlabel("time (s)" if seconds else "time step", fontsize=LABEL_PT)
     _title(fig, title)
     return fig
 

@@ -78,3 +78,21 @@ def test_matched_accuracy_counts_frames_under_the_best_one_to_one_map():
     assert matched_accuracy(true, t(0, 0, 0, 0, 0, 1, 1, 1)) == pytest.approx(6 / 8)
     # more predicted states than labels: the unmatched state's frames are wrong
     assert matched_accuracy(true, t(0, 0, 3, 1, 1, 2, 2, 2)) == pytest.approx(7 / 8)
+
+
+@pytest.mark.parametrize("num_true,num_pred", [(3, 3), (2, 4), (4, 2), (5, 5)])
+def test_matched_accuracy_against_brute_force_over_all_one_to_one_maps(num_true, num_pred):
+    """state_accuracy's reduction against trying every one-to-one map of predicted states to labels."""
+    gen = torch.Generator().manual_seed(10 * num_true + num_pred)
+    for _ in range(10):
+        true = torch.randint(num_true, (40,), generator=gen)
+        pred = torch.where(torch.rand(40, generator=gen) < 0.6, true % num_pred, torch.randint(num_pred, (40,),
+                                                                                               generator=gen))
+        pred = torch.randperm(num_pred, generator=gen)[pred]  # the state names carry no meaning
+        small, large = min(num_true, num_pred), max(num_true, num_pred)
+        best = 0
+        for chosen in itertools.permutations(range(large), small):
+            # predicted state p -> label mapping[p]; unmapped predicted states count as wrong
+            mapping = dict(zip(range(num_pred), chosen)) if num_pred <= num_true else dict(zip(chosen, range(num_true)))
+            best = max(best, sum(mapping.get(int(p), -1) == int(y) for p, y in zip(pred, true)))
+        assert matched_accuracy(true, pred) == pytest.approx(best / 40)

@@ -179,7 +179,7 @@ def arrays_case(tmp_path: Path, name: str) -> tuple[Path, dict]:
 
 
 @pytest.mark.parametrize("name, message", [
-    ("missing file", r"data file .*nowhere.npz \(data_loader.args.path\) does not exist"),
+    ("missing file", r"data file .*nowhere.npz \(data_loader.args.path\S*\) does not exist"),
     ("missing key", r"data file .*d.npz has no key 'x'; it has: a"),
     ("non-finite", r"x in .*d.npz has 3 non-finite values \(NaN or inf\); the first at index \(12, 1\)"),
     ("ndim", r"x in .*d.npz has 1 dimensions \(20,\); expected \(N, D\)"),
@@ -278,7 +278,7 @@ def test_image_folder_dynamic_binarization(tmp_path):
 
 
 def test_image_folder_bad_data(tmp_path):
-    with pytest.raises(DataError, match=r"folder .*nothere \(data_loader.args.path\) does not exist"):
+    with pytest.raises(DataError, match=r"folder .*nothere \(data_loader.args.path\S*\) does not exist"):
         ImageFolderDataLoader(str(tmp_path / "nothere"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"folder .*empty has no images"):
@@ -339,6 +339,28 @@ def test_sequences_whole_padded_values_masks_and_labels(tmp_path):
     lines = "\n".join(data.describe())
     assert "sequences: train 6, test 2" in lines and "lengths: min 3, median 5, max 9" in lines
     assert "labels (3): rest, walk, run" in lines and "padded to 9 frames" in lines
+
+
+def test_sequences_test_on_all_trains_and_tests_on_every_sequence_and_tests_whole(tmp_path):
+    """The unsupervised-segmentation protocol: every sequence in both splits, scaled with all frames; windows for
+    training, whole padded sequences (every frame once) for testing."""
+    arrays = write_sequences(tmp_path / "s.npz")
+    data = SequencesDataLoader(str(tmp_path / "s.npz"), batch_size=2, window=3, stride=1, test_sequences="all",
+                               test_whole_sequences=True, scale="standardize", frame_rate=10.0)
+    assert data.train_sequences.tolist() == data.test_sequences.tolist() == list(range(8))
+    assert data.data_shape == (3, 2) and data.frame_rate == 10.0
+    np.testing.assert_allclose(data.shift.numpy()[0], arrays["points"].astype(np.float64).mean(0))
+    test = batch_of(data.test_set)
+    assert test["x"].shape == (8, 9, 2) and test["sequence"].tolist() == list(range(8))
+    assert torch.equal(test["mask"].sum(1), torch.tensor(LENGTHS))  # every frame of every sequence, once
+    assert len(data.train_set) == sum(length - 2 for length in LENGTHS)  # windows of 3, stride 1
+    lines = "\n".join(data.describe())
+    assert "test (every sequence, trained on too) 8" in lines
+    assert "window 3, stride 1; test: whole sequences padded to 9 frames" in lines
+    with pytest.raises(ValueError, match="test_sequences must be a list of sequence indices or 'all'"):
+        SequencesDataLoader(str(tmp_path / "s.npz"), batch_size=2, test_sequences="every")
+    with pytest.raises(ValueError, match="frame_rate must be > 0"):
+        SequencesDataLoader(str(tmp_path / "s.npz"), batch_size=2, test_sequences="all", frame_rate=0.0)
 
 
 def test_sequences_windows_never_cross_sequences(tmp_path):

@@ -59,28 +59,61 @@ def test_bad_data_arguments_name_the_key(args):
 
 
 # ---------------------------------------------------------------- revival of unused states
-def test_an_unused_state_restarts_as_a_split_of_the_most_used_one():
+def test_the_least_used_state_restarts_fitted_to_the_worst_explained_steps():
     torch.manual_seed(0)
     pgm = SwitchingLinearDynamicalSystem(num_states=3, latent_dim=2, revive_below=0.05)
-    before = mniw.natural_to_standard(pgm.natural("mniw"))
-    usage = torch.tensor([0.01, 0.9, 0.09], dtype=DT)
-    pgm.revive_unused_states(usage)
-    M, K, S, nu = mniw.natural_to_standard(pgm.natural("mniw"))
-    best = before[0][1]
-    expected = best @ best if int(pgm.revivals - 1) % 2 == 0 else 0.5 * (torch.eye(2, dtype=DT) + best)
-    assert torch.allclose(M[0], expected)  # state 0, revival 0: parity 0, the faster split
-    assert torch.allclose(K[0], before[1][1]) and torch.allclose(S[0], before[2][1]) and nu[0] == before[3][1]
-    for k in (1, 2):  # used states are untouched
-        assert all(torch.allclose(a[k], b[k]) for a, b in zip((M, K, S, nu), before))
+    before = [t.clone() for t in pgm.natural("mniw")]
+    prior = pgm.natural("mniw", prior=True)
+    stats = {"revive_k_inv": 2 * torch.eye(2, dtype=DT), "revive_k_inv_mt": 0.5 * torch.eye(2, dtype=DT),
+             "revive_phi": 3 * torch.eye(2, dtype=DT), "revive_nu": torch.tensor(4.0, dtype=DT)}
+    pgm.usage.copy_(torch.tensor([0.3, 0.01, 0.03], dtype=DT))  # states 1 and 2 under 0.05: the least used, 1
+    counts = torch.tensor([[90.0, 0.1, 5.0], [0.2, 0.3, 0.1], [7.0, 0.1, 30.0]], dtype=DT)
+    pgm.q_transitions.copy_(counts)
+    pgm.revive_unused_state(stats, 10.0)
+    stay, move = (90.0 + 0.3 + 30.0) / 3, (0.1 + 5.0 + 0.2 + 0.1 + 7.0 + 0.1) / 6  # a typical state's counts
+    expected = counts.clone()
+    expected[1], expected[:, 1] = move, move
+    expected[1, 1] = stay
+    assert torch.allclose(pgm.q_transitions, expected)
+    after = pgm.natural("mniw")
+    for field, new, old, p in zip(after._fields, after, before, prior):
+        assert torch.allclose(new[1], p[1] + 10.0 * stats[f"revive_{field}"])  # prior + scale * the statistics
+        assert torch.equal(new[0], old[0]) and torch.equal(new[2], old[2])  # one state per step
+    assert int(pgm.revivals) == 1 and pgm.usage[1] == pytest.approx(1 / 3) and pgm.usage[2] == 0.03
+    pgm.revive_unused_state(stats, 10.0, taken=torch.tensor(False))  # a skipped step revives nothing
+    assert int(pgm.revivals) == 1 and pgm.usage[2] == 0.03
+    pgm.usage.copy_(torch.tensor([0.3, 0.4, 0.3], dtype=DT))  # every state used: nothing changes
+    pgm.revive_unused_state(stats, 10.0)
     assert int(pgm.revivals) == 1
-    pgm.revive_unused_states(torch.tensor([0.3, 0.4, 0.3], dtype=DT))  # everything used: nothing changes
-    assert int(pgm.revivals) == 1
-    pgm.revive_unused_states(torch.tensor([0.0, 0.0, 1.0], dtype=DT))  # two at once: one faster, one slower
-    M2 = mniw.natural_to_standard(pgm.natural("mniw"))[0]
-    best = M[2]
-    assert {0, 1} == {k for k in (0, 1) for cand in (best @ best, 0.5 * (torch.eye(2, dtype=DT) + best))
-                      if torch.allclose(M2[k], cand)}
-    assert not torch.allclose(M2[0], M2[1])
+
+
+def test_worst_steps_are_the_lowest_expected_log_potentials_inside_the_chains():
+    """Against sorting E_q(z)[l_t] by hand: the 1/K lowest of the steps inside the chains, and the revival
+    statistics are those steps' moments."""
+    torch.manual_seed(1)
+    model = tiny_model()
+    batch = random_batch()
+    mask = torch.ones(batch["x"].shape[:2], dtype=torch.bool)
+    mask[0, 5:] = False  # a short first sequence: its steps past the end are never picked
+    batch["mask"] = mask
+    post = model.infer(batch["x"], model.expected_potentials()[0], 1, mask)
+    from model.svae.lds import pair_weights, second_moments
+    steps = pair_weights(post)
+    worst = model.pgm.worst_steps(post, steps)
+    fit = (post.states.marginals[:, :-1] * post.pair).sum(-1).detach()
+    inside = steps > 0
+    count = max(1, fit.numel() // model.pgm.num_states)
+    expected = torch.zeros_like(fit, dtype=torch.bool)
+    order = sorted(((float(fit[b, t]), b, t) for b, t in zip(*torch.nonzero(inside, as_tuple=True))))[:count]
+    for _, b, t in order:
+        expected[b, t] = True
+    assert torch.equal(worst > 0, expected) and not (worst[0, 4:] > 0).any()
+    second, cross = second_moments(post.chain)
+    stats = model.pgm.statistics(post)
+    picked = expected.to(DT)
+    assert torch.allclose(stats["revive_k_inv_mt"], torch.einsum("bt,btij->ij", picked * steps, cross.detach()))
+    assert torch.allclose(stats["revive_phi"], torch.einsum("bt,btij->ij", picked * steps, second[:, 1:].detach()))
+    assert float(stats["revive_nu"]) == pytest.approx(float((picked * steps).sum()))
 
 
 def test_revival_follows_the_svi_step_and_can_be_switched_off():
@@ -89,6 +122,7 @@ def test_revival_follows_the_svi_step_and_can_be_switched_off():
     out = model.train()(random_batch())
     statistics = {k: v.sum(0) for k, v in out["statistics"].items()}
     statistics["mniw_nu"] = torch.tensor([0.0, 30.0, 5.0], dtype=DT)
+    model.pgm.usage.copy_(torch.tensor([0.0, 0.9, 0.1], dtype=DT))
     model.after_optimizer_step(statistics)
     assert int(model.pgm.revivals) == 1
     off = tiny_model(revive_below=0.0)
@@ -255,3 +289,11 @@ def test_mean_field_starts_from_each_states_own_fit():
     weights, retries = initial_state_weights(potentials, node_J, node_J * x)
     agree = (weights[0].argmax(-1) == torch.tensor(truth)).double().mean()
     assert float(agree) >= 0.9 and int(retries) == 0
+
+
+def test_a_checkpoint_from_before_the_usage_average_loads_with_uniform_usage():
+    model = tiny_model()
+    state = {k: v for k, v in model.state_dict().items() if k != "pgm.usage"}
+    model.pgm.usage.fill_(0.0)
+    model.load_state_dict(state)
+    assert torch.equal(model.pgm.usage, torch.full((3,), 1 / 3, dtype=DT))

@@ -49,7 +49,8 @@ def build_data(config: dict) -> BaseDataLoader:
 def build_model(config: dict, data: BaseDataLoader) -> BaseModel:
     return ARCHITECTURES.build(config["arch"], "arch", data_shape=tuple(data.data_shape),
                                num_train=len(data.train_set), frames_per_example=data.frames_per_example,
-                               label_names=data.label_names)
+                               label_names=data.label_names, channel_names=data.channel_names,
+                               sequence_names=data.sequence_names, frame_rate=data.frame_rate)
 
 
 def eval_metric_names(config: dict, model: BaseModel, data: BaseDataLoader) -> tuple[str, ...]:

@@ -8,6 +8,7 @@ import math
 from typing import Any, Callable, Literal
 
 import torch
+from torch import nn
 
 from base.metric import Metric, PerExample
 from model.expfam import dirichlet, mniw, niw
@@ -19,9 +20,9 @@ from model.svae.hmm import hmm_log_normalizer
 from model.svae.kalman import METHODS, chain_extent, expected_lds_potentials, initial_log_potential
 from model.svae.lds import chain_posterior_log_prob, pair_weights, second_moments
 from model.svae.recognition import GaussianRecognition
-from model.svae.sequence import SequenceSVAE, past_the_end_as_nan
+from model.svae.sequence import SequenceSVAE
 from model.svae.slds_inference import SwitchingPosterior, SwitchingPotentials, switching_meanfield
-from model.visualization import log_sequences
+from model.visualization import log_figure, segmentation_figure
 from utils.errors import DataError
 
 
@@ -35,6 +36,16 @@ def chains_cut(mask: torch.Tensor | None) -> torch.Tensor | None:
     return chain_extent(mask)
 
 
+def weighted_moments(weights: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
+    """sum_b,t weights[b, t, j] moments[b, t] for weights (B, T', J) and moments (B, T', n, n): (J, n, n)."""
+    return (weights.flatten(0, 1).mT @ moments.flatten(0, 1).flatten(-2)).unflatten(-1, moments.shape[-2:])
+
+
+def _usage_of_old_checkpoints(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """Checkpoints written before states were revived by their averaged usage have no `usage`: uniform."""
+    state_dict.setdefault(f"{prefix}usage", torch.full_like(module.usage, 1.0 / len(module.usage)))
+
+
 class SwitchingLinearDynamicalSystem(GraphicalModel):
     """z_1 ~ Cat(pi0), z_t+1 | z_t ~ Cat(P[z_t]); x_1 ~ N(mu0, Sigma0), x_t+1 = A_{z_t} x_t + eps,
     eps ~ N(0, Q_{z_t}): K discrete states and one n-dimensional latent per frame. Global factors
@@ -44,9 +55,9 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
     Priors: Dirichlet alpha = prior_alpha, plus `stickiness` on the diagonal of the transitions; NIW and MNIW
     as SVAE-LDS (nu = n + 1, S = 2 (n + 1) I, m = 0, kappa = 1 / (2n), M = I, K = I / (2n)). q(theta) starts
     at the prior except the dynamics means, M_k = I + init_dynamics_scale * N(0, I / n) (distinct states, or
-    every state stays the same). Local inference: `switching_meanfield`. After each SVI step, states used by
-    fewer than `revive_below` of the batch's frames restart as splits of the most used one
-    (`revive_unused_states`; 0 turns it off).
+    every state stays the same). Local inference: `switching_meanfield`. After each SVI step, the least used
+    state, if its share of the frames (averaged over batches, buffer `usage`) is under `revive_below`,
+    restarts fitted to the batch's worst-explained steps (`revive_unused_state`; 0 turns it off).
     """
 
     def __init__(self, num_states: int, latent_dim: int, max_iter: int = 20, tol: float = 1e-2,
@@ -85,36 +96,52 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         self.add_global_factor("mniw", MNIW, prior, init)
         self.revive_below = revive_below
         self.register_buffer("revivals", torch.zeros((), dtype=torch.long))
+        self.register_buffer("usage", torch.full((K,), 1.0 / K, dtype=f64))
+        self._register_load_state_dict_pre_hook(_usage_of_old_checkpoints, with_module=True)
 
     @torch.no_grad()
     def natural_gradient_step(self, statistics: dict[str, torch.Tensor], num_train: int, rho: float,
                               taken: torch.Tensor | None = None) -> None:
-        """The SVI step of every factor, then `revive_unused_states` from the batch's state usage (none
-        where `taken` is False: a skipped step changes nothing)."""
+        """The SVI step of every factor, then `revive_unused_state` (none where `taken` is False: a skipped
+        step changes nothing)."""
         super().natural_gradient_step(statistics, num_train, rho, taken)
         if self.revive_below > 0:
-            usage = statistics["mniw_nu"] / statistics["mniw_nu"].sum()
-            self.revive_unused_states(usage if taken is None else torch.where(taken, usage, 1.0))
+            batch_usage = statistics["mniw_nu"] / statistics["mniw_nu"].sum()
+            usage = (1 - rho) * self.usage + rho * batch_usage
+            self.usage.copy_(usage if taken is None else torch.where(taken, usage, self.usage))
+            self.revive_unused_state(statistics, num_train / statistics["count"], taken)
 
     @torch.no_grad()
-    def revive_unused_states(self, usage: torch.Tensor) -> None:
-        """Every state k with usage[k] < revive_below (its share of a batch's frames, (K,)) restarts as a split
-        of the most used state j: the same q(Q), and dynamics mean M_j M_j (twice the step) or (I + M_j) / 2
-        (about half the step), alternating over k and over revivals. Without it, the state that explains a
-        batch best early in training, before the latents mean anything, takes every frame for good: the
-        others fall back to the broad prior and never fit better. Masked: no host synchronisation."""
-        M, K, S, nu = mniw.natural_to_standard(self.natural("mniw"))
-        best = M[usage.argmax()]
-        faster, slower = best @ best, 0.5 * (torch.eye(len(best), dtype=best.dtype, device=best.device) + best)
-        parity = (torch.arange(len(usage), device=usage.device) + self.revivals) % 2
-        split_M = torch.where(parity.view(-1, 1, 1) == 0, faster, slower)
-        j = usage.argmax()
-        split = mniw.standard_to_natural(split_M, K[j].expand_as(K), S[j].expand_as(S), nu[j].expand_as(nu))
-        revive = usage < self.revive_below
-        for field, value in zip(split._fields, split):
+    def revive_unused_state(self, statistics: dict[str, torch.Tensor], scale: torch.Tensor | float,
+                            taken: torch.Tensor | None = None) -> None:
+        """The least used state, if its `usage` (share of the frames, averaged over batches with the SVI step
+        size, (K,)) fell below revive_below, restarts with q(A, Q) fitted to the batch's worst-explained steps
+        (`statistics`' revive_*: the 1/K of the steps with the lowest expected log-potential E_q(z)[l_t],
+        counted as that share of the data set: prior + scale * their statistics), its row and column of
+        q(transitions) those of a typical state (the mean self- and switch counts: otherwise the few counts
+        into a dead state keep every path out of it), and usage 1/K. Like k-means++
+        seeding a centre where the others fit worst: without it, the state that explains a batch best early
+        in training, before the latents mean anything, takes every frame for good, the others fall back to the
+        broad prior and never fit better; a state restarted as a perturbed copy of the best one fits no frame
+        better than it. One state per step; the usage average spares a state whose frames a batch happens to
+        lack. Masked: no host synchronisation."""
+        k = self.usage.argmin()
+        revive = self.usage[k] < self.revive_below
+        if taken is not None:
+            revive = revive & taken
+        prior = self.natural("mniw", prior=True)
+        for field, prior_value in zip(prior._fields, prior):
             q = getattr(self, f"q_mniw_{field}")
-            q.copy_(torch.where(revive.view(-1, *[1] * (q.dim() - 1)), value, q))
-        self.revivals += revive.any().long()
+            fitted = prior_value[k] + scale * statistics[f"revive_{field}"]
+            q[k] = torch.where(revive, fitted, q[k])
+        transitions = self.q_transitions  # a typical state's row and column: entering it costs no more than others
+        stay = torch.eye(len(transitions), dtype=torch.bool, device=transitions.device)
+        typical = torch.where(stay, transitions.diagonal().mean(), transitions[~stay].mean())
+        reset = (torch.arange(len(transitions), device=k.device) == k)
+        reset = reset[:, None] | reset[None, :]
+        transitions.copy_(torch.where(revive & reset, typical, transitions))
+        self.usage[k] = torch.where(revive, 1.0 / len(self.usage), self.usage[k])
+        self.revivals += revive.long()
 
     def potentials(self, stats: dict[str, Any]) -> SwitchingPotentials:
         return SwitchingPotentials(stats["initial_state"], stats["transitions"],
@@ -137,17 +164,29 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         if steps is not None:
             marginals = torch.cat([marginals[:, :-1] * steps[..., None], marginals[:, -1:]], 1)
             pairs = pairs * steps[..., None, None]
-        weights = marginals[:, :-1].flatten(0, 1)  # (B (T-1), K)
-        n = mean.shape[-1]
-
-        def weighted(moment: torch.Tensor) -> torch.Tensor:
-            return (weights.mT @ moment.flatten(0, 1).flatten(-2)).unflatten(-1, (n, n))
-
+        weights = marginals[:, :-1]  # (B, T-1, K)
         count = mean.new_tensor(float(len(mean)))
-        return {"initial_state": marginals[:, 0].sum(0), "transitions": pairs.sum((0, 1)),
-                "niw_phi": second[:, 0].sum(0), "niw_b": mean[:, 0].sum(0), "niw_kappa": count, "niw_nu": count,
-                "mniw_k_inv": weighted(second[:, :-1]), "mniw_k_inv_mt": weighted(cross),
-                "mniw_phi": weighted(second[:, 1:]), "mniw_nu": weights.sum(0), "count": count}
+        out = {"initial_state": marginals[:, 0].sum(0), "transitions": pairs.sum((0, 1)),
+               "niw_phi": second[:, 0].sum(0), "niw_b": mean[:, 0].sum(0), "niw_kappa": count, "niw_nu": count,
+               "mniw_k_inv": weighted_moments(weights, second[:, :-1]),
+               "mniw_k_inv_mt": weighted_moments(weights, cross), "mniw_phi": weighted_moments(weights, second[:, 1:]),
+               "mniw_nu": weights.sum((0, 1)), "count": count}
+        if self.revive_below > 0:
+            worst = self.worst_steps(post, steps)[..., None]  # (B, T-1, 1)
+            out.update(revive_k_inv=weighted_moments(worst, second[:, :-1])[0],
+                       revive_k_inv_mt=weighted_moments(worst, cross)[0],
+                       revive_phi=weighted_moments(worst, second[:, 1:])[0], revive_nu=worst.sum())
+        return out
+
+    def worst_steps(self, post: SwitchingPosterior, steps: torch.Tensor | None) -> torch.Tensor:
+        """(B, T-1) weights: 1 on the 1/K of the steps inside the chains (`steps`, `pair_weights`; None: all)
+        with the lowest expected pair log-potential E_q(z)[l_t] (the steps the states explain worst), else 0."""
+        fit = (post.states.marginals[:, :-1] * post.pair.detach()).sum(-1)  # (B, T-1)
+        inside = torch.ones_like(fit) if steps is None else steps
+        fit = torch.where(inside > 0, fit, torch.inf).flatten()
+        worst = torch.zeros_like(fit)
+        worst[torch.topk(fit, max(1, fit.numel() // self.num_states), largest=False).indices] = 1.0
+        return worst.view_as(inside) * inside
 
     def posterior_log_prob(self, post: SwitchingPosterior, x: torch.Tensor) -> torch.Tensor:
         return chain_posterior_log_prob(post, x)
@@ -196,8 +235,9 @@ def _segmentation(score: Callable[[torch.Tensor, torch.Tensor], float]) -> Calla
 class SVAESLDS(SequenceSVAE):
     """Structured VAE whose latent sequence is a switching LDS (`SwitchingLinearDynamicalSystem`): K discrete
     states select the dynamics of the n-dimensional x_t; recognition, decoder and prediction as SVAE-LDS.
-    Batches {"x": (B, T, P)}, with "clean" (B, T, P) for the prediction metrics and "states" (B, T) (the true
-    discrete states) for `state_ari`.
+    Batches {"x": (B, T, P)}, with "mask" (B, T) for variable lengths, "clean" (B, T, P) for the prediction
+    metrics, "labels" (B, T) (per-frame labels, -1 for none) for the segmentation metrics and "sequence" (B,)
+    (the example's sequence index) for their per-sequence breakdown in test.py.
 
     Args (besides SVAE-LDS's):
         num_states: K.
@@ -205,11 +245,13 @@ class SVAESLDS(SequenceSVAE):
         prior_alpha, stickiness: Dirichlet priors on pi0 (alpha) and on each row of P (alpha, plus stickiness
             on the diagonal).
         init_dynamics_scale: spread of the initial dynamics means of q(theta) around I.
-        revive_below: a state used by fewer than this share of a batch's frames restarts as a split of the most
-            used state after the SVI step (0: never).
+        revive_below: after the SVI step, the least used state restarts fitted to the batch's worst-explained
+            steps if its share of the frames, averaged over batches, is below this (0: never).
         predictive_samples: sampled futures whose decoded mean is the prediction (`predict`).
         kl_warmup_epochs: the local KL's weight in the training loss rises from 0 to 1 over this many epochs.
-        label_names: names of the frame labels (set by the framework), for the figures.
+        figure_sequences: sequences drawn in the segmentation figures.
+        label_names, channel_names, sequence_names, frame_rate: what the data loader knows (set by the
+            framework), for the figures and the per-sequence results.
     """
 
     metrics = SequenceSVAE.metrics + (
@@ -232,7 +274,9 @@ class SVAESLDS(SequenceSVAE):
                  init_dynamics_scale: float = 0.5, revive_below: float = 0.02, predictive_samples: int = 100,
                  kl_warmup_epochs: int = 0,
                  likelihood: Literal["gaussian", "sigmoid_gaussian", "bernoulli"] = "sigmoid_gaussian",
-                 frames_per_example: float | None = None, label_names: tuple[str, ...] | None = None):
+                 figure_sequences: int = 3, frames_per_example: float | None = None,
+                 label_names: tuple[str, ...] | None = None, channel_names: tuple[str, ...] | None = None,
+                 sequence_names: tuple[str, ...] | None = None, frame_rate: float | None = None):
         obs_dim = data_shape[-1]
         encoder = GaussianRecognition(obs_dim, latent_dim, list(hidden_dims), activation, init_scale,
                                       precision_bound="exp_tanh")
@@ -244,7 +288,11 @@ class SVAESLDS(SequenceSVAE):
         if predictive_samples < 1:
             raise ValueError(f"predictive_samples must be >= 1, got {predictive_samples}")
         self.latent_dim, self.predictive_samples = latent_dim, predictive_samples
-        self.label_names = label_names
+        if figure_sequences < 1:
+            raise ValueError(f"figure_sequences must be >= 1, got {figure_sequences}")
+        self.visualization_size = figure_sequences
+        self.label_names, self.channel_names, self.sequence_names = label_names, channel_names, sequence_names
+        self.frame_rate = frame_rate
 
     def predict(self, y: torch.Tensor, num_samples: int,
                 mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,6 +334,8 @@ class SVAESLDS(SequenceSVAE):
                                 "data loader's batches have none; drop them from the config's `metrics`")
             labels, mask = batch["labels"], self.observed_nodes(batch)
             out["frame_labels"] = labels if mask is None else torch.where(mask, labels, -1)
+            if "sequence" in batch:
+                out["sequence"] = batch["sequence"]
         return out
 
     def model_summary(self, per_example: PerExample) -> dict[str, Any]:
@@ -299,32 +349,57 @@ class SVAESLDS(SequenceSVAE):
                 frames = frames[per_example["frame_labels"] >= 0]
             share = torch.bincount(frames.flatten(), minlength=K).double()
             summary["state_usage"] = [round(float(s), 4) for s in share / share.sum()]
+        if "sequence" in per_example:
+            summary["per_sequence"] = self.per_sequence_segmentation(per_example)
         return summary
+
+    def per_sequence_segmentation(self, per_example: PerExample) -> dict[str, dict[str, float]]:
+        """Sequence name -> its labelled frames' count, state_ari, state_nmi and state_accuracy, from the
+        examples' "sequence" indices (B,) (windows of one sequence pool their frames). state_accuracy maps
+        states to labels by the one match over every frame of the split, so a state names the same label in
+        every sequence; ARI and NMI need no matching."""
+        labels, states = per_example["frame_labels"], per_example["state_probs"].argmax(-1)
+        keep = labels >= 0
+        num_labels = max(self.pgm.num_states, int(labels.max()) + 1)
+        permutation = match_labels(states[keep], labels[keep], num_labels)
+        sequence = per_example["sequence"][:, None].expand_as(labels)
+        out = {}
+        for index in sequence[keep].unique().tolist():
+            frames = keep & (sequence == index)
+            truth, found = labels[frames], states[frames]
+            name = self.sequence_names[index] if self.sequence_names else str(index)
+            out[name] = {"frames": int(frames.sum()), "state_ari": round(adjusted_rand_index(truth, found), 4),
+                         "state_nmi": round(normalized_mutual_info(truth, found), 4),
+                         "state_accuracy": round(float((permutation[found] == truth).double().mean()), 4)}
+        return out
 
     @torch.no_grad()
     def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
-        """Per sequence (the first 3), `{tag}/segmentation_{i}`: the most likely state per frame (from the whole
-        sequence; relabelled to agree best with the true states, which are drawn below it), the data, and the
-        predicted mean and samples conditioned on the prefix."""
-        y = self.observations(batch)[:3]
-        if y.shape[1] < self.prefix_len + self.horizon:
-            return
+        """Per sequence (the first `figure_sequences`, whole: inference sees every real frame),
+        `{tag}/segmentation_{i}`: the most likely state per frame, relabelled by the one match of states to
+        labels over these sequences' frames (`match_labels`), above the labels and the channel traces; then
+        SequenceSVAE's prediction figures."""
+        count = self.visualization_size
+        y = self.observations(batch)[:count]
         mask = self.observed_nodes(batch)
-        mask = None if mask is None else mask[:3]
+        mask = None if mask is None else mask[:count]
         post = self.infer(y, self.expected_potentials()[0], 0, mask)
-        mean, samples = self.predict(y, self.figure_samples, mask)
-        length = mean.shape[1]
-        rows = {"data": y[:, :length], "predicted mean": mean,
-                **{f"sample {i + 1}": s for i, s in enumerate(samples)}}
-        inferred = post.states.marginals.argmax(-1)[:, :length]
+        inferred = post.states.marginals.argmax(-1)
         if mask is not None:
-            inferred = torch.where(mask[:, :length], inferred, -1)
-        states, names = {"inferred": inferred}, None
-        if "labels" in batch and 0 <= int(batch["labels"][:3].max()) < self.pgm.num_states:
-            truth = batch["labels"][:3, :length]
+            inferred = torch.where(mask, inferred, -1)
+        states, names = {"inferred state": inferred}, None
+        labels = batch.get("labels")
+        if labels is not None and bool((labels[:count] >= 0).any()):
+            truth = labels[:count]
             both = (truth >= 0) & (inferred >= 0)
-            permutation = match_labels(inferred[both], truth[both], self.pgm.num_states)
+            permutation = match_labels(inferred[both], truth[both], max(self.pgm.num_states, int(truth.max()) + 1))
             matched = torch.where(inferred >= 0, permutation[inferred.clamp(min=0)], -1)
-            states, names = {"inferred": matched, "true": truth}, self.label_names
-        log_sequences(writer, f"{tag}/segmentation", step, past_the_end_as_nan(rows, mask), self.prefix_len,
-                      title="Segmentation and prediction, sequence", states=states, state_names=names)
+            states, names = {"inferred (matched)": matched, "annotated": truth}, self.label_names
+        for b in range(len(y)):
+            length = int(mask[b].sum()) if mask is not None else y.shape[1]
+            index = int(batch["sequence"][b]) if "sequence" in batch else b
+            name = self.sequence_names[index] if self.sequence_names else str(index)
+            fig = segmentation_figure({key: bar[b, :length] for key, bar in states.items()}, y[b, :length],
+                                      f"Segmentation, sequence {name}", names, self.channel_names, self.frame_rate)
+            log_figure(writer, f"{tag}/segmentation_{b}", fig, step)
+        super().visualize(writer, batch, step, tag)

@@ -77,7 +77,8 @@ class SwitchingPotentials(NamedTuple):
 class SwitchingPosterior(NamedTuple):
     """q(z_1:T) q(x_1:T) of a batch: the Gaussian chain (`chain`), the chain's potentials that built it
     (`potentials`, from the weights of the previous q(z)) and the node potentials (B, T, n), the HMM (`states`),
-    the local KL (B,), the mean-field sweeps without gradient, and the jitter retries of all sweeps."""
+    the local KL (B,), the mean-field sweeps without gradient, the jitter retries of all sweeps, and the
+    states' expected pair log-potentials l_t(k) that built q(z)."""
     chain: LDSPosterior
     potentials: LDSPotentials
     node_J: torch.Tensor
@@ -87,6 +88,7 @@ class SwitchingPosterior(NamedTuple):
     retries: torch.Tensor
     iterations: torch.Tensor | int = 1  # sweeps without gradient: a 0-d long tensor from switching_meanfield
     within: torch.Tensor | None = None  # (B, T) the frames inside each chain (`chain_extent`); None: all
+    pair: torch.Tensor | None = None  # (B, T-1, K) l_t(k), each state's expected pair log-potential under q(x)
 
     @property
     def samples(self) -> torch.Tensor | None:
@@ -110,7 +112,7 @@ def switching_sweep(potentials: SwitchingPotentials, node_J: torch.Tensor, node_
     states = hmm_posterior(potentials.log_init, potentials.transition_log_potentials(within), node)
     kl = ((weights * pair).sum((-2, -1)) + expected_node_potential(chain, node_J, node_h) - chain.log_z
           - states.log_z)
-    return SwitchingPosterior(chain, used, node_J, node_h, states, kl, chain.retries, within=within)
+    return SwitchingPosterior(chain, used, node_J, node_h, states, kl, chain.retries, within=within, pair=pair)
 
 
 def initial_state_weights(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
