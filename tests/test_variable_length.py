@@ -57,9 +57,13 @@ def one_by_one(model, batch: dict[str, torch.Tensor]):
 
 
 def assert_statistics_add_up(model, post, singles) -> None:
-    """The batch's SVI statistics are the sum of the unpadded sequences' statistics."""
+    """The batch's SVI statistics are the sum of the unpadded sequences' statistics (except SVAE-SLDS's
+    revive_*: the worst-explained 1/K of a batch's steps is a choice over the whole batch; that it never picks
+    a padded step is tested in tests/test_svae_slds.py)."""
     batch_stats = model.pgm.statistics(post)
     for key, value in batch_stats.items():
+        if key.startswith("revive_"):
+            continue
         torch.testing.assert_close(value, sum(model.pgm.statistics(single)[key] for single in singles), **TOL)
 
 
