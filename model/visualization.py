@@ -19,6 +19,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 from matplotlib.patches import Patch, Rectangle
 
 DPI = 100
@@ -350,7 +351,8 @@ def segmentation_figure(states: dict[str, torch.Tensor], data: torch.Tensor, tit
         image = ax.imshow(values.T, cmap=colormaps[INTENSITY_CMAP].with_extremes(bad="#c8c8c8"), aspect="auto",
                           interpolation="nearest", extent=(*extent, dims - 0.5, -0.5))
         ax.set_ylabel("channel", fontsize=LABEL_PT)
-        colorbar = fig.colorbar(image, ax=ax, fraction=0.05, pad=0.02)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        colorbar = fig.colorbar(image, ax=list(axes[:, 0]), fraction=0.05, pad=0.02)  # every panel keeps one width
         colorbar.set_label("value", fontsize=LABEL_PT)
         colorbar.ax.tick_params(labelsize=TICK_PT)
     ax.set_xlim(*extent)
