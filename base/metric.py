@@ -50,3 +50,14 @@ def mean_of(key: str) -> Callable[[PerExample], float]:
 def ratio_of_sums(numerator: str, denominator: str) -> Callable[[PerExample], float]:
     """Reduction: sum of `numerator` / sum of `denominator` over examples, e.g. nats per frame."""
     return lambda per_example: float(per_example[numerator].double().sum() / per_example[denominator].double().sum())
+
+
+def ratio_with_spread(numerator: str, denominator: str) -> Callable[[PerExample], dict[str, float]]:
+    """Reduction: sum of `numerator` / sum of `denominator` under the numerator's name (e.g. the ELBO in nats per
+    frame), with the median and the worst (smallest) example of the per-example ratio beside it under
+    `{numerator}_median` and `{numerator}_worst`, so that a mean moved by a few examples shows."""
+    def reduce(per_example: PerExample) -> dict[str, float]:
+        per_frame = per_example[numerator].double() / per_example[denominator].double()
+        return {numerator: ratio_of_sums(numerator, denominator)(per_example),
+                f"{numerator}_median": float(per_frame.median()), f"{numerator}_worst": float(per_frame.min())}
+    return reduce

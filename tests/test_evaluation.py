@@ -8,7 +8,7 @@ import torch
 
 import test as test_script
 from base.base_model import BaseModel
-from base.metric import Metric, PerExample, mean_of, ratio_of_sums
+from base.metric import Metric, PerExample, mean_of, ratio_of_sums, ratio_with_spread
 from model.vae import VAE
 from tests.test_vae import trained_vae  # noqa: F401  (the fixture: a small VAE trained on the pinwheel)
 
@@ -40,6 +40,13 @@ def test_a_reduce_returning_a_dict_reports_all_its_keys_and_the_summary_follows(
     results = Declared().summarize_evaluation(PER_EXAMPLE, ("ratio", "mean_a"))
     assert results == {"mean_a": 3.0, "ratio": 1.5, "examples": 3, "keys_seen": ["a", "b"]}
     assert list(results) == ["mean_a", "ratio", "examples", "keys_seen"]  # declaration order, then the summary
+
+
+def test_the_elbo_reports_its_median_and_worst_example_per_frame_beside_the_mean():
+    """Per frame: (-3 / 3, -40 / 4, -10 / 5) = (-1, -10, -2); the mean is the ratio of the sums, -53 / 12."""
+    per_example = {"elbo": torch.tensor([-3.0, -40.0, -10.0]), "frames": torch.tensor([3.0, 4.0, 5.0])}
+    assert ratio_with_spread("elbo", "frames")(per_example) == {
+        "elbo": pytest.approx(-53 / 12), "elbo_median": -2.0, "elbo_worst": -10.0}
 
 
 def test_evaluate_passes_iw_samples_and_the_configured_metrics(trained_vae, monkeypatch):  # noqa: F811

@@ -133,15 +133,24 @@ def test_default_pinwheel_job_keeps_its_latent_code_to_the_end(tmp_path):
     assert final["iw_nll"] < baseline, "the final model's latent carries nothing (posterior collapse)"
 
 
+@pytest.fixture(scope="module")
+def default_svae_gmm_run(tmp_path_factory) -> tuple[dict, dict]:
+    """The README's main job, trained once for the tests below: (its config, test.py's results)."""
+    save_dir = tmp_path_factory.mktemp("svae_gmm")
+    config = load_and_check("configs/svae_gmm.yaml", [f"trainer.save_dir={save_dir}", "trainer.verbosity=0"])
+    run = train(config)
+    return config, test_script.evaluate(run.run_dir / "checkpoints" / "model_best.pt", progress=False)
+
+
 @pytest.mark.slow
-def test_default_svae_gmm_job_finds_the_five_arms(tmp_path):
+def test_default_svae_gmm_job_finds_the_five_arms(default_svae_gmm_run):
     """The README's main job: on the held-out points the most likely components agree with the 5 arms better than
     a 5-component Gaussian mixture fitted by EM in data space (ARI about 0.85: Gaussians cannot follow the
     curved arms, the SVAE's warped components can), 5 components are in use (the data's 5 arms), and the ELBO
-    beats the log-likelihood of the Gaussian fitted to the held-out points themselves (-6.858 nats)."""
-    config = load_and_check("configs/svae_gmm.yaml", [f"trainer.save_dir={tmp_path}", "trainer.verbosity=0"])
-    run = train(config)
-    results = test_script.evaluate(run.run_dir / "checkpoints" / "model_best.pt", progress=False)
+    beats the log-likelihood of the Gaussian fitted to the held-out points themselves (-6.858 nats). Beside the
+    mean, the median point and the worst one (issue 26; measured on seed 0: median -5.67, worst -35.9, where
+    the Gaussian likelihood and the uniform mean-field start gave -5.18 and -204)."""
+    config, results = default_svae_gmm_run
     data = build_data(config)
     train_x, (test_x, test_labels) = data.train_set.tensors["x"], (data.test_set.tensors[k] for k in ("x", "y"))
     log_weights, components = gaussian_mixture_em(train_x, num_components=5)
@@ -149,9 +158,21 @@ def test_default_svae_gmm_job_finds_the_five_arms(tmp_path):
     em_ari = adjusted_rand_index(test_labels, em_labels)
     baseline = best_gaussian_nll(test_x)
     print(f"ari {results['ari']:.4f} (EM mixture {em_ari:.4f}); components {results['components_in_use']}; "
-          f"elbo {results['elbo']:.4f} (best Gaussian {-baseline:.4f})")
+          f"elbo {results['elbo']:.4f} (best Gaussian {-baseline:.4f}), median {results['elbo_median']:.4f}, "
+          f"worst point {results['elbo_worst']:.2f}")
     assert results["ari"] > em_ari and results["components_in_use"] == 5
     assert results["elbo"] > -baseline
+    assert results["elbo_median"] > -6.0 and results["elbo_worst"] > -100
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="open target of issue 26: over 5 seeds on two floating-point paths the worst held-out "
+                          "point is >= -30 nats on 3 of 10 runs (seed 0: -35.9 and -45.3; README, Held-out tails)",
+                   strict=False)
+def test_default_svae_gmm_job_has_no_held_out_point_below_30_nats(default_svae_gmm_run):
+    """Issue 26's target: no held-out pinwheel point costs more than 30 nats, and the mean ELBO is >= -6.0."""
+    _, results = default_svae_gmm_run
+    assert results["elbo_worst"] >= -30 and results["elbo"] >= -6.0, (results["elbo_worst"], results["elbo"])
 
 
 @pytest.mark.slow

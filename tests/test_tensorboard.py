@@ -66,7 +66,7 @@ def svae_gmm_run(tmp_path_factory):
 def test_the_test_run_holds_test_metrics_and_figures_and_no_bookkeeping(svae_gmm_run):
     run_dir, results = svae_gmm_run
     test_events = EventAccumulator(str(run_dir / "tensorboard" / "test")).Reload()
-    metrics = {"elbo", "iw_nll", "ari", "nmi", "components_in_use"}
+    metrics = {"elbo", "elbo_median", "elbo_worst", "iw_nll", "ari", "nmi", "components_in_use"}
     assert set(test_events.Tags()["scalars"]) == {f"test/{name}" for name in metrics}
     assert {"epoch", "num_examples", "iw_samples"} <= results.keys()  # bookkeeping: in the JSON and the text tab
     images = test_events.Tags()["images"]

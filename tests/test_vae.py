@@ -9,7 +9,7 @@ import torch
 
 import test as test_script
 from model.importance import iw_log_likelihood
-from model.likelihoods import BernoulliLikelihood, GaussianLikelihood
+from model.likelihoods import BernoulliLikelihood, GaussianLikelihood, StudentTLikelihood
 from model.diagonal_gaussian import gaussian_kl_standard
 from model.vae import VAE
 from train import train
@@ -37,6 +37,19 @@ def test_likelihoods_match_torch_distributions():
     mean, raw = params.chunk(2, -1)
     std = torch.exp(0.5 * 10 * torch.tanh(raw / 10))
     assert torch.allclose(GaussianLikelihood.log_prob(params, y), torch.distributions.Normal(mean, std).log_prob(y).sum(-1))
+    for df in (1.0, 3.0, 30.0):
+        student = torch.distributions.StudentT(df, mean, std)
+        assert torch.allclose(StudentTLikelihood(df).log_prob(params, y), student.log_prob(y).sum(-1))
+
+
+def test_student_t_samples_have_the_location_and_the_scaled_variance():
+    """Var = scale^2 df / (df - 2) for df > 2."""
+    torch.manual_seed(0)
+    params = torch.tensor([[1.0, -2.0, math.log(0.25), math.log(4.0)]], dtype=torch.float64).expand(400_000, 4)
+    samples = StudentTLikelihood(5.0).sample(params)
+    torch.testing.assert_close(samples.mean(0), torch.tensor([1.0, -2.0], dtype=torch.float64), atol=0.02, rtol=0)
+    torch.testing.assert_close(samples.var(0), torch.tensor([0.25, 4.0], dtype=torch.float64) * 5 / 3, rtol=0.05,
+                               atol=0)
 
 
 def test_iw_estimate_is_exact_for_a_known_model_and_independent_of_chunks(monkeypatch):

@@ -9,6 +9,7 @@ import torch
 
 from base.metric import Metric, PerExample
 from model.expfam import dirichlet, niw
+from model.likelihoods import StudentTLikelihood
 from model.metrics import adjusted_rand_index, normalized_mutual_info
 from model.networks import GaussianResNet
 from model.registry import ARCHITECTURES
@@ -123,6 +124,10 @@ class SVAEGMM(StructuredVAE):
             it; `elbo` is always the true bound.
         decoder_variance: "shared": one learned variance per observed dim; "conditional": the decoder
             network outputs it for every x (log-variance bounded to (-10, 10) either way).
+        likelihood: p(y | x), "gaussian" N(y | mean, diag var), or "student_t": an independent Student-t per
+            dim with `likelihood_df` degrees of freedom, location and squared scale in place of mean and variance,
+            so that a held-out point the decoder misses costs tens of nats, not hundreds (issue 26).
+        likelihood_df: the Student-t's degrees of freedom (> 0).
     """
 
     metrics = StructuredVAE.metrics + (
@@ -141,7 +146,8 @@ class SVAEGMM(StructuredVAE):
                  eval_samples: int = 10, max_iter: int = 100, tol: float = 1e-3, rho: float = 0.02,
                  prior_alpha: float = 1.0, prior_kappa: float = 0.5, prior_nu_offset: float = 0.5,
                  init_mean_scale: float = 3.0, kl_warmup_epochs: int = 0,
-                 decoder_variance: Literal["conditional", "shared"] = "shared"):
+                 decoder_variance: Literal["conditional", "shared"] = "shared",
+                 likelihood: Literal["gaussian", "student_t"] = "gaussian", likelihood_df: float = 3.0):
         for name, value in [("num_components", num_components), ("latent_dim", latent_dim), ("max_iter", max_iter)]:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
@@ -152,6 +158,8 @@ class SVAEGMM(StructuredVAE):
             raise ValueError(f"prior_nu_offset must be > -1 (nu > d - 1), got {prior_nu_offset}")
         if decoder_variance not in ("conditional", "shared"):
             raise ValueError(f"decoder_variance must be 'conditional' or 'shared', got {decoder_variance!r}")
+        if likelihood not in ("gaussian", "student_t"):
+            raise ValueError(f"likelihood must be 'gaussian' or 'student_t', got {likelihood!r}")
         obs_dim = math.prod(data_shape)
         encoder = GaussianRecognition(obs_dim, latent_dim, list(hidden_dims), activation, init_scale,
                                       min_precision, max_precision)
@@ -164,6 +172,8 @@ class SVAEGMM(StructuredVAE):
         self.latent_dim = latent_dim
         shared = torch.nn.Parameter(torch.zeros(obs_dim)) if decoder_variance == "shared" else None
         self.register_parameter("decoder_log_variance", shared)
+        if likelihood == "student_t":
+            self.likelihood = StudentTLikelihood(likelihood_df)
 
     def observations(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return batch["x"].flatten(1)

@@ -79,20 +79,33 @@ def meanfield_update(node_J: torch.Tensor, node_h: torch.Tensor, responsibilitie
     return MeanFieldPosterior(log_responsibilities.exp(), q_x, mean, second, kl, q_x.retried)
 
 
+def collapsed_responsibilities(node_J: torch.Tensor, node_h: torch.Tensor, mix: MixtureExpectations) -> torch.Tensor:
+    """q(z) with x integrated out exactly under the expected potentials: r_k proportional to
+    exp(E[log pi_k] + const_k + A(psi + (J_k, h_k))), the integral over x of psi(x) exp(E[log pi_k
+    N(x | mu_k, Sigma_k)]) (for point globals, pi_k N(J^-1 h | mu_k, Sigma_k + J^-1)).
+    node_J, node_h (B, d) -> (B, K)."""
+    B, d = node_h.shape
+    J = mix.J.expand(B, -1, -1, -1).clone()  # (B, K, d, d)
+    J.diagonal(dim1=-2, dim2=-1).add_(node_J[:, None])
+    joint = InfoGaussian.from_natural(J, node_h[:, None] + mix.h, symmetric=True)
+    return torch.softmax(joint.log_normalizer() + mix.log_weights + mix.const, -1)
+
+
 def local_meanfield(node_J: torch.Tensor, node_h: torch.Tensor, mix: MixtureExpectations, max_iter: int = 100,
                     tol: float = 1e-3) -> MeanFieldPosterior:
-    """Mean-field inference: up to `max_iter` sweeps without gradient from uniform responsibilities,
-    until the batch-mean local KL changes by less than `tol` nats, then one differentiable sweep
-    from the converged responsibilities (the path by which the encoder learns from the local KL).
+    """Mean-field inference: up to `max_iter` sweeps without gradient, started from the responsibilities
+    with x integrated out (`collapsed_responsibilities`; from uniform ones, q(x) is pulled between the
+    components and can settle on the wrong one, issue 26), until the batch-mean local KL changes by less than
+    `tol` nats, then one differentiable sweep from the converged responsibilities (the path by which the
+    encoder learns from the local KL).
     Returns the posterior of the last sweep, with the number of sweeps without gradient and the
     jitter retries of all sweeps. The stopping test reads one number per sweep: the sweep count is
     data-dependent by design; the sweep itself reads nothing back."""
-    B, K = node_h.shape[0], mix.h.shape[0]
-    responsibilities = node_h.new_full((B, K), 1.0 / K)
     previous = math.inf
     retried = []
     with torch.no_grad():
         node_J_, node_h_ = node_J.detach(), node_h.detach()
+        responsibilities = collapsed_responsibilities(node_J_, node_h_, mix)
         while len(retried) < max_iter:
             post = meanfield_update(node_J_, node_h_, responsibilities, mix)
             responsibilities = post.responsibilities

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from base.base_model import BaseModel
-from base.metric import Metric, PerExample, ratio_of_sums
+from base.metric import Metric, PerExample, ratio_of_sums, ratio_with_spread
 from model.importance import iw_log_likelihood
 from model.kl_warmup import KLWarmup
 from model.likelihoods import GaussianLikelihood
@@ -47,9 +47,9 @@ class StructuredVAE(KLWarmup, BaseModel):
     """
 
     metrics = (
-        Metric("elbo", ratio_of_sums("elbo", "frames"),
+        Metric("elbo", ratio_with_spread("elbo", "frames"),
                "held-out ELBO, nats per data point (per frame for sequences), with q(theta)'s KL shared "
-               "over the training set"),
+               "over the training set; elbo_median and elbo_worst: the median and the smallest per example"),
         Metric("iw_nll", ratio_of_sums("iw_nll", "frames"),
                "importance-weighted -log p(y), nats per data point (per frame), globals at their "
                "posterior mean, q as the proposal, discrete latents summed out"),
