@@ -84,8 +84,7 @@ def collapsed_responsibilities(node_J: torch.Tensor, node_h: torch.Tensor, mix: 
     exp(E[log pi_k] + const_k + A(psi + (J_k, h_k))), the integral over x of psi(x) exp(E[log pi_k
     N(x | mu_k, Sigma_k)]) (for point globals, pi_k N(J^-1 h | mu_k, Sigma_k + J^-1)).
     node_J, node_h (B, d) -> (B, K)."""
-    B, d = node_h.shape
-    J = mix.J.expand(B, -1, -1, -1).clone()  # (B, K, d, d)
+    J = mix.J.expand(len(node_h), -1, -1, -1).clone()  # (B, K, d, d)
     J.diagonal(dim1=-2, dim2=-1).add_(node_J[:, None])
     joint = InfoGaussian.from_natural(J, node_h[:, None] + mix.h, symmetric=True)
     return torch.softmax(joint.log_normalizer() + mix.log_weights + mix.const, -1)
