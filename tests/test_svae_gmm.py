@@ -75,6 +75,13 @@ def test_local_kl_matches_monte_carlo():
     assert ((log_ratio.mean(0) - post.kl).abs() < 4 * stderr).all(), (log_ratio.mean(0), post.kl, stderr)
 
 
+def local_objective(node_J: torch.Tensor, node_h: torch.Tensor, post) -> torch.Tensor:
+    """What mean field maximises, <psi, E t(x)> - KL_local (B,): a lower bound on log of the integral of
+    psi(x) p(x) over x."""
+    node_term = -0.5 * (node_J * post.second.diagonal(dim1=-2, dim2=-1)).sum(-1) + (node_h * post.mean).sum(-1)
+    return node_term - post.kl
+
+
 def test_meanfield_sweeps_never_decrease_the_local_objective():
     """Coordinate ascent: <psi, E t(x)> - KL_local never falls from one sweep to the next."""
     gen = torch.Generator().manual_seed(1)
@@ -85,8 +92,7 @@ def test_meanfield_sweeps_never_decrease_the_local_objective():
     previous = torch.full((20,), -math.inf, dtype=DT)
     for _ in range(30):
         post = meanfield_update(node_J, node_h, r, mix)
-        node_term = -0.5 * (node_J * post.second.diagonal(dim1=-2, dim2=-1)).sum(-1) + (node_h * post.mean).sum(-1)
-        objective = node_term - post.kl
+        objective = local_objective(node_J, node_h, post)
         assert (objective >= previous - 1e-9).all()
         previous, r = objective, post.responsibilities
     converged = local_meanfield(node_J, node_h, mix, tol=1e-12)
@@ -100,13 +106,6 @@ def point_mixture(weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor
     h = (J @ means.unsqueeze(-1)).squeeze(-1)
     const = -0.5 * (means * h).sum(-1) - 0.5 * torch.logdet(covs) - 0.5 * means.shape[-1] * math.log(2 * math.pi)
     return MixtureExpectations(weights.log(), J, h, const)
-
-
-def local_objective(node_J: torch.Tensor, node_h: torch.Tensor, post) -> torch.Tensor:
-    """What mean field maximises, <psi, E t(x)> - KL_local (B,): a lower bound on log of the integral of
-    psi(x) p(x) over x."""
-    node_term = -0.5 * (node_J * post.second.diagonal(dim1=-2, dim2=-1)).sum(-1) + (node_h * post.mean).sum(-1)
-    return node_term - post.kl
 
 
 def test_collapsed_responsibilities_integrate_x_out_exactly():
