@@ -4,7 +4,7 @@ A model takes a batch (a dict of tensors from the data loader) and returns a
 dict of named scalar tensors on the batch's device (numbers that vary from step to
 step as tensors: a compiled step would recompile for a new Python number); `out["loss"]` is
 minimised and is per data point so that numbers compare across batch sizes. Everything else is logged, except
-`out["statistics"]`: a dict of detached tensors, each with a leading dim of 1,
+`out["statistics"]`: detached tensors, each with a leading dim of 1, in dicts or NamedTuples (`utils/tree.py`),
 that the Trainer sums over DataParallel replicas (dim 0) and DDP ranks and hands
 to `after_optimizer_step` (the SVAEs' natural-gradient statistics). `forward`
 changes no state.
@@ -12,7 +12,7 @@ changes no state.
 Optional hooks the Trainer calls (the defaults do nothing):
   parameter_groups()       named groups, each can get its own optimizer
   after_optimizer_step(statistics, taken)   e.g. the SVAE natural-gradient step of globals
-  on_epoch_end(epoch)      e.g. temperature annealing
+  set_epochs_done(epochs)  after every epoch: schedules move on (KL warm-up, temperature annealing)
   schedule_state() / load_schedule_state(state)   saved in checkpoints
   schedule_values()        logged once per epoch as schedule/<name> (KL weight, temperature)
   visualize(writer, batch, step, tag)   images and figures for TensorBoard
@@ -58,15 +58,16 @@ class BaseModel(nn.Module):
             return f"it needs the batch field {missing[0]!r}, and the data's batches have {', '.join(fields)}"
         return None
 
-    def after_optimizer_step(self, statistics: dict[str, torch.Tensor] | None,
+    def after_optimizer_step(self, statistics: Any | None,
                              taken: torch.Tensor | None = None) -> None:
         """Called after every optimizer step (after all optimizers have stepped), with the step's
         `out["statistics"]` summed over replicas and ranks (None when forward returned none). `taken`: a 0-d
         bool tensor, False when the step's loss was not finite and the optimizers skipped it on the device;
         the hook must then change nothing, decided on the device too (no host read). None: taken."""
 
-    def on_epoch_end(self, epoch: int) -> None:
-        """Called once at the end of every training epoch (1-based epoch number)."""
+    def set_epochs_done(self, epochs: int) -> None:
+        """Called once at the end of every training epoch with the number of epochs trained (the 1-based
+        number of the epoch that ended): schedules take their values for the next epoch."""
 
     def schedule_state(self) -> dict[str, Any]:
         """Schedule state outside the state_dict (plain numbers), saved in checkpoints."""

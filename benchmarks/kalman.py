@@ -74,7 +74,7 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     n = args.latent_dim
-    prior = LDSPotentials(*(t.to(device) for t in SVAELDS((50, 20), 100, latent_dim=n).expected_potentials()[0]))
+    prior = LDSPotentials(*(t.to(device) for t in SVAELDS((50, 20), 100, latent_dim=n).expected_globals().potentials))
     print(f"{device.type}, {threads} thread(s), n={n}, float64, {args.repeats} rounds (median)")
 
     node_J, node_h = random_nodes(args.batch, 50, n, device)

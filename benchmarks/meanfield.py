@@ -39,7 +39,7 @@ def main() -> None:
     threads = set_threads(args.threads)
     torch.manual_seed(0)
     model = SVAEGMM((2,), 500, num_components=args.components, latent_dim=args.latent_dim)
-    mix, _ = model.expected_potentials()
+    mix = model.expected_globals().potentials
     compiled = torch.compile(meanfield_update, dynamic=False)
     print(f"cpu, {threads} thread(s), K={args.components}, d={args.latent_dim}, {args.sweeps} sweeps x "
           f"{args.repeats} repeats (median)")

@@ -1,5 +1,5 @@
 """Linear KL warm-up shared by the architectures: the KL term's weight in the training loss rises
-from 0 to 1 over `kl_warmup_epochs` epochs, driven by the Trainer's epoch hook and saved with
+from 0 to 1 over `kl_warmup_epochs` epochs, driven by the Trainer's `set_epochs_done` call and saved with
 the schedule state (so a resumed run continues the schedule).
 
 `forward` reads schedule values from 0-d buffers (not saved: they follow from `epochs_done`), so that
@@ -31,8 +31,8 @@ class KLWarmup:
         weight = 1.0 if self.kl_warmup_epochs == 0 else min(1.0, self.epochs_done / self.kl_warmup_epochs)
         self.kl_weight.fill_(weight)
 
-    def on_epoch_end(self, epoch: int) -> None:
-        self.epochs_done = epoch
+    def set_epochs_done(self, epochs: int) -> None:
+        self.epochs_done = epochs
         self.update_schedule()
 
     def schedule_state(self) -> dict[str, Any]:

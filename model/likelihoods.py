@@ -1,8 +1,8 @@
-"""Observation likelihoods p(x | decoder output), factorised over the P observed dims.
+"""Observation likelihoods p(x | decoder output), factorised over the D observed dims.
 
-Each takes decoder outputs `params` of shape (..., param_dim(P)) and data x of shape
-(..., P) (x broadcasts, e.g. over importance samples) and returns log p(x) summed over P:
-shape (...,). `mean(params)` is E[x] (..., P).
+Each takes decoder outputs `params` of shape (..., param_dim(D)) and data x of shape
+(..., D) (x broadcasts, e.g. over importance samples) and returns log p(x) summed over D:
+shape (...,). `mean(params)` is E[x] (..., D).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from model.diagonal_gaussian import bounded_log_variance, gaussian_log_prob
 
 
 class BernoulliLikelihood:
-    """Binary data; params are logits (..., P)."""
+    """Binary data; params are logits (..., D)."""
 
     @staticmethod
     def param_dim(obs_dim: int) -> int:
@@ -35,7 +35,7 @@ class BernoulliLikelihood:
 
 
 class GaussianLikelihood:
-    """Real data; params are (mean, raw log-variance) (..., 2P) concatenated on the last dim.
+    """Real data; params are (mean, raw log-variance) (..., 2D) concatenated on the last dim.
     The log-variance is bounded to (-10, 10) by 10 tanh(raw / 10)."""
 
     @staticmethod
@@ -58,8 +58,8 @@ class GaussianLikelihood:
 
 
 class StrokeLikelihood:
-    """Pen strokes x = (pen_lift, dx, dy, ...) (..., P): a Bernoulli pen lift (channel 0) and diagonal-Gaussian
-    offsets (channels 1..P-1). params (..., 2P - 1): the pen-lift logit, then GaussianLikelihood's params of
+    """Pen strokes x = (pen_lift, dx, dy, ...) (..., D): a Bernoulli pen lift (channel 0) and diagonal-Gaussian
+    offsets (channels 1..D-1). params (..., 2D - 1): the pen-lift logit, then GaussianLikelihood's params of
     the offsets."""
 
     @staticmethod
@@ -82,7 +82,7 @@ class StrokeLikelihood:
 
 class StudentTLikelihood:
     """Real data with heavy tails: an independent Student-t with `df` degrees of freedom per dim. params are
-    (location, raw log squared scale) (..., 2P), as GaussianLikelihood's (mean, raw log-variance), with the same
+    (location, raw log squared scale) (..., 2D), as GaussianLikelihood's (mean, raw log-variance), with the same
     bound 10 tanh(raw / 10). A point that the location misses by r scales costs (df + 1) / 2 log(1 + r^2 / df)
     nats per dim instead of the Gaussian's r^2 / 2, so a few points far from every decoded mean cost tens of
     nats, not hundreds."""

@@ -15,14 +15,14 @@ from model.kl_warmup import KLWarmup
 from model.likelihoods import LIKELIHOODS
 from model.networks import mlp
 from model.registry import ARCHITECTURES
-from model.visualization import log_figure, log_image_grids, scatter_figure
+from model.figures import log_figure, log_image_grids, scatter_figure
 
 
 @ARCHITECTURES.register("VAE")
 class VAE(KLWarmup, BaseModel):
     """Variational autoencoder with a diagonal Gaussian posterior.
 
-    Batches: {"x": (B, *data_shape)}; x is flattened to (B, P).
+    Batches: {"x": (B, *data_shape)}; x is flattened to (B, D).
 
     Args:
         data_shape: shape of one example (set by the framework from the data loader).
@@ -59,7 +59,7 @@ class VAE(KLWarmup, BaseModel):
                            batch_norm)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, P) -> posterior mean and log-variance, each (B, d)."""
+        """x: (B, D) -> posterior mean and log-variance, each (B, d)."""
         mu, logvar = self.encoder(x).chunk(2, dim=-1)
         return mu, logvar
 
@@ -78,7 +78,7 @@ class VAE(KLWarmup, BaseModel):
         return {"loss": loss, "elbo": elbo, "recon": log_px.mean(), "kl": kl.mean()}
 
     def iw_log_likelihood(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """Importance-weighted estimate of log p(x) with q(z | x) as proposal: (B, P) -> (B,)."""
+        """Importance-weighted estimate of log p(x) with q(z | x) as proposal: (B, D) -> (B,)."""
         mu, logvar = self.encode(x)
         std = torch.exp(0.5 * logvar)
 

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 import test as test_script
-import train as train_script
 from model.svae.gmm_inference import local_meanfield
 from model.svae.kalman import lds_posterior
 from model.svae.slds_inference import switching_meanfield
@@ -30,7 +29,8 @@ from tests.test_kalman import random_prior
 from tests.test_slds_inference import random_nodes as switching_nodes
 from tests.test_slds_inference import random_switching
 from tests.test_svae_gmm import mixtures, random_globals, random_potentials
-from trainer.build import build_data, build_model, load_and_check
+from trainer import jobs
+from trainer.components import build_data, build_model, load_and_check
 from trainer.trainer import AMP_DTYPES, Trainer
 from utils.checkpoint import load_checkpoint
 from utils.seeding import seed_everything
@@ -101,19 +101,19 @@ def trainers(monkeypatch) -> list[Trainer]:
                            "epoch": self.start_epoch - 1, "global_step": self.global_step,
                            "schedule": self.model_core.schedule_state()}
 
-    monkeypatch.setattr(train_script, "Trainer", RecordingTrainer)
+    monkeypatch.setattr(jobs, "Trainer", RecordingTrainer)
     return built
 
 
-def train(config: dict) -> train_script.TrainResult:
+def train(config: dict) -> jobs.TrainResult:
     """train.py's train() on a new run of `config`."""
-    return train_script.train(load_and_check(base=config))
+    return jobs.train(load_and_check(base=config))
 
 
-def resume(path: Path, overrides: list[str]) -> train_script.TrainResult:
+def resume(path: Path, overrides: list[str]) -> jobs.TrainResult:
     """train.py -r PATH --set ...: the checkpoint's run resumed with its own config and the overrides."""
     checkpoint = load_checkpoint(path)
-    return train_script.train(load_and_check(base=checkpoint["config"], overrides=overrides), checkpoint, path)
+    return jobs.train(load_and_check(base=checkpoint["config"], overrides=overrides), checkpoint, path)
 
 
 def last_state(run_dir: Path, name: str = "last.pt") -> dict:
@@ -134,7 +134,7 @@ def assert_trained(start: dict[str, torch.Tensor], end: dict[str, torch.Tensor],
     assert not still, f"parameters that did not move: {still}"
 
 
-def assert_trainer_trained(trainer: Trainer, run: train_script.TrainResult) -> None:
+def assert_trainer_trained(trainer: Trainer, run: jobs.TrainResult) -> None:
     """The run's epoch means are finite and its trainer's model trained (`assert_trained`)."""
     assert run.metrics and all(math.isfinite(v) for v in run.metrics.values()), run.metrics
     parameters = [name for name, _ in trainer.model_core.named_parameters()]
@@ -426,9 +426,9 @@ def test_slds_structured_mean_field_on_the_gpu_matches_the_cpu():
         node_J, node_h = leaves(device, *nodes)
         with noise_from_the_cpu():
             post = switching_meanfield(to(potentials, device), node_J, node_h, num_samples=3, max_iter=10, tol=0.0)
-        objective = (post.kl.sum() + post.samples.sin().sum() + post.chain.cov.sum()
+        objective = (post.kl.sum() + post.samples.sin().sum() + post.x.smoothed.cov.sum()
                      + (post.states.marginals * torch.arange(3.0, dtype=node_h.dtype, device=device)).sum())
-        return (*post.chain, *post.states, post.kl, post.retries, post.iterations,
+        return (*post.x.smoothed, *post.states, post.kl, post.retries, post.iterations,
                 *torch.autograd.grad(objective, [node_J, node_h]))
 
     assert_same_on_both(compute)

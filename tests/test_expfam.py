@@ -127,8 +127,8 @@ def test_converters_round_trip():
 
 def sample_niw(eta: niw.NIWNatural, num: int) -> tuple[torch.Tensor, torch.Tensor, td.Distribution]:
     """(mu, Lambda = Sigma^-1) samples and the Wishart they came from (torch.distributions)."""
-    m, kappa, S, nu = niw.natural_to_standard(eta)
-    wishart = td.Wishart(df=nu, covariance_matrix=torch.linalg.inv(S))
+    m, kappa, Psi, nu = niw.natural_to_standard(eta)
+    wishart = td.Wishart(df=nu, covariance_matrix=torch.linalg.inv(Psi))
     precision = wishart.sample((num,))
     mu = td.MultivariateNormal(m, precision_matrix=kappa * precision).sample()
     return mu, precision, wishart
@@ -163,11 +163,11 @@ def test_mniw_expectations_match_monte_carlo():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(8)
     eta = random_mniw((), 3, 2, gen)
-    M, K, S, nu = mniw.natural_to_standard(eta)
+    M, V, Psi, nu = mniw.natural_to_standard(eta)
     num = 200_000
-    precision = td.Wishart(df=nu, covariance_matrix=torch.linalg.inv(S)).sample((num,))  # Q^-1
+    precision = td.Wishart(df=nu, covariance_matrix=torch.linalg.inv(Psi)).sample((num,))  # Q^-1
     chol_q = torch.linalg.cholesky(torch.linalg.inv(precision))
-    A = M + chol_q @ torch.randn(num, 3, 2, dtype=DT) @ torch.linalg.cholesky(K).mT
+    A = M + chol_q @ torch.randn(num, 3, 2, dtype=DT) @ torch.linalg.cholesky(V).mT
     e = mniw.expected_stats(eta)
     mc = [(A.mT @ precision @ A).mean(0), (precision @ A).mean(0), precision.mean(0), torch.logdet(precision).mean()]
     for got, want in zip(mc, e):
@@ -207,19 +207,85 @@ def test_info_gaussian_matches_a_dense_gaussian_and_torch_distributions(batch):
 
 
 def test_point_stats_are_the_statistics_at_the_point_estimate():
-    """NIW: t(mu, Sigma) at mu = m, Sigma^-1 = nu S^-1; MNIW: t(A, Q) at A = M, Q^-1 = nu S^-1; Dirichlet:
+    """NIW: t(mu, Sigma) at mu = m, Sigma^-1 = nu Psi^-1; MNIW: t(A, Q) at A = M, Q^-1 = nu Psi^-1; Dirichlet:
     log E[pi]. Computed here with dense inverses from the standard parameters."""
     gen = torch.Generator().manual_seed(21)
-    m, _, S, nu = niw.natural_to_standard(random_niw((4,), 3, gen))
-    point = niw.point_stats(niw.standard_to_natural(m, torch.ones(4, dtype=DT), S, nu))
-    precision = nu[:, None, None] * torch.linalg.inv(S)
+    m, _, Psi, nu = niw.natural_to_standard(random_niw((4,), 3, gen))
+    point = niw.point_stats(niw.standard_to_natural(m, torch.ones(4, dtype=DT), Psi, nu))
+    precision = nu[:, None, None] * torch.linalg.inv(Psi)
     h = (precision @ m.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(point, niw.NIWExpectations(precision, h, (m * h).sum(-1), torch.logdet(precision)))
 
-    M, K, S, nu = mniw.natural_to_standard(random_mniw((2,), 3, 3, gen))
-    point = mniw.point_stats(mniw.standard_to_natural(M, K, S, nu))
-    q = nu[:, None, None] * torch.linalg.inv(S)
+    M, V, Psi, nu = mniw.natural_to_standard(random_mniw((2,), 3, 3, gen))
+    point = mniw.point_stats(mniw.standard_to_natural(M, V, Psi, nu))
+    q = nu[:, None, None] * torch.linalg.inv(Psi)
     torch.testing.assert_close(point, mniw.MNIWExpectations(M.mT @ q @ M, q @ M, q, torch.logdet(q)))
 
     alpha = torch.rand(5, generator=gen, dtype=DT) + 0.5
     torch.testing.assert_close(dirichlet.point_stats(dirichlet.alpha_to_natural(alpha)), (alpha / alpha.sum()).log())
+
+
+# ---------------------------------------------------------------- the algebra of Gaussian potentials
+def joint_potential(n_a: int, n_b: int, gen: torch.Generator):
+    """A random joint potential over (x_a, x_b) (batch 3): J (3, n, n), h (3, n), n = n_a + n_b."""
+    J, h = random_gaussian((3,), n_a + n_b, gen)
+    return J, h
+
+
+def potential_at(J: torch.Tensor, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-1/2 x^T J x + h^T x, batched."""
+    return -0.5 * (x.unsqueeze(-2) @ J @ x.unsqueeze(-1))[..., 0, 0] + (h * x).sum(-1)
+
+
+def test_added_and_mixed_potentials_are_the_sum_and_the_expectation_of_the_log_potentials():
+    gen = torch.Generator().manual_seed(0)
+    (J1, h1), (J2, h2) = random_gaussian((3,), 4, gen), random_gaussian((3,), 4, gen)
+    x = torch.randn(3, 4, generator=gen, dtype=DT)
+    J, h = gaussian.add_potentials((J1, h1), (J2, h2))
+    torch.testing.assert_close(potential_at(J, h, x), potential_at(J1, h1, x) + potential_at(J2, h2, x))
+    Js, hs = random_gaussian((5,), 4, gen)  # K = 5 potentials, weights q(z) per example
+    q = torch.softmax(torch.randn(3, 5, generator=gen, dtype=DT), -1)
+    expected = sum(q[:, k] * potential_at(Js[k], hs[k], x) for k in range(5))
+    torch.testing.assert_close(potential_at(gaussian.mix_potentials(q, Js), gaussian.mix_potentials(q, hs), x),
+                               expected)
+
+
+def test_condition_gives_the_dense_gaussian_conditional():
+    gen = torch.Generator().manual_seed(1)
+    J, h = joint_potential(2, 3, gen)
+    cov = torch.linalg.inv(J)
+    mean = (cov @ h.unsqueeze(-1)).squeeze(-1)
+    x_b = torch.randn(3, 3, generator=gen, dtype=DT)
+    gain = cov[:, :2, 2:] @ torch.linalg.inv(cov[:, 2:, 2:])  # mean_a|b = mu_a + S_ab S_bb^-1 (x_b - mu_b)
+    want_mean = mean[:, :2] + (gain @ (x_b - mean[:, 2:]).unsqueeze(-1)).squeeze(-1)
+    want_cov = cov[:, :2, :2] - gain @ cov[:, 2:, :2]
+    conditional = gaussian.InfoGaussian.from_natural(J[:, :2, :2], gaussian.condition(J[:, :2, 2:], h[:, :2], x_b))
+    got_mean, got_cov = conditional.moments()
+    torch.testing.assert_close(got_mean, want_mean)
+    torch.testing.assert_close(got_cov, want_cov)
+
+
+def test_marginalise_gives_the_dense_marginal_and_keeps_the_normaliser():
+    gen = torch.Generator().manual_seed(2)
+    J, h = joint_potential(2, 3, gen)
+    cov = torch.linalg.inv(J)
+    mean = (cov @ h.unsqueeze(-1)).squeeze(-1)
+    J_a, h_a, const, retried = gaussian.marginalise(J[:, :2, :2], J[:, :2, 2:], J[:, 2:, 2:], h[:, :2], h[:, 2:])
+    got_mean, got_cov = gaussian.InfoGaussian.from_natural(J_a, h_a).moments()
+    torch.testing.assert_close(got_cov, cov[:, :2, :2])  # the marginal of a Gaussian: its block of the covariance
+    torch.testing.assert_close(got_mean, mean[:, :2])
+    # int int exp(psi) dx_b dx_a = exp(A(J, h)): the part integrated out carries A(J_bb, h_b)
+    torch.testing.assert_close(gaussian.log_normalizer(J_a, h_a) + const, gaussian.log_normalizer(J, h))
+    assert not retried.any()
+
+
+def test_expected_log_potential_matches_the_moments_formula():
+    """E[-1/2 x^T J x + h^T x] = -1/2 tr(J Sigma) - 1/2 mu^T J mu + h^T mu, for every pair (example, potential)."""
+    gen = torch.Generator().manual_seed(3)
+    Js, hs = random_gaussian((5,), 3, gen)
+    cov, mean = random_pd((4,), 3, gen), torch.randn(4, 3, generator=gen, dtype=DT)
+    second = cov + mean.unsqueeze(-1) * mean.unsqueeze(-2)
+    want = torch.stack([-0.5 * (Js[k] * cov).sum((-2, -1)) + potential_at(Js[k], hs[k], mean) for k in range(5)], -1)
+    torch.testing.assert_close(gaussian.expected_log_potential(Js, second, hs, mean), want)
+    torch.testing.assert_close(gaussian.expected_log_potential(Js, second),
+                               want - mean @ hs.mT)  # without the linear term

@@ -21,7 +21,8 @@ from model.graph.recurrent import RecurrentGraphVAE
 from model.svae.gmm import SVAEGMM
 from model.svae.lds import SVAELDS
 from model.vae import VAE
-from model.visualization import MIN_SIDE_PX, adjacency_figure
+from model.figures import MIN_SIDE_PX
+from model.graph.figures import adjacency_figure
 
 MIN_LABEL_PT = 12  # titles, axis and tick labels, legends
 MIN_CELL_PT = 10  # the numbers in the cells of a small heat map

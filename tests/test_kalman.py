@@ -12,6 +12,7 @@ from torch import distributions as td
 from model.expfam import mniw, niw
 from model.svae.kalman import LDSPotentials, expected_lds_potentials, lds_posterior
 from model.svae.scan import associative_scan
+from tests.references import dense_joint
 
 DT = torch.float64
 
@@ -35,26 +36,6 @@ def random_nodes(B: int, T: int, n: int, gen: torch.Generator, masked: bool = Tr
         node_J[0, T // 2], node_h[0, T // 2] = 0.0, 0.0
         node_J[1, -1], node_h[1, -1] = 0.0, 0.0
     return node_J, node_h
-
-
-def dense_joint(prior: LDSPotentials, node_J: torch.Tensor, node_h: torch.Tensor):
-    """The chain as one (T n)-dimensional Gaussian: (log Z (B,), mean (B, T n), covariance (B, T n, T n))."""
-    B, T, n = node_h.shape
-    J = torch.diag_embed(node_J.reshape(B, T * n))
-    h = node_h.reshape(B, T * n).clone()
-    J[:, :n, :n] += prior.init_J
-    h[:, :n] += prior.init_h
-    for t in range(T - 1):
-        a, b = slice(t * n, (t + 1) * n), slice((t + 1) * n, (t + 2) * n)
-        J[:, a, a] += prior.J11
-        J[:, b, b] += prior.J22
-        J[:, a, b] += prior.J12
-        J[:, b, a] += prior.J12.mT
-    cov = torch.linalg.inv(J)
-    mean = (cov @ h.unsqueeze(-1)).squeeze(-1)
-    log_z = (0.5 * (h * mean).sum(-1) - 0.5 * torch.logdet(J) + 0.5 * T * n * math.log(2 * math.pi)
-             + prior.init_const + (T - 1) * prior.pair_const)
-    return log_z, mean, cov
 
 
 def block(cov: torch.Tensor, n: int, s: int, t: int) -> torch.Tensor:

@@ -10,15 +10,15 @@ import pytest
 import torch
 from torch import distributions as td
 
-import test as test_script
 from data_loader.dots import DotVideoDataLoader
 from model.diagonal_gaussian import bounded_log_variance, gaussian_log_prob, precision_weighted_fusion
 from model.graph.recurrent import FusedGaussianSample, RecurrentGraphVAE, fold_gates
 from model.likelihoods import StrokeLikelihood
 from tests.conftest import ROOT, event_tags, train_halfway_and_resume
 from tests.test_strokes import make_drawings, save
-from train import train
-from trainer.build import load_and_check
+from trainer import jobs
+from trainer.components import load_and_check
+from trainer.jobs import train
 from utils.config import read_config_file
 
 P = 5  # observed dims per step
@@ -191,8 +191,8 @@ def test_objective_parts_gradients_and_gate_sets():
     model = tiny()
     assert model.gates.mask.sum() == 3 and model.prev_gates.mask.sum() == 9  # strictly lower / all pairs
     out = model({"x": torch.randn(4, 6, P, dtype=torch.float64)})
-    torch.testing.assert_close(out["elbo_per_step"], out["recon"] - out["kl"])
-    torch.testing.assert_close(out["elbo"], out["elbo_per_step"] * 6)
+    torch.testing.assert_close(out["elbo"], out["recon"] - out["kl"])
+    torch.testing.assert_close(out["elbo_per_sequence"], out["elbo"] * 6)
     torch.testing.assert_close(sum(out[f"kl_node{n}"] for n in range(3)), out["kl"])
     out["loss"].backward()
     for name, param in model.named_parameters():
@@ -204,7 +204,7 @@ def test_objective_parts_gradients_and_gate_sets():
 
 def test_fixed_gates_phase_freezes_both_gate_sets():
     model = tiny(fixed_gates_epoch=2)
-    model.on_epoch_end(2)
+    model.set_epochs_done(2)
     assert torch.equal(model.sample_gates(model.prev_gates, 4), model.prev_gates.hard())
     model({"x": torch.randn(4, 6, P, dtype=torch.float64)})["loss"].backward()
     assert model.gates.logits.grad is None and model.prev_gates.logits.grad is None
@@ -245,7 +245,10 @@ def test_prediction_sees_only_the_prefix_and_scores_match():
     torch.testing.assert_close(out["pred_mean_se"], ((continued.mean(0) - clean[:, 4:7]) ** 2).mean((1, 2)))
     torch.testing.assert_close(out["repeat_se"], ((x[:, 3:4] - clean[:, 4:7]) ** 2).mean((1, 2)))
     results = model.summarize_evaluation(out, metrics)
-    assert results["predicted_sequences"] == 3 and results["pred_mse"] == pytest.approx(float(expected.mean()))
+    assert results["predicted_sequences"] == 3
+    assert results["pred_mse_per_sample"] == pytest.approx(float(expected.mean()))
+    predictive_mean = ((continued.mean(0) - clean[:, 4:7]) ** 2).mean((1, 2))
+    assert results["pred_mse"] == pytest.approx(float(predictive_mean.mean()))
 
 
 def test_stroke_likelihood_is_bernoulli_pen_lift_and_gaussian_offsets():
@@ -289,14 +292,15 @@ def recurrent_config(tmp_path) -> dict:
     return config
 
 
+@pytest.mark.integration
 def test_train_resume_and_evaluate(recurrent_config):
     recurrent_config["trainer"]["epochs"] = 2
     run_dir, state = train_halfway_and_resume(recurrent_config, epochs=4)
     assert state["schedule"]["epochs_done"] == 4
-    results = test_script.evaluate(run_dir / "checkpoints" / "last.pt", iw_samples=20, progress=False)
+    results = jobs.evaluate(run_dir / "checkpoints" / "last.pt", iw_samples=20, progress=False)
     saved = json.loads((run_dir / "test_metrics.json").read_text())
-    for key in ("elbo", "elbo_per_step", "iw_nll", "iw_nll_per_step", "kl_nodes", "edge_probs", "adjacency",
-                "prev_edge_probs", "prev_adjacency", "pred_mse", "pred_mse_sample_mean", "pred_mse_repeat_last"):
+    for key in ("elbo", "elbo_per_sequence", "iw_nll", "iw_nll_per_sequence", "kl_nodes", "edge_probs", "adjacency",
+                "prev_edge_probs", "prev_adjacency", "pred_mse", "pred_mse_per_sample", "pred_mse_repeat_last"):
         assert key in saved, key
     assert results["iw_nll"] <= -results["elbo"] + 1.0  # different samples; the IW bound is the tighter one
     assert len(saved["adjacency"]) == 3 and len(saved["prev_adjacency"][0]) == 3
@@ -304,7 +308,7 @@ def test_train_resume_and_evaluate(recurrent_config):
 
     recurrent_config["trainer"].update(tensorboard=True, epochs=1, visualize_every=1)
     run = train(load_and_check(base=recurrent_config))
-    test_script.evaluate(run.run_dir / "checkpoints" / "last.pt", iw_samples=2, progress=False)
+    jobs.evaluate(run.run_dir / "checkpoints" / "last.pt", iw_samples=2, progress=False)
     val, test = event_tags(run.run_dir, "val")["images"], event_tags(run.run_dir, "test")["images"]
     for kind in ("same_step", "previous_step"):
         assert {f"val/{kind}/edge_probs", f"val/{kind}/adjacency"} <= set(val) and f"test/{kind}/adjacency" in test
@@ -321,7 +325,7 @@ def test_pen_strokes_end_to_end(tmp_path, recurrent_config):
     recurrent_config["metrics"] = ["elbo", "iw_nll"]
     recurrent_config["trainer"].update(epochs=1, tensorboard=True)
     run = train(load_and_check(base=recurrent_config))
-    results = test_script.evaluate(run.run_dir / "checkpoints" / "last.pt", iw_samples=3, progress=False)
+    results = jobs.evaluate(run.run_dir / "checkpoints" / "last.pt", iw_samples=3, progress=False)
     assert np.isfinite(results["elbo"]) and np.isfinite(results["iw_nll"])
     assert results["num_steps"] < 8 * results["num_examples"]  # padded windows are masked
 

@@ -16,6 +16,7 @@ from model.svae.hmm import hmm_log_normalizer, hmm_posterior
 from model.svae.kalman import LDSPotentials, lds_posterior
 from model.svae.slds import SwitchingLinearDynamicalSystem
 from model.svae.slds_inference import SwitchingPotentials, switching_meanfield, switching_sweep
+from tests.references import dense_chain, embed_pair
 from tests.test_kalman import random_pd, random_prior
 
 DT = torch.float64
@@ -85,31 +86,6 @@ def mixed_pairs(potentials: SwitchingPotentials, weights: torch.Tensor):
     s = potentials.states
     mix = lambda m: torch.einsum("btk,kij->btij", weights, m)  # noqa: E731
     return mix(s.J11), mix(s.J12), mix(s.J22), torch.einsum("btk,k->bt", weights, s.pair_const)
-
-
-def embed_pair(J11, J12, J22, t: int, T: int, n: int) -> torch.Tensor:
-    """The pair precision of step t inside a (..., T n, T n) matrix."""
-    out = J11.new_zeros(*J11.shape[:-2], T * n, T * n)
-    a, b = slice(t * n, (t + 1) * n), slice((t + 1) * n, (t + 2) * n)
-    out[..., a, a], out[..., a, b], out[..., b, a], out[..., b, b] = J11, J12, J12.mT, J22
-    return out
-
-
-def dense_chain(init_J, init_h, init_const, J11, J12, J22, pair_const, node_J, node_h):
-    """The Gaussian chain with per-step pair potentials (B, T-1, n, n), (B, T-1) as one (T n)-dimensional
-    Gaussian: (log Z (B,), mean (B, T n), covariance (B, T n, T n))."""
-    B, T, n = node_h.shape
-    J = torch.diag_embed(node_J.reshape(B, T * n))
-    h = node_h.reshape(B, T * n)
-    J = J + torch.nn.functional.pad(init_J, (0, (T - 1) * n, 0, (T - 1) * n))
-    h = h + torch.nn.functional.pad(init_h, (0, (T - 1) * n))
-    for t in range(T - 1):
-        J = J + embed_pair(J11[:, t], J12[:, t], J22[:, t], t, T, n)
-    cov = torch.linalg.inv(J)
-    mean = (cov @ h.unsqueeze(-1)).squeeze(-1)
-    log_z = (0.5 * (h * mean).sum(-1) - 0.5 * torch.logdet(J) + 0.5 * T * n * math.log(2 * math.pi)
-             + init_const + pair_const.sum(-1))
-    return log_z, mean, cov
 
 
 def dense_q_x(potentials: SwitchingPotentials, weights, node_J, node_h):
@@ -292,9 +268,9 @@ def test_switching_sweep_kl_is_the_brute_force_kl_for_arbitrary_weights(K, T, n,
     # q(x): the chain with the weighted pairs plus psi
     _, mean, cov = dense_q_x(pot, weights, node_J, node_h)
     m, c, cc = blocks(mean, cov, T, n)
-    torch.testing.assert_close(post.chain.mean, m, **TOL)
-    torch.testing.assert_close(post.chain.cov, c, **TOL)
-    torch.testing.assert_close(post.chain.cross_cov, cc, **TOL)
+    torch.testing.assert_close(post.x.smoothed.mean, m, **TOL)
+    torch.testing.assert_close(post.x.smoothed.cov, c, **TOL)
+    torch.testing.assert_close(post.x.smoothed.cross_cov, cc, **TOL)
 
     # q(z) proportional to exp(log p(z) + sum_{t<T} l_t(z_t)), enumerated
     pair = expected_pairs(pot, mean, cov, T, n)  # (B, T-1, K)
@@ -326,13 +302,13 @@ def test_switching_meanfield_fixed_point_and_evidence_bound(K, T, n):
     assert post.iterations < 500
 
     # (a) q(z) = q*(z) proportional to exp(log p(z) + E_q(x) log p(x | z)), with q(x) the returned chain
-    chain_mean = post.chain.mean.reshape(B, T * n)
+    chain_mean = post.x.smoothed.mean.reshape(B, T * n)
     chain_cov = torch.zeros(B, T * n, T * n, dtype=DT)  # only the diagonal and first off-diagonal blocks enter
     for t in range(T):
-        chain_cov[:, t * n:(t + 1) * n, t * n:(t + 1) * n] = post.chain.cov[:, t]
+        chain_cov[:, t * n:(t + 1) * n, t * n:(t + 1) * n] = post.x.smoothed.cov[:, t]
     for t in range(T - 1):
-        chain_cov[:, t * n:(t + 1) * n, (t + 1) * n:(t + 2) * n] = post.chain.cross_cov[:, t]
-        chain_cov[:, (t + 1) * n:(t + 2) * n, t * n:(t + 1) * n] = post.chain.cross_cov[:, t].mT
+        chain_cov[:, t * n:(t + 1) * n, (t + 1) * n:(t + 2) * n] = post.x.smoothed.cross_cov[:, t]
+        chain_cov[:, (t + 1) * n:(t + 2) * n, t * n:(t + 1) * n] = post.x.smoothed.cross_cov[:, t].mT
     pair = expected_pairs(pot, chain_mean, chain_cov, T, n)
     node = torch.cat([pair, pair.new_zeros(B, 1, K)], 1)
     _, marginals, pair_marginals, _ = enumerate_chain(pot.log_init, pot.log_trans, node)
@@ -343,12 +319,12 @@ def test_switching_meanfield_fixed_point_and_evidence_bound(K, T, n):
     _, mean, cov = dense_q_x(pot, post.states.marginals[:, :-1], node_J, node_h)
     m, c, cc = blocks(mean, cov, T, n)
     fixed = dict(atol=1e-9, rtol=1e-9)  # converged to a change of 1e-12 nats in the objective
-    torch.testing.assert_close(post.chain.mean, m, **fixed)
-    torch.testing.assert_close(post.chain.cov, c, **fixed)
-    torch.testing.assert_close(post.chain.cross_cov, cc, **fixed)
+    torch.testing.assert_close(post.x.smoothed.mean, m, **fixed)
+    torch.testing.assert_close(post.x.smoothed.cov, c, **fixed)
+    torch.testing.assert_close(post.x.smoothed.cross_cov, cc, **fixed)
 
     # (c) the evidence lower bound
-    elbo = expected_psi(node_J, node_h, post.chain.mean.reshape(B, -1), chain_cov) - post.kl
+    elbo = expected_psi(node_J, node_h, post.x.smoothed.mean.reshape(B, -1), chain_cov) - post.kl
     evidence = exact_log_evidence(pot, node_J, node_h)
     assert (elbo <= evidence + 1e-10).all(), (elbo, evidence)
     if K == 1:
@@ -371,13 +347,13 @@ def test_natural_gradient_step_is_the_conjugate_update(rho):
     old = {name: pgm.natural(name) for name in ("initial_state", "transitions", "niw", "mniw")}
     old = {name: (v.clone() if torch.is_tensor(v) else type(v)(*(f.clone() for f in v))) for name, v in old.items()}
 
-    mean, cov, cross = post.chain.mean.detach(), post.chain.cov.detach(), post.chain.cross_cov.detach()
+    mean, cov, cross = post.x.smoothed.mean.detach(), post.x.smoothed.cov.detach(), post.x.smoothed.cross_cov.detach()
     q, pairs = post.states.marginals.detach(), post.states.pair_marginals.detach()
     outer = lambda a, b: a.unsqueeze(-1) * b.unsqueeze(-2)  # noqa: E731
     init_state = torch.zeros(K, dtype=DT)
     trans = torch.zeros(K, K, dtype=DT)
     niw_phi, niw_b = torch.zeros(n, n, dtype=DT), torch.zeros(n, dtype=DT)
-    k_inv, k_inv_mt, phi, nu = (torch.zeros(K, n, n, dtype=DT), torch.zeros(K, n, n, dtype=DT),
+    v_inv, v_inv_mt, phi, nu = (torch.zeros(K, n, n, dtype=DT), torch.zeros(K, n, n, dtype=DT),
                                 torch.zeros(K, n, n, dtype=DT), torch.zeros(K, dtype=DT))
     for b in range(B):
         init_state += q[b, 0]
@@ -389,13 +365,13 @@ def test_natural_gradient_step_is_the_conjugate_update(rho):
             S_next = cov[b, t + 1] + outer(mean[b, t + 1], mean[b, t + 1])
             X_t = cross[b, t] + outer(mean[b, t], mean[b, t + 1])
             for k in range(K):
-                k_inv[k] += q[b, t, k] * S_t
-                k_inv_mt[k] += q[b, t, k] * X_t
+                v_inv[k] += q[b, t, k] * S_t
+                v_inv_mt[k] += q[b, t, k] * X_t
                 phi[k] += q[b, t, k] * S_next
                 nu[k] += q[b, t, k]
     count = torch.tensor(float(B), dtype=DT)
     t_hat = {"initial_state": (init_state,), "transitions": (trans,), "niw": (niw_phi, niw_b, count, count),
-             "mniw": (k_inv, k_inv_mt, phi, nu)}
+             "mniw": (v_inv, v_inv_mt, phi, nu)}
 
     pgm.natural_gradient_step(stats, num_train=N, rho=rho)
     for name, fields in t_hat.items():

@@ -11,12 +11,11 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
-import test as test_script
 from model.metrics import adjusted_rand_index
-from train import train
-from base.base_trainer import load_model_weights
-from trainer.build import build_data, build_model, load_and_check
-from utils.checkpoint import load_checkpoint
+from trainer import jobs
+from trainer.components import build_data, build_model, load_and_check
+from trainer.jobs import train
+from utils.checkpoint import load_checkpoint, load_model_weights
 
 F64 = torch.float64
 
@@ -109,8 +108,8 @@ def pinwheel_job_and_baseline(tmp_path) -> tuple[dict, dict, float]:
     Gaussian, so no such VAE does better on these points."""
     config = load_and_check("configs/vae_pinwheel.yaml", [f"trainer.save_dir={tmp_path}", "trainer.verbosity=0"])
     checkpoints = train(config).run_dir / "checkpoints"
-    best = test_script.evaluate(checkpoints / "model_best.pt", iw_samples=100, progress=False)
-    final = test_script.evaluate(checkpoints / "last.pt", iw_samples=100, progress=False)
+    best = jobs.evaluate(checkpoints / "model_best.pt", iw_samples=100, progress=False)
+    final = jobs.evaluate(checkpoints / "last.pt", iw_samples=100, progress=False)
     baseline = best_gaussian_nll(build_data(config).test_set.tensors["x"])
     print(f"best Gaussian {baseline:.4f}; best (epoch {best['epoch']}) iw_nll {best['iw_nll']:.4f} elbo "
           f"{best['elbo']:.4f}; final iw_nll {final['iw_nll']:.4f} elbo {final['elbo']:.4f}")
@@ -139,7 +138,7 @@ def default_svae_gmm_run(tmp_path_factory) -> tuple[dict, dict]:
     save_dir = tmp_path_factory.mktemp("svae_gmm")
     config = load_and_check("configs/svae_gmm.yaml", [f"trainer.save_dir={save_dir}", "trainer.verbosity=0"])
     run = train(config)
-    return config, test_script.evaluate(run.run_dir / "checkpoints" / "model_best.pt", progress=False)
+    return config, jobs.evaluate(run.run_dir / "checkpoints" / "model_best.pt", progress=False)
 
 
 @pytest.mark.slow
@@ -184,7 +183,7 @@ def test_default_svae_lds_job_learns_the_bounce(tmp_path):
     frames better than repeating the last frame and than every one of those autoregressions' rollouts."""
     config = load_and_check("configs/svae_lds.yaml", [f"trainer.save_dir={tmp_path}", "trainer.verbosity=0"])
     run = train(config)
-    results = test_script.evaluate(run.run_dir / "checkpoints" / "model_best.pt", progress=False)
+    results = jobs.evaluate(run.run_dir / "checkpoints" / "model_best.pt", progress=False)
     data = build_data(config)
     train_x, test_x = data.train_set.tensors["x"], data.test_set.tensors["x"]
     args, arch = config["data_loader"]["args"], config["arch"]["args"]
@@ -194,7 +193,7 @@ def test_default_svae_lds_job_learns_the_bounce(tmp_path):
     linear_ll = max(autoregression_log_likelihood(train_x, test_x, k) for k in orders)
     linear_mse = min(autoregression_rollout_mse(train_x, test_x, truth, k, prefix) for k in orders)
     ceiling = noise_ceiling(args["noise_sigma"], args["image_width"])
-    print(f"elbo {results['elbo']:.4f} (linear {linear_ll:.4f}, ceiling {ceiling:.4f}); pred_mse "
+    print(f"elbo {results['elbo']:.4f} (linear {linear_ll:.4f}, ceiling {ceiling:.4f}); pred_mse_per_sample "
           f"{results['pred_mse']:.6f} (linear {linear_mse:.6f}, repeat last {results['pred_mse_repeat_last']:.6f})")
     assert linear_ll < results["elbo"] < ceiling
     assert results["pred_mse"] < min(linear_mse, results["pred_mse_repeat_last"])
@@ -215,10 +214,10 @@ def test_default_recurrent_graph_vae_job_predicts_the_dot(tmp_path):
     overrides = [f"trainer.save_dir={tmp_path}", "trainer.verbosity=0"]
     config = load_and_check("configs/recurrent_graph_vae.yaml", overrides)
     run = train(config)
-    results = test_script.evaluate(run.run_dir / "checkpoints" / "model_best.pt", progress=False)
+    results = jobs.evaluate(run.run_dir / "checkpoints" / "model_best.pt", progress=False)
     baseline_run = train(load_and_check("configs/recurrent_graph_vae.yaml", [
         *overrides, "arch.type=RecurrentWithoutLatents", "metrics=[elbo]", "trainer.tensorboard=false"]))
-    without_latents = test_script.evaluate(baseline_run.run_dir / "checkpoints" / "model_best.pt", progress=False)
+    without_latents = jobs.evaluate(baseline_run.run_dir / "checkpoints" / "model_best.pt", progress=False)
 
     data = build_data(config)
     args, arch = config["data_loader"]["args"], config["arch"]["args"]
@@ -229,15 +228,15 @@ def test_default_recurrent_graph_vae_job_predicts_the_dot(tmp_path):
     blind_mean_mse = float(((step_mean - truth) ** 2).mean())
     blind_sample_mse = float(((step_mean - truth) ** 2 + step_var).mean())
     ceiling = noise_ceiling(args["noise_sigma"], args["image_width"])
-    print(f"elbo/step {results['elbo_per_step']:.4f} (without latents {without_latents['elbo_per_step']:.4f}, "
-          f"ceiling {ceiling:.4f}); -iw_nll/step {-results['iw_nll_per_step']:.4f}; pred_mse "
-          f"{results['pred_mse']:.4f} (blind sampler {blind_sample_mse:.4f}, repeat last "
-          f"{results['pred_mse_repeat_last']:.4f}); sample mean {results['pred_mse_sample_mean']:.4f} (blind "
+    print(f"elbo/frame {results['elbo']:.4f} (without latents {without_latents['elbo']:.4f}, "
+          f"ceiling {ceiling:.4f}); -iw_nll/frame {-results['iw_nll']:.4f}; pred_mse_per_sample "
+          f"{results['pred_mse_per_sample']:.4f} (blind sampler {blind_sample_mse:.4f}, repeat last "
+          f"{results['pred_mse_repeat_last']:.4f}); sample mean {results['pred_mse']:.4f} (blind "
           f"{blind_mean_mse:.4f}); kl_nodes {results['kl_nodes']}")
     # by at least 1 nat per step (the gap is about 4): the same model with z zeroed ties the baseline to 0.002 nats
-    assert without_latents["elbo_per_step"] + 1.0 < results["elbo_per_step"] <= -results["iw_nll_per_step"] < ceiling
-    assert results["pred_mse"] < min(blind_sample_mse, results["pred_mse_repeat_last"])
-    assert results["pred_mse_sample_mean"] < blind_mean_mse
+    assert without_latents["elbo"] + 1.0 < results["elbo"] <= -results["iw_nll"] < ceiling
+    assert results["pred_mse_per_sample"] < min(blind_sample_mse, results["pred_mse_repeat_last"])
+    assert results["pred_mse"] < blind_mean_mse
 
 
 def kmeans_labels(points: torch.Tensor, num_clusters: int, restarts: int = 10, iterations: int = 100,
@@ -290,7 +289,7 @@ def test_default_svae_slds_job_segments_the_speed_regimes(tmp_path):
     overrides = [f"trainer.save_dir={tmp_path}", "trainer.verbosity=0"]
     run = train(load_and_check("configs/svae_slds.yaml", overrides))
     checkpoint = run.run_dir / "checkpoints" / "model_best.pt"
-    results = test_script.evaluate(checkpoint, progress=False)
+    results = jobs.evaluate(checkpoint, progress=False)
     data, model = trained_model(checkpoint)
     test = data.test_set.tensors
     with torch.no_grad():
@@ -299,7 +298,7 @@ def test_default_svae_slds_job_segments_the_speed_regimes(tmp_path):
     features = (means[:, 1:] - means[:, :-1]).norm(dim=-1, keepdim=True).flatten(0, 1)
     baseline = adjusted_rand_index(test["labels"][:, :-1].flatten(), kmeans_labels(features, data.num_states))
     lds_checkpoint = train(load_and_check("configs/svae_lds_switching.yaml", overrides)).run_dir / "checkpoints"
-    lds = test_script.evaluate(lds_checkpoint / "model_best.pt", progress=False)
+    lds = jobs.evaluate(lds_checkpoint / "model_best.pt", progress=False)
     lds_mse = predictive_mean_mse(lds_checkpoint / "model_best.pt")
     print(f"state_ari {results['state_ari']:.4f} (K-means of the latent speed {baseline:.4f}); "
           f"elbo {results['elbo']:.4f} (SVAE-LDS {lds['elbo']:.4f}); pred_mse {results['pred_mse']:.6f} "

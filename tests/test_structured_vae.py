@@ -8,20 +8,20 @@ import pytest
 import torch
 from torch import distributions as td
 
-import test as test_script
 from model.expfam import dirichlet, mniw, niw
 from model.expfam.psd import psd_cholesky
 from model.svae.gmm import GaussianMixture
 from model.svae.gmm_inference import meanfield_update
 from model.svae.kalman import chain_log_potential, lds_posterior
 from model.svae.lds import LinearDynamicalSystem
-from tests.conftest import ROOT
-from tests.test_kalman import dense_joint, random_nodes, random_prior
+from tests.references import dense_joint
+from tests.shrinks import tiny_config
+from tests.test_kalman import random_nodes, random_prior
 from tests.test_svae_gmm import random_globals, random_potentials
 from tests.test_svae_regression import SHRINKS
-from train import train
-from trainer.build import build_data, build_model, load_and_check
-from utils.config import read_config_file
+from trainer import jobs
+from trainer.components import build_data, build_model, load_and_check
+from trainer.jobs import train
 
 DT = torch.float64
 
@@ -93,16 +93,12 @@ def test_mixture_densities_equal_torch_distributions():
     torch.testing.assert_close(pgm.prior_log_prob(point, x), mixture.log_prob(x))
 
 
-@pytest.fixture(scope="module", params=sorted(SHRINKS))
+@pytest.fixture(scope="module", params=["svae_gmm", pytest.param("svae_lds", marks=pytest.mark.integration)])
 def trained_svae(request, tmp_path_factory):
     """A shrunk shipped SVAE config trained for 30 epochs, evaluated with iw_nll."""
     name = request.param
-    arch_args, data_args, len_epoch, metrics = SHRINKS[name]
-    config = read_config_file(ROOT / "configs" / f"{name}.yaml")
-    config["arch"]["args"].update(arch_args)
-    config["data_loader"]["args"].update(data_args)
-    config["trainer"].update(epochs=30, len_epoch=len_epoch, save_dir=str(tmp_path_factory.mktemp(name)),
-                             verbosity=0, tensorboard=False, visualize_every=0)
+    config = tiny_config(name, "regression", epochs=30, len_epoch=SHRINKS[name][2],
+                         save_dir=tmp_path_factory.mktemp(name))
     config["metrics"] = ["elbo", "iw_nll"]
     return train(load_and_check(base=config)).run_dir / "checkpoints" / "last.pt"
 
@@ -110,7 +106,7 @@ def trained_svae(request, tmp_path_factory):
 def test_iw_nll_is_below_the_negative_elbo_and_falls_with_k(trained_svae):
     """Measured: SVAE-GMM 7.85, 7.08, 6.79 nats per point for K = 1, 10, 300 against -ELBO 8.6; SVAE-LDS
     5.78, 5.65, 5.55 nats per frame against 5.99."""
-    by_k = {k: test_script.evaluate(trained_svae, iw_samples=k, progress=False) for k in (1, 10, 300)}
+    by_k = {k: jobs.evaluate(trained_svae, iw_samples=k, progress=False) for k in (1, 10, 300)}
     for results in by_k.values():
         assert results["iw_nll"] <= -results["elbo"], results
     assert by_k[1]["iw_nll"] > by_k[10]["iw_nll"] > by_k[300]["iw_nll"]
@@ -156,16 +152,15 @@ def test_meanfield_sweep_and_masked_jitter_are_captured_whole_by_torch_compile()
 # ---------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("name", sorted(SHRINKS))
 def test_checkpoints_from_before_the_core_still_load(name):
-    """The globals used to sit at the top of the state dict (`q_niw_phi`); they now live in `pgm.`."""
-    config = read_config_file(ROOT / "configs" / f"{name}.yaml")
-    config["arch"]["args"].update(SHRINKS[name][0])
-    config["data_loader"]["args"].update(SHRINKS[name][1])
-    config = load_and_check(base=config)
+    """The globals used to sit at the top of the state dict (`q_niw_phi`); they now live in `pgm.`. The MNIW's
+    natural parameters were named after K (`q_mniw_k_inv`); now after V (`q_mniw_v_inv`)."""
+    config = load_and_check(base=tiny_config(name, "regression"))
     data = build_data(config)
     model, fresh = build_model(config, data), build_model(config, data)
     for buffer in model.pgm.buffers():
         buffer.add_(0.25)
-    old_format = {key.removeprefix("pgm."): value for key, value in model.state_dict().items()}
+    old_format = {key.removeprefix("pgm.").replace("_mniw_v_inv", "_mniw_k_inv"): value
+                  for key, value in model.state_dict().items()}
     assert "q_niw_phi" in old_format
     fresh.load_state_dict(old_format)
     for key, value in model.state_dict().items():

@@ -10,8 +10,6 @@ import pytest
 import torch
 from torch import distributions as td
 
-import test as test_script
-from base.base_trainer import load_model_weights
 from base.metric import DEFAULT_OPTIONS
 from model.expfam import dirichlet, niw
 from model.expfam.psd import psd_cholesky
@@ -19,12 +17,14 @@ from model.svae.gmm import SVAEGMM
 from model.svae.gmm_inference import (MixtureExpectations, collapsed_responsibilities, local_meanfield,
                                       meanfield_update, mixture_expectations)
 from tests.conftest import ROOT, assert_finite_under_extreme_encoder, event_tags, train_halfway_and_resume
-from train import train
-from trainer.build import build_data, build_model, load_and_check
-from utils.checkpoint import load_checkpoint
+from trainer import jobs
+from trainer.components import build_data, build_model, load_and_check
+from trainer.jobs import train
+from utils.checkpoint import load_checkpoint, load_model_weights
 from utils.config import read_config_file
 from utils.distributed import sum_statistics
 from utils.seeding import seed_everything
+from utils.tree import map_tensors, tensors
 
 DT = torch.float64
 
@@ -215,7 +215,7 @@ def test_svi_step_equals_the_closed_form_update(rho, num_train):
     model = tiny_model(num_train, rho).train()
     y = torch.randn(6, 2) * 3
     dir0, niw0 = model.pgm.natural("dirichlet").clone(), niw.NIWNatural(*(t.clone() for t in model.pgm.natural("niw")))
-    post = model.infer(y, model.expected_potentials()[0], 0)
+    post = model.infer(y, model.expected_globals().potentials, 0)
     svi_step(model, model({"x": y}))
 
     r, ex, exx = post.responsibilities.detach(), post.mean.detach(), post.second.detach()
@@ -241,7 +241,8 @@ def test_statistics_of_several_forward_passes_add_up_like_one_batch():
     whole, halves = tiny_model(40, 0.5).train(), tiny_model(40, 0.5).train()
     svi_step(whole, whole({"x": y}))
     replicas = [halves({"x": y[:4]})["statistics"], halves({"x": y[4:]})["statistics"]]
-    gathered = {key: torch.cat([r[key] for r in replicas]) for key in replicas[0]}
+    concatenated = iter([torch.cat(leaves) for leaves in zip(*map(tensors, replicas))])  # DataParallel's gather
+    gathered = map_tensors(lambda _: next(concatenated), replicas[0])
     halves.after_optimizer_step(sum_statistics(gathered))
     for a, b in zip(whole.buffers(), halves.buffers()):
         torch.testing.assert_close(a, b)
@@ -273,7 +274,7 @@ def test_forward_changes_no_state():
     model = tiny_model(40, 0.5).train()
     before = [b.clone() for b in model.buffers()]
     out = model({"x": torch.randn(5, 2)})
-    assert out["statistics"]["count"].tolist() == [5.0]
+    assert out["statistics"].count.tolist() == [5.0]
     model.after_optimizer_step(None)
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
 
@@ -285,7 +286,7 @@ def test_a_step_skipped_on_the_device_applies_no_statistics():
     reference = copy.deepcopy(model)
     before = [b.clone() for b in model.buffers()]
     statistics = sum_statistics(model({"x": torch.randn(5, 2)})["statistics"])
-    model.after_optimizer_step({k: v * math.nan for k, v in statistics.items()}, torch.tensor(False))
+    model.after_optimizer_step(map_tensors(lambda v: v * math.nan, statistics), torch.tensor(False))
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
     model.after_optimizer_step(statistics, torch.tensor(True))
     reference.after_optimizer_step(statistics)
@@ -331,16 +332,17 @@ def evaluate_with_weights(checkpoint_path, weights: dict[str, torch.Tensor], fol
     state["model"] = weights
     folder.mkdir()
     torch.save(state, folder / "model.pt")
-    return test_script.evaluate(folder / "model.pt", overrides=["trainer.tensorboard=false"], progress=False)
+    return jobs.evaluate(folder / "model.pt", overrides=["trainer.tensorboard=false"], progress=False)
 
 
+@pytest.mark.integration
 def test_train_resume_and_evaluate(gmm_config, tmp_path):
     run_dir, state = train_halfway_and_resume(gmm_config, epochs=4)
     assert {"pgm.q_dirichlet", "pgm.q_niw_phi", "pgm.q_niw_nu"} <= state["model"].keys()
     assert state["schedule"] == {"epochs_done": 4}
     path = run_dir / "checkpoints" / "last.pt"
 
-    results = test_script.evaluate(path, progress=False)
+    results = jobs.evaluate(path, progress=False)
     assert {"elbo", "ari", "nmi", "components_in_use"} <= results.keys()
     # 24 steps already lift the held-out ELBO well above the untrained model's (about -16 against -25 nats with
     # the shipped Student-t likelihood, whose heavy tails keep the untrained model's cost low; -73 against -141
@@ -367,7 +369,7 @@ def test_training_fits_the_networks_and_the_mixture(gmm_config, tmp_path):
         "trainer.epochs=10", "trainer.len_epoch=20", "trainer.save_period=10", "trainer.tensorboard=false",
         "arch.args.likelihood=gaussian"]))
     path = run.run_dir / "checkpoints" / "last.pt"
-    results = test_script.evaluate(path, progress=False)
+    results = jobs.evaluate(path, progress=False)
     trained = torch.load(path, weights_only=True)["model"]
     initial = untrained_weights(load_and_check(base=gmm_config))
     untrained = evaluate_with_weights(path, initial, tmp_path / "untrained")

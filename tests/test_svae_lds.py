@@ -10,12 +10,12 @@ import pytest
 import torch
 from torch import distributions as td
 
-import test as test_script
 from data_loader.dots import DotVideoDataLoader, render_dots, triangle_wave
 from model.expfam import mniw, niw
 from model.svae.lds import SVAELDS
 from tests.conftest import ROOT, assert_finite_under_extreme_encoder, event_tags, train_halfway_and_resume
 from tests.test_kalman import dense_joint
+from trainer import jobs
 from utils.config import read_config_file
 from utils.distributed import sum_statistics
 from utils.errors import ConfigError
@@ -93,7 +93,7 @@ def test_local_kl_equals_the_dense_gaussian_computation():
     model = tiny_model()
     perturb_globals(model)
     batch = random_video(seed=1)
-    potentials, _ = model.expected_potentials()
+    potentials = model.expected_globals().potentials
     post = model.infer(batch["x"], potentials, num_samples=1)
     kl, node_J, node_h = post.kl, post.node_J, post.node_h
 
@@ -120,7 +120,7 @@ def test_svi_step_equals_the_closed_form_update(rho, num_train):
     batch = random_video(seed=2)
     q_niw0, q_mniw0 = model.pgm.natural("niw"), model.pgm.natural("mniw")
     q_niw0, q_mniw0 = type(q_niw0)(*(t.clone() for t in q_niw0)), type(q_mniw0)(*(t.clone() for t in q_mniw0))
-    potentials, _ = model.expected_potentials()
+    potentials = model.expected_globals().potentials
     post = model.infer(batch["x"], potentials, 1)
     node_J, node_h = post.node_J, post.node_h
     svi_step(model, model.train()(batch))
@@ -177,6 +177,26 @@ def test_parallel_inference_gives_the_same_objective():
         torch.testing.assert_close(outs[0][key], outs[1][key], atol=1e-6, rtol=1e-6)
 
 
+def test_forecast_follows_the_point_dynamics():
+    """x_P+1 = A x_P + eps: the sampled continuations' first step has mean M E[x_P] and covariance
+    M Cov[x_P] M^T + Psi / nu (the dynamics at their point estimate), from the prefix's posterior samples."""
+    model = tiny_model(prefix_len=4, horizon=3).eval()
+    perturb_globals(model)
+    torch.manual_seed(0)
+    post = model.infer(random_video()["x"][:, :4], model.expected_globals().potentials, 20000)
+    future = model.pgm.forecast(post, 3, 20000)
+    assert future.shape == (20000, 4, 3, 3)
+    M, _, Psi, nu = mniw.natural_to_standard(model.pgm.natural("mniw"))
+    last = post.samples[:, :, -1]
+    torch.testing.assert_close(future[:, :, 0].mean(0), last.mean(0) @ M.mT, atol=0.02, rtol=0)
+    def covariance(x: torch.Tensor) -> torch.Tensor:  # (S, B, n) -> (B, n, n)
+        centred = x - x.mean(0)
+        return torch.einsum("sbi,sbj->bij", centred, centred) / len(x)
+
+    torch.testing.assert_close(covariance(future[:, :, 0]), M @ covariance(last) @ M.mT + Psi / nu, atol=0.03,
+                               rtol=0.05)
+
+
 def test_prediction_sees_only_the_prefix():
     model = tiny_model(prefix_len=4, horizon=3).eval()
     perturb_globals(model)
@@ -184,11 +204,16 @@ def test_prediction_sees_only_the_prefix():
     batch = random_video()
     changed = batch["x"].clone()
     changed[:, 4:] = torch.rand_like(changed[:, 4:])
+    torch.manual_seed(0)
     mean, samples = model.predict(batch["x"], 2)
     assert mean.shape == (4, 7, 6) and samples.shape == (2, 4, 7, 6)
+    torch.manual_seed(0)
     torch.testing.assert_close(model.predict(changed, 2)[0], mean)
     metrics = ("elbo", "pred_mse", "pred_mse_repeat_last")
+    predictions = []  # pred_mse scores the prediction that `predict` returns
+    model.predict = lambda *args: predictions.append(type(model).predict(model, *args)) or predictions[-1]
     per_example = model.evaluate_batch(batch, metrics, {"iw_samples": 1})
+    mean = predictions[0][0]
     truth = batch["clean"][:, 4:7]
     values = per_example["pred_values"]
     assert values.tolist() == [3 * 6] * 4
@@ -208,7 +233,7 @@ def test_forward_changes_no_state():
     model = tiny_model().train()
     before = [b.clone() for b in model.buffers()]
     out = model(random_video())
-    assert out["statistics"]["count"].tolist() == [4.0]
+    assert out["statistics"].count.tolist() == [4.0]
     model.after_optimizer_step(None)
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
 
@@ -231,12 +256,13 @@ def lds_config(tmp_path) -> dict:
     return config
 
 
+@pytest.mark.integration
 def test_train_resume_and_evaluate(lds_config):
     run_dir, state = train_halfway_and_resume(lds_config, epochs=4)
-    assert {"pgm.q_niw_phi", "pgm.q_mniw_k_inv", "pgm.q_mniw_nu"} <= state["model"].keys()
+    assert {"pgm.q_niw_phi", "pgm.q_mniw_v_inv", "pgm.q_mniw_nu"} <= state["model"].keys()
     path = run_dir / "checkpoints" / "last.pt"
 
-    results = test_script.evaluate(path, progress=False)
+    results = jobs.evaluate(path, progress=False)
     assert {"elbo", "pred_mse", "pred_mse_repeat_last", "dynamics_eigenvalue_moduli"} <= results.keys()
     assert results["num_examples"] == 3 and results["prefix_len"] == 6 and results["horizon"] == 5
     assert results["pred_mse"] > 0 and results["pred_mse_repeat_last"] > 0

@@ -3,17 +3,21 @@ unused states, state_ari, numerical safety and the architecture end to end (trai
 from __future__ import annotations
 
 import json
+import math
+from collections import Counter
 
 import pytest
 import torch
 
-import test as test_script
 from data_loader.dots import render_positions, triangle_wave
 from data_loader.switching_dots import SwitchingDotsDataLoader, sticky_markov_states
 from model.expfam import mniw
+from model.expfam.mniw import MNIWNatural
 from model.svae.slds import SVAESLDS, SwitchingLinearDynamicalSystem
 from tests.conftest import ROOT, assert_finite_under_extreme_encoder, event_tags, train_halfway_and_resume
+from trainer import jobs
 from utils.config import read_config_file
+from utils.distributed import sum_statistics
 from utils.errors import ConfigError
 
 DT = torch.float64
@@ -64,20 +68,20 @@ def test_the_least_used_state_restarts_fitted_to_the_worst_explained_steps():
     pgm = SwitchingLinearDynamicalSystem(num_states=3, latent_dim=2, revive_below=0.05)
     before = [t.clone() for t in pgm.natural("mniw")]
     prior = pgm.natural("mniw", prior=True)
-    stats = {"revive_k_inv": 2 * torch.eye(2, dtype=DT), "revive_k_inv_mt": 0.5 * torch.eye(2, dtype=DT),
-             "revive_phi": 3 * torch.eye(2, dtype=DT), "revive_nu": torch.tensor(4.0, dtype=DT)}
+    stats = MNIWNatural(2 * torch.eye(2, dtype=DT), 0.5 * torch.eye(2, dtype=DT), 3 * torch.eye(2, dtype=DT),
+                        torch.tensor(4.0, dtype=DT))
     pgm.usage.copy_(torch.tensor([0.3, 0.01, 0.03], dtype=DT))  # states 1 and 2 under 0.05: the least used, 1
     counts = torch.tensor([[90.0, 0.1, 5.0], [0.2, 0.3, 0.1], [7.0, 0.1, 30.0]], dtype=DT)
-    pgm.q_transitions.copy_(counts)
+    pgm.set_natural("transitions", counts)
     pgm.revive_unused_state(stats, 10.0)
     stay, move = (90.0 + 0.3 + 30.0) / 3, (0.1 + 5.0 + 0.2 + 0.1 + 7.0 + 0.1) / 6  # a typical state's counts
     expected = counts.clone()
     expected[1], expected[:, 1] = move, move
     expected[1, 1] = stay
-    assert torch.allclose(pgm.q_transitions, expected)
+    assert torch.allclose(pgm.natural("transitions"), expected)
     after = pgm.natural("mniw")
-    for field, new, old, p in zip(after._fields, after, before, prior):
-        assert torch.allclose(new[1], p[1] + 10.0 * stats[f"revive_{field}"])  # prior + scale * the statistics
+    for new, old, p, statistic in zip(after, before, prior, stats):
+        assert torch.allclose(new[1], p[1] + 10.0 * statistic)  # prior + scale * the statistics
         assert torch.equal(new[0], old[0]) and torch.equal(new[2], old[2])  # one state per step
     assert int(pgm.revivals) == 1 and pgm.usage[1] == pytest.approx(1 / 3) and pgm.usage[2] == 0.03
     pgm.revive_unused_state(stats, 10.0, taken=torch.tensor(False))  # a skipped step revives nothing
@@ -96,9 +100,8 @@ def test_worst_steps_are_the_lowest_expected_log_potentials_inside_the_chains():
     mask = torch.ones(batch["x"].shape[:2], dtype=torch.bool)
     mask[0, 5:] = False  # a short first sequence: its steps past the end are never picked
     batch["mask"] = mask
-    post = model.infer(batch["x"], model.expected_potentials()[0], 1, mask)
-    from model.svae.lds import pair_weights, second_moments
-    steps = pair_weights(post)
+    post = model.infer(batch["x"], model.expected_globals().potentials, 1, mask)
+    steps = post.x.step_weights()
     worst = model.pgm.worst_steps(post, steps)
     fit = (post.states.marginals[:, :-1] * post.pair).sum(-1).detach()
     inside = steps > 0
@@ -108,20 +111,20 @@ def test_worst_steps_are_the_lowest_expected_log_potentials_inside_the_chains():
     for _, b, t in order:
         expected[b, t] = True
     assert torch.equal(worst > 0, expected) and not (worst[0, 4:] > 0).any()
-    second, cross = second_moments(post.chain)
+    second, cross = post.x.second_moments()
     stats = model.pgm.statistics(post)
     picked = expected.to(DT)
-    assert torch.allclose(stats["revive_k_inv_mt"], torch.einsum("bt,btij->ij", picked * steps, cross.detach()))
-    assert torch.allclose(stats["revive_phi"], torch.einsum("bt,btij->ij", picked * steps, second[:, 1:].detach()))
-    assert float(stats["revive_nu"]) == pytest.approx(float((picked * steps).sum()))
+    assert torch.allclose(stats.revive.v_inv_mt, torch.einsum("bt,btij->ij", picked * steps, cross.detach()))
+    assert torch.allclose(stats.revive.phi, torch.einsum("bt,btij->ij", picked * steps, second[:, 1:].detach()))
+    assert float(stats.revive.nu) == pytest.approx(float((picked * steps).sum()))
 
 
 def test_revival_follows_the_svi_step_and_can_be_switched_off():
     torch.manual_seed(0)
     model = tiny_model()
     out = model.train()(random_batch())
-    statistics = {k: v.sum(0) for k, v in out["statistics"].items()}
-    statistics["mniw_nu"] = torch.tensor([0.0, 30.0, 5.0], dtype=DT)
+    statistics = sum_statistics(out["statistics"])
+    statistics = statistics._replace(mniw=statistics.mniw._replace(nu=torch.tensor([0.0, 30.0, 5.0], dtype=DT)))
     model.pgm.usage.copy_(torch.tensor([0.0, 0.9, 0.1], dtype=DT))
     model.after_optimizer_step(statistics)
     assert int(model.pgm.revivals) == 1
@@ -153,10 +156,10 @@ def test_forward_changes_no_state_and_the_statistics_count_frames():
     before = [b.clone() for b in model.buffers()]
     out = model(random_batch())
     statistics = out["statistics"]
-    assert statistics["count"].tolist() == [4.0]
-    assert float(statistics["mniw_nu"].sum()) == pytest.approx(4 * 7)
-    assert float(statistics["transitions"].sum()) == pytest.approx(4 * 7)
-    assert float(statistics["initial_state"].sum()) == pytest.approx(4)
+    assert statistics.count.tolist() == [4.0]
+    assert float(statistics.mniw.nu.sum()) == pytest.approx(4 * 7)
+    assert float(statistics.transitions.sum()) == pytest.approx(4 * 7)
+    assert float(statistics.initial_state.sum()) == pytest.approx(4)
     model.after_optimizer_step(None)
     assert all(torch.equal(a, b) for a, b in zip(before, model.buffers()))
     assert {"states_in_use", "meanfield_iters", "jitter_retries", "kl_local"} <= out.keys()
@@ -197,6 +200,15 @@ def test_segmentation_metrics_skip_padding_and_pool_every_frame():
 
 
 # ---------------------------------------------------------------- end to end
+def pair_counting_ari(truth: list[int], found: list[int]) -> float:
+    """The adjusted Rand index by counting agreeing pairs (Hubert and Arabie), written apart from model.metrics."""
+    pairs = lambda counts: sum(math.comb(c, 2) for c in counts)  # noqa: E731
+    index = pairs(Counter(zip(truth, found)).values())
+    rows, cols, total = pairs(Counter(truth).values()), pairs(Counter(found).values()), math.comb(len(truth), 2)
+    expected = rows * cols / total
+    return 1.0 if (rows + cols) / 2 == expected else (index - expected) / ((rows + cols) / 2 - expected)
+
+
 @pytest.fixture
 def slds_config(tmp_path) -> dict:
     """configs/svae_slds.yaml shrunk: 12 sequences of 12 frames, latent 2, 2 epochs of 3 steps."""
@@ -209,16 +221,30 @@ def slds_config(tmp_path) -> dict:
     return config
 
 
-def test_train_resume_and_evaluate(slds_config):
+@pytest.mark.integration
+def test_train_resume_and_evaluate(slds_config, monkeypatch):
     run_dir, state = train_halfway_and_resume(slds_config, epochs=4)
-    assert {"pgm.q_transitions", "pgm.q_initial_state", "pgm.q_mniw_k_inv", "pgm.revivals"} <= state["model"].keys()
+    assert {"pgm.q_transitions", "pgm.q_initial_state", "pgm.q_mniw_v_inv", "pgm.revivals"} <= state["model"].keys()
     path = run_dir / "checkpoints" / "last.pt"
 
-    results = test_script.evaluate(path, progress=False)
+    seen = []  # the per-example outputs that test.py reduces: state probabilities and frame labels
+    summarize = SVAESLDS.summarize_evaluation
+    monkeypatch.setattr(SVAESLDS, "summarize_evaluation", lambda self, per_example, metrics: (
+        seen.append(per_example), summarize(self, per_example, metrics))[1])
+    results = jobs.evaluate(path, progress=False)
     assert {"elbo", "iw_nll", "state_ari", "state_nmi", "state_accuracy", "pred_mse", "pred_mse_repeat_last",
             "transition_matrix", "state_usage"} <= results.keys()
-    assert results["num_examples"] == 3 and -1 <= results["state_ari"] <= 1
-    assert len(results["transition_matrix"]) == 3 and sum(results["state_usage"]) == pytest.approx(1, abs=1e-3)
+    [per_example] = seen
+    labels, states = per_example["frame_labels"].flatten(), per_example["state_probs"].argmax(-1).flatten()
+    real = labels >= 0
+    assert results["num_examples"] == 3 and per_example["state_probs"].shape[::2] == (3, 3) and int(real.sum()) > 0
+    # recomputed here from the returned probabilities and labels, by counting pairs, over the labelled frames
+    assert results["state_ari"] == pytest.approx(pair_counting_ari(labels[real].tolist(), states[real].tolist()),
+                                                 abs=1e-9)
+    share = [states[real].tolist().count(k) / int(real.sum()) for k in range(3)]
+    assert results["state_usage"] == pytest.approx(share, abs=1e-4)  # rounded to 4 places
+    transitions = torch.tensor(results["transition_matrix"])
+    assert transitions.shape == (3, 3) and torch.allclose(transitions.sum(1), torch.ones(3), atol=2e-4)
     assert json.loads((run_dir / "test_metrics.json").read_text())["state_ari"] == results["state_ari"]
     assert "val/segmentation_0" in event_tags(run_dir, "val")["images"]
     assert "test/segmentation_0" in event_tags(run_dir, "test")["images"]
@@ -231,7 +257,7 @@ def test_prediction_samples_futures_from_the_switching_dynamics():
     state's rotation, with the states drawn by q(z) at the prefix's end; the prediction averages the futures."""
     torch.manual_seed(0)
     model = SVAESLDS(data_shape=(8, 2), num_train=8, num_states=2, latent_dim=2, hidden_dims=[8], prefix_len=4,
-                     horizon=4, predictive_samples=200).eval()
+                     horizon=4, prediction_samples=200).eval()
     model.decode = lambda x: torch.cat([x, torch.zeros_like(x)], -1)  # decoded mean = x
     pgm = model.pgm
     angles = torch.tensor([0.3, 1.2], dtype=DT)
@@ -239,9 +265,8 @@ def test_prediction_samples_futures_from_the_switching_dynamics():
                              for a in angles])
     eye = torch.eye(2, dtype=DT).expand(2, 2, 2)
     natural = mniw.standard_to_natural(rotations, eye, 1e-2 * eye, torch.full((2,), 1e4, dtype=DT))  # Q = 1e-6 I
-    for field, value in zip(natural._fields, natural):
-        getattr(pgm, f"q_mniw_{field}").copy_(value)
-    pgm.q_transitions.copy_(1e8 * torch.eye(2, dtype=DT))
+    pgm.set_natural("mniw", natural)
+    pgm.set_natural("transitions", 1e8 * torch.eye(2, dtype=DT))
     with torch.no_grad():
         model.encoder.net.net[-1].bias.copy_(torch.tensor([1.0, -1.0, 5.0, 5.0]))  # x near (1, -1), precise
         y = torch.randn(3, 8, 2)
@@ -254,7 +279,7 @@ def test_prediction_samples_futures_from_the_switching_dynamics():
     error = (rolled - futures).abs().amax((-2, -1))  # (K, S, B)
     assert (error.min(0).values < 2e-2).all() and (error.max(0).values > 0.1).all()
     chosen = error.argmin(0)
-    post = model.infer(y[:, :4], model.expected_potentials()[0], 0)
+    post = model.infer(y[:, :4], model.expected_globals().potentials, 0)
     share = (chosen == 1).double().mean(0)
     assert torch.allclose(share, post.states.marginals[:, -1, 1], atol=0.12)
     assert torch.allclose(mean[:, 4:], paths[:, :, 4:].mean(0), atol=1e-5)

@@ -13,6 +13,7 @@ from model.svae.lds import SVAELDS
 from model.svae.slds import SVAESLDS
 from tests.test_kalman import dense_joint
 from utils.distributed import sum_statistics
+from utils.tree import tensors
 
 DT = torch.float64
 TOL = dict(atol=1e-10, rtol=1e-10)
@@ -50,7 +51,7 @@ def slds_model() -> SVAESLDS:
 
 def one_by_one(model, batch: dict[str, torch.Tensor]):
     """Each sequence alone, unpadded: its observations and posterior."""
-    potentials = model.expected_potentials()[0]
+    potentials = model.expected_globals().potentials
     for b, length in enumerate(LENGTHS):
         y = batch["x"][b:b + 1, :length]
         yield b, length, y, model.infer(y, potentials, 0)
@@ -60,11 +61,13 @@ def assert_statistics_add_up(model, post, singles) -> None:
     """The batch's SVI statistics are the sum of the unpadded sequences' statistics (except SVAE-SLDS's
     revive_*: the worst-explained 1/K of a batch's steps is a choice over the whole batch; that it never picks
     a padded step is tested in tests/test_svae_slds.py)."""
-    batch_stats = model.pgm.statistics(post)
-    for key, value in batch_stats.items():
-        if key.startswith("revive_"):
-            continue
-        torch.testing.assert_close(value, sum(model.pgm.statistics(single)[key] for single in singles), **TOL)
+    def without_revive(stats):
+        return stats._replace(revive=None) if hasattr(stats, "revive") else stats
+
+    batch_stats = without_revive(model.pgm.statistics(post))
+    alone = [without_revive(model.pgm.statistics(single)) for single in singles]
+    for value, *parts in zip(tensors(batch_stats), *(tensors(stats) for stats in alone)):
+        torch.testing.assert_close(value, sum(parts), **TOL)
 
 
 @pytest.mark.parametrize("inference", ["sequential", "parallel"])
@@ -72,18 +75,18 @@ def test_padded_lds_sequence_equals_the_sequence_alone(inference):
     model = lds_model()
     model.pgm.inference = inference
     batch = padded_batch(seed=5)
-    potentials, _ = model.expected_potentials()
+    potentials = model.expected_globals().potentials
     post = model.infer(batch["x"], potentials, 0, batch["mask"])
     singles = []
     for b, L, y, single in one_by_one(model, batch):
         singles.append(single)
         torch.testing.assert_close(post.kl[b], single.kl[0], **TOL)
-        torch.testing.assert_close(post.chain.log_z[b], single.chain.log_z[0], **TOL)
-        torch.testing.assert_close(post.chain.mean[b, :L], single.chain.mean[0], **TOL)
-        torch.testing.assert_close(post.chain.cov[b, :L], single.chain.cov[0], **TOL)
-        torch.testing.assert_close(post.chain.cross_cov[b, :L - 1], single.chain.cross_cov[0], **TOL)
-        recon = model.log_likelihood(batch["x"], post.chain.mean[None], batch["mask"])[0, b]
-        torch.testing.assert_close(recon, model.log_likelihood(y, single.chain.mean[None])[0, 0], **TOL)
+        torch.testing.assert_close(post.smoothed.log_z[b], single.smoothed.log_z[0], **TOL)
+        torch.testing.assert_close(post.smoothed.mean[b, :L], single.smoothed.mean[0], **TOL)
+        torch.testing.assert_close(post.smoothed.cov[b, :L], single.smoothed.cov[0], **TOL)
+        torch.testing.assert_close(post.smoothed.cross_cov[b, :L - 1], single.smoothed.cross_cov[0], **TOL)
+        recon = model.log_likelihood(batch["x"], post.smoothed.mean[None], batch["mask"])[0, b]
+        torch.testing.assert_close(recon, model.log_likelihood(y, single.smoothed.mean[None])[0, 0], **TOL)
     assert_statistics_add_up(model, post, singles)
     frames = model.evaluate_batch(batch, ("elbo",), {})["frames"]
     assert frames.tolist() == LENGTHS
@@ -93,7 +96,7 @@ def test_padded_lds_importance_weights_equal_the_sequence_alone():
     """log p(y, x) - log q(x) at a path: the frames after the end are N(0, I) under both, and cancel."""
     model = lds_model()
     batch = padded_batch(seed=6)
-    potentials = model.expected_potentials()[0]
+    potentials = model.expected_globals().potentials
     point = model.pgm.potentials(model.pgm.global_stats(point=True))
     post = model.infer(batch["x"], potentials, 2, batch["mask"])
     x = post.samples
@@ -107,10 +110,10 @@ def test_padded_lds_importance_weights_equal_the_sequence_alone():
 def test_padded_slds_sequence_equals_the_sequence_alone():
     model = slds_model()
     batch = padded_batch(seed=7)
-    potentials = model.expected_potentials()[0]
+    potentials = model.expected_globals().potentials
     post = model.infer(batch["x"], potentials, 0, batch["mask"])
     point = model.pgm.potentials(model.pgm.global_stats(point=True))
-    path = post.chain.mean[None]
+    path = post.x.smoothed.mean[None]
     padded_iw = model.pgm.prior_log_prob(point, path, batch["mask"]) - model.pgm.posterior_log_prob(post, path)
     singles = []
     for b, L, y, single in one_by_one(model, batch):
@@ -118,8 +121,8 @@ def test_padded_slds_sequence_equals_the_sequence_alone():
         torch.testing.assert_close(post.kl[b], single.kl[0], **TOL)
         torch.testing.assert_close(post.states.marginals[b, :L], single.states.marginals[0], **TOL)
         torch.testing.assert_close(post.states.pair_marginals[b, :L - 1], single.states.pair_marginals[0], **TOL)
-        torch.testing.assert_close(post.chain.mean[b, :L], single.chain.mean[0], **TOL)
-        torch.testing.assert_close(post.chain.cov[b, :L], single.chain.cov[0], **TOL)
+        torch.testing.assert_close(post.x.smoothed.mean[b, :L], single.x.smoothed.mean[0], **TOL)
+        torch.testing.assert_close(post.x.smoothed.cov[b, :L], single.x.smoothed.cov[0], **TOL)
         alone = path[:, b:b + 1, :L]
         torch.testing.assert_close(padded_iw[:, b], (model.pgm.prior_log_prob(point, alone)
                                                      - model.pgm.posterior_log_prob(single, alone))[:, 0], **TOL)
@@ -139,15 +142,15 @@ def test_a_missing_frame_is_bridged_by_the_dynamics():
     batch = padded_batch(seed=8)
     mask = batch["mask"].clone()
     mask[0, 3] = False
-    potentials = model.expected_potentials()[0]
+    potentials = model.expected_globals().potentials
     post = model.infer(batch["x"][:1], potentials, 0, mask[:1])
     node_J, node_h = model.encoder(batch["x"][:1])
     node_J, node_h = node_J * mask[:1, :, None], node_h * mask[:1, :, None]
     log_z, mean, cov = dense_joint(potentials, node_J, node_h)
     n = node_h.shape[-1]
-    torch.testing.assert_close(post.chain.mean.flatten(1), mean, **TOL)
-    torch.testing.assert_close(post.chain.cov[:, 3], cov[:, 3 * n:4 * n, 3 * n:4 * n], **TOL)
-    torch.testing.assert_close(post.chain.log_z, log_z, **TOL)
+    torch.testing.assert_close(post.smoothed.mean.flatten(1), mean, **TOL)
+    torch.testing.assert_close(post.smoothed.cov[:, 3], cov[:, 3 * n:4 * n, 3 * n:4 * n], **TOL)
+    torch.testing.assert_close(post.smoothed.log_z, log_z, **TOL)
 
 
 def test_the_objective_counts_real_frames_only():
@@ -156,7 +159,7 @@ def test_the_objective_counts_real_frames_only():
     model = lds_model()
     model.frames_per_example = 6.5
     batch = padded_batch(seed=9)
-    potentials, kl_global = model.expected_potentials()
+    potentials, kl_global = model.expected_globals()
     kl = model.infer(batch["x"], potentials, 0, batch["mask"]).kl
     out = model(batch)
     torch.testing.assert_close(out["kl_local"], kl.sum() / sum(LENGTHS), **TOL)
@@ -168,8 +171,8 @@ def test_an_all_true_mask_is_inference_without_a_mask():
     """Full windows (every frame real) take the unmasked path: the same posterior, exactly."""
     model = slds_model()
     batch = padded_batch(seed=11)
-    potentials = model.expected_potentials()[0]
+    potentials = model.expected_globals().potentials
     full = torch.ones_like(batch["mask"])
     masked, plain = model.infer(batch["x"], potentials, 0, full), model.infer(batch["x"], potentials, 0)
-    assert masked.within is None
+    assert masked.x.within is None
     assert torch.equal(masked.kl, plain.kl) and torch.equal(masked.states.marginals, plain.states.marginals)

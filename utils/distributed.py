@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from utils.tree import map_tensors, tensors
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -55,16 +57,16 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def sum_statistics(statistics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Sum a model's `out["statistics"]` over their leading (replica) dim and over ranks, in one
-    all-reduce: {name: (R, ...)} -> {name: (...)}."""
-    summed = {name: value.sum(0) for name, value in statistics.items()}
+def sum_statistics(statistics: Any) -> Any:
+    """Sum a model's `out["statistics"]` (tensors (R, ...) in dicts or NamedTuples, `utils.tree`) over their
+    leading (replica) dim and over ranks, in one all-reduce: the same structure of (...) tensors."""
+    summed = map_tensors(lambda value: value.sum(0), statistics)
     if not (dist.is_available() and dist.is_initialized()):
         return summed
-    names = sorted(summed)
-    flat = all_reduce_sum(torch.cat([summed[name].reshape(-1) for name in names]))
-    sizes = [summed[name].numel() for name in names]
-    return {name: part.view_as(summed[name]) for name, part in zip(names, flat.split(sizes))}
+    leaves = tensors(summed)
+    flat = all_reduce_sum(torch.cat([leaf.reshape(-1) for leaf in leaves]))
+    parts = iter(flat.split([leaf.numel() for leaf in leaves]))
+    return map_tensors(lambda leaf: next(parts).view_as(leaf), summed)
 
 
 def broadcast_object(obj: Any) -> Any:

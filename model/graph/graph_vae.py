@@ -20,7 +20,8 @@ from model.kl_warmup import KLWarmup
 from model.likelihoods import LIKELIHOODS
 from model.networks import ACTIVATIONS, StackedMLP, mlp
 from model.registry import ARCHITECTURES
-from model.visualization import log_graph, log_image_grids
+from model.figures import log_image_grids
+from model.graph.figures import log_graph
 
 class Posterior(NamedTuple):
     """One top-down pass: z (..., N, d), KL per node (..., N), and log p(z | c) and log q(z | x, c) (...) when
@@ -44,7 +45,7 @@ class GraphVAE(GateSchedule, KLWarmup, BaseModel):
     from `fixed_gates_epoch` on (0: never) they are fixed to 1[sigmoid(a) > 1/2] and only the networks train.
     test.py evaluates with the hard gates.
 
-    Batches: {"x": (B, *data_shape)}, flattened to (B, P).
+    Batches: {"x": (B, *data_shape)}, flattened to (B, D).
 
     Args:
         data_shape: set by the framework.

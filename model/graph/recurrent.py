@@ -16,7 +16,8 @@ from model.kl_warmup import KLWarmup
 from model.likelihoods import LIKELIHOODS, StrokeLikelihood
 from model.networks import ACTIVATIONS, StackedMLP, mlp
 from model.registry import ARCHITECTURES
-from model.visualization import log_graph, log_sequences
+from model.figures import log_sequences
+from model.graph.figures import log_graph
 from utils.errors import ConfigError, DataError
 
 
@@ -122,11 +123,11 @@ def step_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return mask.bool()
 
 
-def per_sequence_and_step(key: str) -> Callable[[PerExample], dict[str, float]]:
-    """Reduction of per-sequence totals under `key`: their mean (per sequence) and, as `key`_per_step, their sum
-    over the sum of the sequences' steps."""
-    return lambda per_example: {key: mean_of(key)(per_example),
-                                f"{key}_per_step": ratio_of_sums(key, "steps")(per_example)}
+def per_frame_and_sequence(key: str) -> Callable[[PerExample], dict[str, float]]:
+    """Reduction of per-sequence totals under `key`: their sum over the sum of the sequences' steps (per frame,
+    as every model reports `key`) and, as `key`_per_sequence, their mean."""
+    return lambda per_example: {key: ratio_of_sums(key, "steps")(per_example),
+                                f"{key}_per_sequence": mean_of(key)(per_example)}
 
 
 def over_predicted_sequences(**reported: str) -> Callable[[PerExample], dict[str, Any]]:
@@ -153,13 +154,13 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
     BU_n(Enc(phi(x_t), s_{t-1})), sampled root first; parents are posterior samples. ELBO = sum_t mask_t
     [log p(x_t | ...) - sum_n KL(q_{t,n} || p_{t,n})], every KL analytic against the learned conditional prior.
 
-    Batches: {"x": (B, T, P), optional "mask": (B, T) bool, True on real steps (a prefix of each row), optional
-    "clean": (B, T, P) noiseless frames for the prediction metrics}. The loop over time (and, inside a step, over
+    Batches: {"x": (B, T, D), optional "mask": (B, T) bool, True on real steps (a prefix of each row), optional
+    "clean": (B, T, D) noiseless frames for the prediction metrics}. The loop over time (and, inside a step, over
     the N nodes of the top-down path) is the only Python loop; the features, the decoder and the KLs run on all
     steps at once after it. Each batch starts every sequence at s_0: nothing is carried across batches.
 
     Args:
-        data_shape: (T, P), set by the framework.
+        data_shape: (T, D), set by the framework.
         num_nodes, node_dim: N and d.
         cell: "gru" or "lstm", the recurrent state; state_dim: H.
         feature_dims: widths of phi (its last width is the feature size).
@@ -177,13 +178,14 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
     """
 
     metrics = (
-        Metric("elbo", per_sequence_and_step("elbo"), "evidence lower bound on log p(x_1:T) with the hard gates, "
-               "one posterior sample; nats per sequence, and per step as elbo_per_step"),
-        Metric("iw_nll", per_sequence_and_step("iw_nll"), "importance-weighted estimate of -log p(x_1:T | hard "
-               "gates) with K = iw_samples; nats per sequence, and per step as iw_nll_per_step"),
-        Metric("pred_mse", over_predicted_sequences(pred_mse="pred_se", pred_mse_sample_mean="pred_mean_se"),
-               "squared error per frame entry of `horizon` steps sampled after `prefix_len`, against the clean "
-               "frames (mean over prediction_samples; of the samples' mean as pred_mse_sample_mean)"),
+        Metric("elbo", per_frame_and_sequence("elbo"), "evidence lower bound on log p(x_1:T) with the hard gates, "
+               "one posterior sample; nats per frame, and per sequence as elbo_per_sequence"),
+        Metric("iw_nll", per_frame_and_sequence("iw_nll"), "importance-weighted estimate of -log p(x_1:T | hard "
+               "gates) with K = iw_samples; nats per frame, and per sequence as iw_nll_per_sequence"),
+        Metric("pred_mse", over_predicted_sequences(pred_mse="pred_mean_se", pred_mse_per_sample="pred_se"),
+               "squared error per value of the predictive mean (the average of prediction_samples sampled "
+               "continuations of `horizon` steps after `prefix_len`) against the clean frames; the mean error of "
+               "the samples themselves as pred_mse_per_sample"),
         Metric("pred_mse_repeat_last", over_predicted_sequences(pred_mse_repeat_last="repeat_se"),
                "the same error for repeating the last observed frame (a baseline for pred_mse)"),
     )
@@ -200,7 +202,7 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
                  figure_samples: int = 2):
         super().__init__()
         if len(data_shape) != 2:
-            raise ConfigError(f"RecurrentGraphVAE needs sequences, data_shape (T, P); got {tuple(data_shape)}")
+            raise ConfigError(f"RecurrentGraphVAE needs sequences, data_shape (T, D); got {tuple(data_shape)}")
         for name, value in [("num_nodes", num_nodes), ("node_dim", node_dim), ("state_dim", state_dim),
                             ("encoder_dim", encoder_dim), ("prefix_len", prefix_len), ("horizon", horizon),
                             ("prediction_samples", prediction_samples), ("figure_samples", figure_samples)]:
@@ -287,7 +289,7 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
     # ---------------------------------------------------------------- inference
     def filter(self, x: torch.Tensor, same_gates: torch.Tensor, prev_gates: torch.Tensor,
                noise: torch.Tensor | None = None) -> Trajectory:
-        """Sample z_1:T ~ q(z | x) for x (R, T, P) with gates (N, N) or (R, N, N) each; `noise` (R, T, N, d)
+        """Sample z_1:T ~ q(z | x) for x (R, T, D) with gates (N, N) or (R, N, N) each; `noise` (R, T, N, d)
         fixes the standard normal draws."""
         R, T, _ = x.shape
         N, d = self.num_nodes, self.node_dim
@@ -339,8 +341,8 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
         node_kl = kl.detach().sum((0, 1)) / steps
         return {
             "loss": -(recon - kl_weight * kl_total) / steps,
-            "elbo": ((recon - kl_total) / len(x)).detach(),
-            "elbo_per_step": ((recon - kl_total) / steps).detach(),
+            "elbo": ((recon - kl_total) / steps).detach(),
+            "elbo_per_sequence": ((recon - kl_total) / len(x)).detach(),
             "recon": (recon / steps).detach(),
             "kl": (kl_total / steps).detach(),
             **{f"kl_node{n}": node_kl[n] for n in range(self.num_nodes)},
@@ -370,7 +372,7 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
                 prev_gates: torch.Tensor) -> torch.Tensor:
         """Continue R sequences from their state and last z (R, N d) by ancestral sampling from the generative
         model (each x_t drawn from p(x_t | ...) and fed back): the decoded means E[x_t | z_t, s_{t-1}]
-        (R, steps, P)."""
+        (R, steps, D)."""
         prev_weight, same_weights, prior_nets = self.gated_weights(same_gates, prev_gates)
         rows = len(z_prev)
         prior_only = [(z_prev.new_zeros(rows, self.node_dim),) * 2] * self.num_nodes  # no bottom-up term
@@ -389,14 +391,14 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoded means E[x_t | z_t, s_{t-1}] with z ~ q(z | x), hard gates: (R, T, P)."""
+        """Decoded means E[x_t | z_t, s_{t-1}] with z ~ q(z | x), hard gates: (R, T, D)."""
         traj = self.filter(x, *self.hard_gates())
         return self.likelihood.mean(self.decode(traj.z, traj.states))
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
-        """Condition on the first `prefix_len` steps of x (R, T, P) and sample `horizon` more from the learned
-        prior, S times (hard gates): decoded means (S, R, prefix_len + horizon, P), the prefix's reconstructions
+        """Condition on the first `prefix_len` steps of x (R, T, D) and sample `horizon` more from the learned
+        prior, S times (hard gates): decoded means (S, R, prefix_len + horizon, D), the prefix's reconstructions
         followed by the sampled continuation."""
         gates = self.hard_gates()
         prefix = x[:, :self.prefix_len].repeat(num_samples, 1, 1)
@@ -421,18 +423,19 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
         if "iw_nll" in metrics:
             out["iw_nll"] = -self.iw_log_likelihood(x, mask, options["iw_samples"])
         if "pred_mse" in metrics or "pred_mse_repeat_last" in metrics:
-            P, H = self.prefix_len, self.horizon
-            if x.shape[1] < P + H:
-                raise DataError(f"prediction needs sequences of at least prefix_len + horizon = {P + H} steps, got "
-                                f"{x.shape[1]}; lower arch.args.prefix_len or horizon, or drop pred_mse from metrics")
-            truth = batch.get("clean", x)[:, P:P + H]
-            out["pred_valid"] = mask[:, P + H - 1]
+            prefix, H = self.prefix_len, self.horizon
+            if x.shape[1] < prefix + H:
+                raise DataError(f"prediction needs sequences of at least prefix_len + horizon = {prefix + H} steps, "
+                                f"got {x.shape[1]}; lower arch.args.prefix_len or horizon, or drop pred_mse from "
+                                f"metrics")
+            truth = batch.get("clean", x)[:, prefix:prefix + H]
+            out["pred_valid"] = mask[:, prefix + H - 1]
             if "pred_mse" in metrics:
-                continued = self.predict(x, self.prediction_samples)[:, :, P:]
+                continued = self.predict(x, self.prediction_samples)[:, :, prefix:]
                 out["pred_se"] = ((continued - truth) ** 2).mean((0, 2, 3))
                 out["pred_mean_se"] = ((continued.mean(0) - truth) ** 2).mean((1, 2))
             if "pred_mse_repeat_last" in metrics:
-                out["repeat_se"] = ((x[:, P - 1:P] - truth) ** 2).mean((1, 2))
+                out["repeat_se"] = ((x[:, prefix - 1:prefix] - truth) ** 2).mean((1, 2))
         return out
 
     def model_summary(self, per_example: PerExample) -> dict[str, Any]:

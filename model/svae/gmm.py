@@ -3,12 +3,13 @@ potentials, and a diagonal-Gaussian decoder (SVAE.md sections 2, 3 and 5)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 
 from base.metric import Metric, PerExample
 from model.expfam import dirichlet, niw
+from model.expfam.niw import NIWNatural
 from model.likelihoods import StudentTLikelihood
 from model.metrics import adjusted_rand_index, normalized_mutual_info
 from model.networks import GaussianResNet
@@ -17,36 +18,45 @@ from model.svae.gmm_inference import MeanFieldPosterior, MixtureExpectations, lo
 from model.svae.graphical_model import DIRICHLET, NIW, GraphicalModel
 from model.svae.recognition import GaussianRecognition
 from model.svae.structured_vae import StructuredVAE
-from model.visualization import log_gmm_clusters
+from model.svae.figures import log_gmm_clusters
 from utils.errors import DataError
 
 IN_USE_THRESHOLD = 0.05  # a component is "in use" when its mean responsibility exceeds this
 
 
+class MixtureStatistics(NamedTuple):
+    """The mixture's statistics: responsibilities summed (K,), the components' NIW (batch K), the points."""
+    dirichlet: torch.Tensor
+    niw: NIWNatural
+    count: torch.Tensor
+
+
 class GaussianMixture(GraphicalModel):
-    """pi ~ Dir; (mu_k, Sigma_k) ~ NIW, k = 1..K; z ~ Cat(pi); x | z ~ N(mu_z, Sigma_z): one d-dimensional
+    """pi ~ Dir; (mu_k, Sigma_k) ~ NIW, k = 1..K; z ~ Cat(pi); x | z ~ N(mu_z, Sigma_z): one n-dimensional
     latent per example. Global factors "dirichlet" (K,) and "niw" (batch K); local inference by mean field
     q(z) q(x) (`gmm_inference.py`), whose posterior is a `MeanFieldPosterior`.
 
     Args:
         num_components: K.
-        latent_dim: d.
+        latent_dim: n.
         max_iter, tol: mean-field sweeps without gradient, and the tolerance on the batch-mean local KL.
         prior_alpha: Dirichlet concentration of the prior on pi.
-        prior_kappa, prior_nu_offset: NIW prior m = 0, kappa, nu = d + offset, S = nu I.
+        prior_kappa, prior_nu_offset: NIW prior m = 0, kappa, nu = n + offset, Psi = nu I.
         init_mean_scale: q(theta) starts with component means m_k ~ init_mean_scale * N(0, I).
     """
+
+    Statistics = MixtureStatistics
 
     def __init__(self, num_components: int, latent_dim: int, max_iter: int, tol: float, prior_alpha: float,
                  prior_kappa: float, prior_nu_offset: float, init_mean_scale: float):
         super().__init__()
         self.latent_dim, self.max_iter, self.tol = latent_dim, max_iter, tol
-        K, d, f64 = num_components, latent_dim, torch.float64
-        nu = torch.full((K,), d + prior_nu_offset, dtype=f64)
-        scale = nu[:, None, None] * torch.eye(d, dtype=f64)
+        K, n, f64 = num_components, latent_dim, torch.float64
+        nu = torch.full((K,), n + prior_nu_offset, dtype=f64)
+        scale = nu[:, None, None] * torch.eye(n, dtype=f64)
         kappa = torch.full((K,), prior_kappa, dtype=f64)
-        prior = niw.standard_to_natural(torch.zeros(K, d, dtype=f64), kappa, scale, nu)
-        init = niw.standard_to_natural(init_mean_scale * torch.randn(K, d, dtype=f64), kappa, scale, nu)
+        prior = niw.standard_to_natural(torch.zeros(K, n, dtype=f64), kappa, scale, nu)
+        init = niw.standard_to_natural(init_mean_scale * torch.randn(K, n, dtype=f64), kappa, scale, nu)
         self.add_global_factor("dirichlet", DIRICHLET, dirichlet.alpha_to_natural(torch.full((K,), prior_alpha,
                                                                                                 dtype=f64)))
         self.add_global_factor("niw", NIW, prior, init)
@@ -60,18 +70,17 @@ class GaussianMixture(GraphicalModel):
         post = local_meanfield(node_J, node_h, potentials, self.max_iter, self.tol)
         return post._replace(samples=post.gaussian.sample(num_samples, post.mean) if num_samples else None)
 
-    def statistics(self, post: MeanFieldPosterior) -> dict[str, torch.Tensor]:
-        """Dirichlet: sum_n r_n; NIW_k: sum_n r_nk (E x x^T, E x, 1, 1)."""
+    def statistics(self, post: MeanFieldPosterior) -> MixtureStatistics:
+        """Dirichlet: sum_b r_b; NIW_k: sum_b r_bk (E x x^T, E x, 1, 1)."""
         weights = post.responsibilities.detach()
         components = niw.weighted_gaussian_stats(weights, post.second.detach(), post.mean.detach())
-        return {"dirichlet": weights.sum(0), **{f"niw_{f}": v for f, v in zip(components._fields, components)},
-                "count": weights.new_tensor(float(len(weights)))}
+        return MixtureStatistics(weights.sum(0), components, weights.new_tensor(float(len(weights))))
 
     def posterior_log_prob(self, post: MeanFieldPosterior, x: torch.Tensor) -> torch.Tensor:
         return post.gaussian.log_prob(x)
 
     def prior_log_prob(self, potentials: MixtureExpectations, x: torch.Tensor, mask: None = None) -> torch.Tensor:
-        """log sum_k pi_k N(x | mu_k, Sigma_k) for x (S, B, d): (S, B)."""
+        """log sum_k pi_k N(x | mu_k, Sigma_k) for x (S, B, n): (S, B)."""
         quadratic = torch.einsum("sbi,kij,sbj->sbk", x, potentials.J, x)
         logits = -0.5 * quadratic + x @ potentials.h.mT + potentials.const + potentials.log_weights
         return torch.logsumexp(logits, -1)
@@ -81,10 +90,10 @@ class GaussianMixture(GraphicalModel):
         return {"components_in_use": in_use, "meanfield_iters": post.iterations.float()}
 
     def component_moments(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """E[pi] (K,), the component means m_k (K, d) and the expected covariances E[Sigma_k] (K, d, d)."""
+        """E[pi] (K,), the component means m_k (K, n) and the expected covariances E[Sigma_k] (K, n, n)."""
         alpha = dirichlet.natural_to_alpha(self.natural("dirichlet"))
-        m, _, S, nu = niw.natural_to_standard(self.natural("niw"))
-        cov = S / (nu - self.latent_dim - 1).clamp_min(1.0)[:, None, None]
+        m, _, Psi, nu = niw.natural_to_standard(self.natural("niw"))
+        cov = Psi / (nu - self.latent_dim - 1).clamp_min(1.0)[:, None, None]
         return alpha / alpha.sum(), m, cov
 
 
@@ -99,16 +108,16 @@ def _components_in_use(per_example: PerExample) -> int:
 
 @ARCHITECTURES.register("SVAE-GMM")
 class SVAEGMM(StructuredVAE):
-    """Structured VAE with a K-component Gaussian mixture over d-dimensional latents (`GaussianMixture`).
+    """Structured VAE with a K-component Gaussian mixture over n-dimensional latents (`GaussianMixture`).
 
     Networks (point estimates, trained by the optimizer on -ELBO): recognition y -> psi(x) and decoder
-    x -> N(y | mean, diag var). Batches: {"x": (B, *data_shape)}, flattened to (B, P) (and "y": (B,)
+    x -> N(y | mean, diag var). Batches: {"x": (B, *data_shape)}, flattened to (B, D) (and "y": (B,)
     labels for ARI/NMI). ELBO per point = mean_batch[E_q log p(y | x) - KL_local] - KL(q(theta) || p(theta)) / N.
 
     Args:
-        data_shape, num_train: set by the framework (P = prod(data_shape); N = training set size).
+        data_shape, num_train: set by the framework (D = prod(data_shape); N = training set size).
         num_components: K.
-        latent_dim: d.
+        latent_dim: n.
         hidden_dims, activation, init_scale: encoder and decoder GaussianResNets.
         min_precision, max_precision: bounds of the recognition precisions.
         num_samples: S, samples of x per point for the reconstruction term in training.
@@ -116,7 +125,7 @@ class SVAEGMM(StructuredVAE):
         max_iter, tol: mean-field iterations (without gradient) and tolerance on the local KL.
         rho: SVI step size of the globals.
         prior_alpha: Dirichlet concentration of the prior on pi.
-        prior_kappa, prior_nu_offset: NIW prior m = 0, kappa, nu = d + offset, S = nu I.
+        prior_kappa, prior_nu_offset: NIW prior m = 0, kappa, nu = n + offset, Psi = nu I.
         init_mean_scale: initial q(theta) component means m_k ~ init_mean_scale * N(0, I) (spread out,
             or all points collapse into one cluster).
         kl_warmup_epochs: the local KL's weight in the training loss rises linearly from 0 to 1 over this
@@ -155,7 +164,7 @@ class SVAEGMM(StructuredVAE):
             if value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
         if prior_nu_offset <= -1:
-            raise ValueError(f"prior_nu_offset must be > -1 (nu > d - 1), got {prior_nu_offset}")
+            raise ValueError(f"prior_nu_offset must be > -1 (nu > n - 1), got {prior_nu_offset}")
         if decoder_variance not in ("conditional", "shared"):
             raise ValueError(f"decoder_variance must be 'conditional' or 'shared', got {decoder_variance!r}")
         if likelihood not in ("gaussian", "student_t"):
@@ -179,7 +188,7 @@ class SVAEGMM(StructuredVAE):
         return batch["x"].flatten(1)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Decoder output (..., 2P): the mean and the raw log-variance of p(y | x)."""
+        """Decoder output (..., 2D): the mean and the raw log-variance of p(y | x)."""
         mean, raw = self.decoder(x)
         if self.decoder_log_variance is not None:
             raw = self.decoder_log_variance.expand_as(raw)
@@ -204,7 +213,7 @@ class SVAEGMM(StructuredVAE):
         if self.latent_dim != 2:
             return
         y = self.observations(batch)
-        post = self.infer(y, self.expected_potentials()[0], 0)
+        post = self.infer(y, self.expected_globals().potentials, 0)
         weights, means, covs = self.pgm.component_moments()
 
         def decode(x: torch.Tensor) -> torch.Tensor:

@@ -1,17 +1,20 @@
 """The graphical-model interface of the structured VAEs (SVAE.md sections 1-2).
 
 A `GraphicalModel` is the conjugate part of an SVAE: it owns the global factors q(theta) (exponential
-families in natural parameters, float64 buffers, by name), turns them into the potentials that local
-inference needs, and runs local inference given the recognition network's Gaussian node potentials.
-`StructuredVAE` (structured_vae.py) wires any of them between an encoder and a decoder, and applies
-the natural-gradient SVI step of every global factor from the statistics that local inference returns.
+families in natural parameters, float64 buffers), turns them into the potentials that local inference needs,
+and runs local inference given the recognition network's Gaussian node potentials. `StructuredVAE`
+(structured_vae.py) wires any of them between an encoder and a decoder, and applies the natural-gradient SVI
+step of every global factor from the statistics that local inference returns.
 
 Conventions: B examples; "nodes" are the latent variables of one example (none for a mixture, T for a
 chain), n the latent dimension. Node potentials psi(x) = -1/2 x^T diag(node_J) x + node_h^T x, node_J and
-node_h (B, *nodes, n). A global factor `name` with fields f1, f2, ... lives in the buffers
-`prior_<name>_<f>` and `q_<name>_<f>` (`prior_<name>` / `q_<name>` for a one-tensor family), and the
-statistics for its SVI step come under the same `<name>_<f>` keys, plus `count`, the number of examples
-they were summed over.
+node_h (B, *nodes, n).
+
+Statistics are typed: a model declares `Statistics`, a NamedTuple with one field per global factor (its value
+has the structure of that factor's natural parameters: a tensor, or the family's NamedTuple, e.g.
+`NIWNatural`), `count` (the number of examples they were summed over) and any extra fields of its own.
+`add_global_factor` refuses a factor that `Statistics` has no field for, so a misspelt name fails when the
+model is built.
 """
 from __future__ import annotations
 
@@ -68,7 +71,8 @@ class LocalPosterior(Protocol):
     retries: torch.Tensor
 
 
-def statistic_key(name: str, field: str | None) -> str:
+def _buffer_suffix(name: str, field: str | None) -> str:
+    """Factor `name`'s field as a buffer-name suffix: `prior_<suffix>`, `q_<suffix>` (checkpoint keys)."""
     return name if field is None else f"{name}_{field}"
 
 
@@ -77,6 +81,8 @@ class GraphicalModel(nn.Module):
 
     #: n, the dimension of each latent node
     latent_dim: int
+    #: the NamedTuple that `statistics` returns: one field per global factor, `count`, and extra fields
+    Statistics: type[NamedTuple]
 
     def __init__(self) -> None:
         super().__init__()
@@ -84,20 +90,31 @@ class GraphicalModel(nn.Module):
 
     # ---------------------------------------------------------------- global factors
     def add_global_factor(self, name: str, family: ConjugateFamily, prior: Any, init: Any = None) -> None:
-        """Register a factor's prior and q (initialised at `init`, default the prior) as float64
-        buffers (clones: q is updated in place)."""
+        """Register a factor's prior and q (initialised at `init`, default the prior) as float64 buffers
+        `prior_<name>_<field>` and `q_<name>_<field>` (clones: q is updated in place)."""
+        if name not in self.Statistics._fields:
+            raise TypeError(f"{type(self).__name__}: global factor {name!r} has no field in "
+                            f"{self.Statistics.__name__} {self.Statistics._fields}")
         self.families[name] = family
         init = prior if init is None else init
         for field, p, q in zip(family.fields, family.unpack(prior), family.unpack(init)):
-            key = statistic_key(name, field)
-            self.register_buffer(f"prior_{key}", p.clone())
-            self.register_buffer(f"q_{key}", q.clone())
+            suffix = _buffer_suffix(name, field)
+            self.register_buffer(f"prior_{suffix}", p.clone())
+            self.register_buffer(f"q_{suffix}", q.clone())
+
+    def _buffers_of(self, name: str, prior: bool = False) -> tuple[torch.Tensor, ...]:
+        which = "prior" if prior else "q"
+        return tuple(getattr(self, f"{which}_{_buffer_suffix(name, f)}") for f in self.families[name].fields)
 
     def natural(self, name: str, prior: bool = False) -> Any:
         """The natural parameters of q (or of the prior) of factor `name`."""
-        family = self.families[name]
-        which = "prior" if prior else "q"
-        return family.pack(tuple(getattr(self, f"{which}_{statistic_key(name, f)}") for f in family.fields))
+        return self.families[name].pack(self._buffers_of(name, prior))
+
+    @torch.no_grad()
+    def set_natural(self, name: str, value: Any) -> None:
+        """Overwrite q of factor `name` (in place) with natural parameters of its structure."""
+        for q, new in zip(self._buffers_of(name), self.families[name].unpack(value)):
+            q.copy_(new)
 
     def global_stats(self, point: bool = False) -> dict[str, Any]:
         """Per factor: E_q[t(theta)], or with `point` t(theta-bar) at the point estimate."""
@@ -110,18 +127,17 @@ class GraphicalModel(nn.Module):
                    for name, family in self.families.items())
 
     @torch.no_grad()
-    def natural_gradient_step(self, statistics: dict[str, torch.Tensor], num_train: int, rho: float,
+    def natural_gradient_step(self, statistics: NamedTuple, num_train: int, rho: float,
                               taken: torch.Tensor | None = None) -> None:
         """SVI: eta <- eta + rho (eta0 + (N / count) stats - eta) for every global factor, in place, from the
-        statistics of `count` examples (summed over the batch, every replica and every rank). For
+        `Statistics` of `count` examples (summed over the batch, every replica and every rank). For
         0 < rho <= 1 a convex combination of valid natural parameters, so q stays valid. Where the 0-d bool
         `taken` is False (a skipped step), every eta stays exactly as it was (decided on the device)."""
-        scale = num_train / statistics["count"]
+        scale = num_train / statistics.count
         for name, family in self.families.items():
-            for field in family.fields:
-                key = statistic_key(name, field)
-                q, prior = getattr(self, f"q_{key}"), getattr(self, f"prior_{key}")
-                target = prior + scale * statistics[key]
+            stats = family.unpack(getattr(statistics, name))
+            for q, prior, stat in zip(self._buffers_of(name), self._buffers_of(name, prior=True), stats):
+                target = prior + scale * stat
                 q.lerp_(target if taken is None else torch.where(taken, target, q), rho)
 
     # ---------------------------------------------------------------- local inference (per model)
@@ -137,9 +153,9 @@ class GraphicalModel(nn.Module):
         potentials; never changes state."""
         raise NotImplementedError
 
-    def statistics(self, post: LocalPosterior) -> dict[str, torch.Tensor]:
-        """Expected sufficient statistics of every global factor (`<name>_<field>` keys, summed over the
-        batch, detached) and `count`."""
+    def statistics(self, post: LocalPosterior) -> NamedTuple:
+        """`Statistics`: the expected sufficient statistics of every global factor (summed over the batch,
+        detached) and `count`."""
         raise NotImplementedError
 
     def posterior_log_prob(self, post: LocalPosterior, x: torch.Tensor) -> torch.Tensor:
@@ -150,6 +166,11 @@ class GraphicalModel(nn.Module):
         """log p(x | theta) of x (S, B, *nodes, n), discrete latents summed out exactly, the model cut as
         `infer` cuts it for `mask`: (S, B)."""
         raise NotImplementedError
+
+    def forecast(self, post: LocalPosterior, horizon: int, num_samples: int) -> torch.Tensor:
+        """For models over time: `num_samples` sampled continuations of the latents after the last node of
+        `post` (a posterior with at least that many samples) for `horizon` more nodes, (S, B, H, n)."""
+        raise NotImplementedError(f"{type(self).__name__} does not predict")
 
     def diagnostics(self, post: LocalPosterior) -> dict[str, torch.Tensor]:
         """Scalars logged with the training outputs (e.g. the mean-field sweeps)."""

@@ -348,25 +348,25 @@ class _Smoother(torch.autograd.Function):
     def forward(ctx, solved, eps):
         B, T, n, _ = solved.shape
         S = eps.shape[-1]
-        K, alone = S + 1, S if S >= n else 0  # value columns; the samples that run on their own
+        cols, alone = S + 1, S if S >= n else 0  # value columns; the samples that run on their own
         w = solved[..., :1]
-        X = torch.cat([w + eps, w, solved[..., 1:]], -1).transpose(0, 1)  # (T, B, n, K + 2n)
-        moments = torch.matmul(X[..., K:K + n].mT, X)  # [b + L^-T eps | b | V | G]
-        G = moments[:-1, ..., K + n:].contiguous()  # (T-1, B, n, n)
-        F = G.new_zeros(T - 1, B, K + n - alone, K + n - alone)  # blockdiag(I, G_t^T)
+        X = torch.cat([w + eps, w, solved[..., 1:]], -1).transpose(0, 1)  # (T, B, n, cols + 2n)
+        moments = torch.matmul(X[..., cols:cols + n].mT, X)  # [b + L^-T eps | b | V | G]
+        G = moments[:-1, ..., cols + n:].contiguous()  # (T-1, B, n, n)
+        F = G.new_zeros(T - 1, B, cols + n - alone, cols + n - alone)  # blockdiag(I, G_t^T)
         F[..., :-n, :-n].diagonal(dim1=-2, dim2=-1).fill_(1.0)
         F[..., -n:, -n:] = G.mT
-        Y = moments[..., :K + n].contiguous()  # [c | V], then [v | Sigma] in place
+        Y = moments[..., :cols + n].contiguous()  # [c | V], then [v | Sigma] in place
         with torch.no_grad():  # as forward runs anyway; explicit for Dynamo's tracing (torch 2.4)
             fused, single, Gs, Fs = Y[..., alone:].unbind(0), Y[..., :alone].unbind(0), G.unbind(0), F.unbind(0)
             for t in range(T - 2, -1, -1):
                 fused[t].baddbmm_(torch.bmm(Gs[t], fused[t + 1]), Fs[t])
                 if alone:
                     single[t].baddbmm_(Gs[t], single[t + 1])
-        cross = torch.matmul(G, Y[1:, ..., K:])
+        cross = torch.matmul(G, Y[1:, ..., cols:])
         ctx.save_for_backward(X, G, F, Y)
         Y = Y.transpose(0, 1)
-        return (0.5 * (w[..., 0] ** 2).sum((-2, -1)), Y[..., S], Y[..., :S].permute(3, 0, 1, 2), Y[..., K:],
+        return (0.5 * (w[..., 0] ** 2).sum((-2, -1)), Y[..., S], Y[..., :S].permute(3, 0, 1, 2), Y[..., cols:],
                 cross.transpose(0, 1))
 
     @staticmethod
@@ -374,8 +374,8 @@ class _Smoother(torch.autograd.Function):
     def backward(ctx, grad_quadratic, grad_mean, grad_samples, grad_cov, grad_cross):
         X, G, F, Y = ctx.saved_tensors
         T, B, n, width = Y.shape
-        K = width - n
-        S = K - 1
+        cols = width - n
+        S = cols - 1
         alone = S if S >= n else 0
         adj = Y.new_zeros(T, B, n, width)  # [dL/dv_t | dL/dSigma_t], then the adjoints in place
         if grad_samples is not None:
@@ -383,11 +383,11 @@ class _Smoother(torch.autograd.Function):
         if grad_mean is not None:
             adj[..., S] = grad_mean.transpose(0, 1)
         if grad_cov is not None:
-            adj[..., K:] = grad_cov.transpose(0, 1)
-        covs = Y[1:, ..., K:]
+            adj[..., cols:] = grad_cov.transpose(0, 1)
+        covs = Y[1:, ..., cols:]
         if grad_cross is not None:  # cross_t = G_t Sigma_{t+1}
             grad_cross = grad_cross.transpose(0, 1)
-            adj[1:, ..., K:] += G.mT @ grad_cross
+            adj[1:, ..., cols:] += G.mT @ grad_cross
         with torch.no_grad():  # as backward runs anyway (once_differentiable); explicit for Dynamo (torch 2.4)
             fused, single = adj[..., alone:].unbind(0), adj[..., :alone].unbind(0)
             G_T, F_T = G.mT.unbind(0), F.mT.unbind(0)
@@ -395,16 +395,16 @@ class _Smoother(torch.autograd.Function):
                 fused[t].baddbmm_(torch.bmm(G_T[t - 1], fused[t - 1]), F_T[t - 1])
                 if alone:
                     single[t].baddbmm_(G_T[t - 1], single[t - 1])
-        lam, Lam = adj[:-1, ..., :K], adj[:-1, ..., K:]
-        grad_G = lam @ Y[1:, ..., :K].mT + (Lam + Lam.mT) @ G @ covs
+        lam, Lam = adj[:-1, ..., :cols], adj[:-1, ..., cols:]
+        grad_G = lam @ Y[1:, ..., :cols].mT + (Lam + Lam.mT) @ G @ covs
         if grad_cross is not None:
             grad_G += grad_cross @ covs.mT
         grad_moments = torch.cat([adj, torch.cat([grad_G, grad_G.new_zeros(1, B, n, n)], 0)], -1)
-        # moments = X[..., K:K+n]^T X, X = [w + eps | w | L^-1 | -L^-1 J12]
-        grad_X = torch.matmul(X[..., K:K + n], grad_moments)
-        grad_X[..., K:K + n] += torch.matmul(X, grad_moments.mT)
-        grad_w = grad_X[..., :K].sum(-1)
+        # moments = X[..., cols:cols+n]^T X, X = [w + eps | w | L^-1 | -L^-1 J12]
+        grad_X = torch.matmul(X[..., cols:cols + n], grad_moments)
+        grad_X[..., cols:cols + n] += torch.matmul(X, grad_moments.mT)
+        grad_w = grad_X[..., :cols].sum(-1)
         if grad_quadratic is not None:
             grad_w += grad_quadratic[:, None] * X[..., S]
-        grad_solved = torch.cat([grad_w.unsqueeze(-1), grad_X[..., K:]], -1)
+        grad_solved = torch.cat([grad_w.unsqueeze(-1), grad_X[..., cols:]], -1)
         return grad_solved.transpose(0, 1), None

@@ -11,7 +11,7 @@ PRECISION_BOUNDS = ("softplus", "exp_tanh")
 
 
 class GaussianRecognition(nn.Module):
-    """y (..., P) -> diagonal Gaussian node potentials psi(x) = -1/2 x^T diag(J) x + h^T x, in float64.
+    """y (..., D) -> diagonal Gaussian node potentials psi(x) = -1/2 x^T diag(J) x + h^T x, in float64.
 
     A GaussianResNet outputs a mean and a raw precision per latent dim; h = J * mean and J is bounded:
     "softplus": J = min(softplus(raw), max_precision) + min_precision;

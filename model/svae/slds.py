@@ -5,24 +5,26 @@ per-frame diagonal-Gaussian decoder (SVAE.md section 6). Local inference (struct
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, NamedTuple
 
 import torch
 from torch import nn
 
 from base.metric import Metric, PerExample
-from model.expfam import dirichlet, mniw, niw
+from model.expfam import dirichlet
+from model.expfam.mniw import MNIWNatural
+from model.expfam.niw import NIWNatural
 from model.metrics import adjusted_rand_index, match_labels, matched_accuracy, normalized_mutual_info
-from model.networks import GaussianResNet
 from model.registry import ARCHITECTURES
+from model.svae.chain import dynamics_prior, dynamics_statistics, initial_state_prior, initial_state_statistics, \
+    point_dynamics, simulate_dynamics
+from model.svae.figures import segmentation_figure
+from model.figures import log_figure
 from model.svae.graphical_model import DIRICHLET, MNIW, NIW, GraphicalModel
 from model.svae.hmm import hmm_log_normalizer
 from model.svae.kalman import METHODS, chain_extent, expected_lds_potentials, initial_log_potential
-from model.svae.lds import chain_posterior_log_prob, pair_weights, second_moments
-from model.svae.recognition import GaussianRecognition
 from model.svae.sequence import SequenceSVAE
 from model.svae.slds_inference import SwitchingPosterior, SwitchingPotentials, switching_meanfield
-from model.visualization import log_figure, segmentation_figure
 from utils.errors import DataError
 
 
@@ -36,29 +38,38 @@ def chains_cut(mask: torch.Tensor | None) -> torch.Tensor | None:
     return chain_extent(mask)
 
 
-def weighted_moments(weights: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
-    """sum_b,t weights[b, t, j] moments[b, t] for weights (B, T', J) and moments (B, T', n, n): (J, n, n)."""
-    return (weights.flatten(0, 1).mT @ moments.flatten(0, 1).flatten(-2)).unflatten(-1, moments.shape[-2:])
-
-
 def _usage_of_old_checkpoints(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
     """Checkpoints written before states were revived by their averaged usage have no `usage`: uniform."""
     state_dict.setdefault(f"{prefix}usage", torch.full_like(module.usage, 1.0 / len(module.usage)))
 
 
+class SwitchingStatistics(NamedTuple):
+    """The SLDS's statistics: q(z_1) and q(z_t, z_t+1) summed (K,), (K, K); the initial state's NIW; the K
+    dynamics' MNIW (batch K); the sequences they sum over; and the MNIW statistics of the batch's
+    worst-explained steps that `revive_unused_state` fits a state to (None when reviving is off)."""
+    initial_state: torch.Tensor
+    transitions: torch.Tensor
+    niw: NIWNatural
+    mniw: MNIWNatural
+    count: torch.Tensor
+    revive: MNIWNatural | None = None
+
+
 class SwitchingLinearDynamicalSystem(GraphicalModel):
-    """z_1 ~ Cat(pi0), z_t+1 | z_t ~ Cat(P[z_t]); x_1 ~ N(mu0, Sigma0), x_t+1 = A_{z_t} x_t + eps,
+    """z_1 ~ Cat(pi0), z_t+1 | z_t ~ Cat(Pi[z_t]); x_1 ~ N(mu0, Sigma0), x_t+1 = A_{z_t} x_t + eps,
     eps ~ N(0, Q_{z_t}): K discrete states and one n-dimensional latent per frame. Global factors
     "initial_state" (Dirichlet (K,)), "transitions" (Dirichlet, one per row (K, K)), "niw" (mu0, Sigma0) and
     "mniw" (A_k, Q_k, batch K).
 
     Priors: Dirichlet alpha = prior_alpha, plus `stickiness` on the diagonal of the transitions; NIW and MNIW
-    as SVAE-LDS (nu = n + 1, S = 2 (n + 1) I, m = 0, kappa = 1 / (2n), M = I, K = I / (2n)). q(theta) starts
-    at the prior except the dynamics means, M_k = I + init_dynamics_scale * N(0, I / n) (distinct states, or
-    every state stays the same). Local inference: `switching_meanfield`. After each SVI step, the least used
-    state, if its share of the frames (averaged over batches, buffer `usage`) is under `revive_below`,
-    restarts fitted to the batch's worst-explained steps (`revive_unused_state`; 0 turns it off).
+    as SVAE-LDS (`chain.py`). q(theta) starts at the prior except the dynamics means,
+    M_k = I + init_dynamics_scale * N(0, I / n) (distinct states, or every state stays the same). Local
+    inference: `switching_meanfield`. After each SVI step, the least used state, if its share of the frames
+    (averaged over batches, buffer `usage`) is under `revive_below`, restarts fitted to the batch's
+    worst-explained steps (`revive_unused_state`; 0 turns it off).
     """
+
+    Statistics = SwitchingStatistics
 
     def __init__(self, num_states: int, latent_dim: int, max_iter: int = 20, tol: float = 1e-2,
                  prior_alpha: float = 1.0, stickiness: float = 10.0, init_dynamics_scale: float = 0.5,
@@ -79,47 +90,40 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         self.num_states, self.latent_dim = num_states, latent_dim
         self.max_iter, self.tol, self.inference = max_iter, tol, inference
         K, n, f64 = num_states, latent_dim, torch.float64
-        eye = torch.eye(n, dtype=f64)
-        nu = torch.tensor(n + 1.0, dtype=f64)
-        scale = 2.0 * (n + 1) * eye
         self.add_global_factor("initial_state", DIRICHLET, dirichlet.alpha_to_natural(
             torch.full((K,), prior_alpha, dtype=f64)))
         self.add_global_factor("transitions", DIRICHLET, dirichlet.alpha_to_natural(
             prior_alpha + stickiness * torch.eye(K, dtype=f64)))
-        self.add_global_factor("niw", NIW, niw.standard_to_natural(torch.zeros(n, dtype=f64),
-                                                                   torch.tensor(1.0 / (2 * n), dtype=f64), scale, nu))
-        noise_scale = scale.expand(K, n, n)
-        prior = mniw.standard_to_natural(eye.expand(K, n, n), (eye / (2 * n)).expand(K, n, n), noise_scale,
-                                         nu.expand(K))
-        init_M = eye + init_dynamics_scale * torch.randn(K, n, n, dtype=f64) / math.sqrt(n)
-        init = mniw.standard_to_natural(init_M, (eye / (2 * n)).expand(K, n, n), noise_scale, nu.expand(K))
-        self.add_global_factor("mniw", MNIW, prior, init)
+        self.add_global_factor("niw", NIW, initial_state_prior(n))
+        prior = dynamics_prior(n, K)
+        init_M = torch.eye(n, dtype=f64) + init_dynamics_scale * torch.randn(K, n, n, dtype=f64) / math.sqrt(n)
+        self.add_global_factor("mniw", MNIW, prior, dynamics_prior(n, K, M=init_M))
         self.revive_below = revive_below
         self.register_buffer("revivals", torch.zeros((), dtype=torch.long))
         self.register_buffer("usage", torch.full((K,), 1.0 / K, dtype=f64))
         self._register_load_state_dict_pre_hook(_usage_of_old_checkpoints, with_module=True)
 
     @torch.no_grad()
-    def natural_gradient_step(self, statistics: dict[str, torch.Tensor], num_train: int, rho: float,
+    def natural_gradient_step(self, statistics: SwitchingStatistics, num_train: int, rho: float,
                               taken: torch.Tensor | None = None) -> None:
         """The SVI step of every factor, then `revive_unused_state` (none where `taken` is False: a skipped
         step changes nothing)."""
         super().natural_gradient_step(statistics, num_train, rho, taken)
         if self.revive_below > 0:
-            batch_usage = statistics["mniw_nu"] / statistics["mniw_nu"].sum()
+            batch_usage = statistics.mniw.nu / statistics.mniw.nu.sum()
             usage = (1 - rho) * self.usage + rho * batch_usage
             self.usage.copy_(usage if taken is None else torch.where(taken, usage, self.usage))
-            self.revive_unused_state(statistics, num_train / statistics["count"], taken)
+            self.revive_unused_state(statistics.revive, num_train / statistics.count, taken)
 
     @torch.no_grad()
-    def revive_unused_state(self, statistics: dict[str, torch.Tensor], scale: torch.Tensor | float,
+    def revive_unused_state(self, worst: MNIWNatural, scale: torch.Tensor | float,
                             taken: torch.Tensor | None = None) -> None:
         """The least used state, if its `usage` (share of the frames, averaged over batches with the SVI step
         size, (K,)) fell below revive_below, restarts with q(A, Q) fitted to the batch's worst-explained steps
-        (`statistics`' revive_*: the 1/K of the steps with the lowest expected log-potential E_q(z)[l_t],
-        counted as that share of the data set: prior + scale * their statistics), its row and column of
-        q(transitions) those of a typical state (the mean self- and switch counts: otherwise the few counts
-        into a dead state keep every path out of it), and usage 1/K. Like k-means++
+        (`worst`: the MNIW statistics of the 1/K of the steps with the lowest expected log-potential
+        E_q(z)[l_t], counted as that share of the data set: prior + scale * their statistics), its row and
+        column of q(transitions) those of a typical state (the mean self- and switch counts: otherwise the few
+        counts into a dead state keep every path out of it), and usage 1/K. Like k-means++
         seeding a centre where the others fit worst: without it, the state that explains a batch best early
         in training, before the latents mean anything, takes every frame for good, the others fall back to the
         broad prior and never fit better; a state restarted as a perturbed copy of the best one fits no frame
@@ -129,17 +133,16 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         revive = self.usage[k] < self.revive_below
         if taken is not None:
             revive = revive & taken
-        prior = self.natural("mniw", prior=True)
-        for field, prior_value in zip(prior._fields, prior):
-            q = getattr(self, f"q_mniw_{field}")
-            fitted = prior_value[k] + scale * statistics[f"revive_{field}"]
-            q[k] = torch.where(revive, fitted, q[k])
-        transitions = self.q_transitions  # a typical state's row and column: entering it costs no more than others
+        prior, q = self.natural("mniw", prior=True), self.natural("mniw")
+        fitted = [prior_value[k] + scale * statistic for prior_value, statistic in zip(prior, worst)]
+        self.set_natural("mniw", MNIWNatural(*(value.index_put((k,), torch.where(revive, new, value[k]))
+                                              for value, new in zip(q, fitted))))
+        transitions = self.natural("transitions")  # a typical state's row and column: entering it costs no more
         stay = torch.eye(len(transitions), dtype=torch.bool, device=transitions.device)
         typical = torch.where(stay, transitions.diagonal().mean(), transitions[~stay].mean())
         reset = (torch.arange(len(transitions), device=k.device) == k)
         reset = reset[:, None] | reset[None, :]
-        transitions.copy_(torch.where(revive & reset, typical, transitions))
+        self.set_natural("transitions", torch.where(revive & reset, typical, transitions))
         self.usage[k] = torch.where(revive, 1.0 / len(self.usage), self.usage[k])
         self.revivals += revive.long()
 
@@ -153,33 +156,24 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         return switching_meanfield(potentials, node_J, node_h, num_samples, self.max_iter, self.tol, self.inference,
                                    within)
 
-    def statistics(self, post: SwitchingPosterior) -> dict[str, torch.Tensor]:
-        """Initial state: sum_b q(z_1); transitions: sum_b,t q(z_t, z_t+1); NIW: (E x_1 x_1^T, E x_1, count,
-        count); MNIW_k: sum_b,t q(z_t = k) (E x_t x_t^T, E x_t x_t+1^T, E x_t+1 x_t+1^T, 1); over the steps
-        inside each chain."""
-        mean = post.chain.mean.detach()
-        second, cross = (m.detach() for m in second_moments(post.chain))
+    def statistics(self, post: SwitchingPosterior) -> SwitchingStatistics:
+        """Initial state: sum_b q(z_1); transitions: sum_b,t q(z_t, z_t+1); NIW as SVAE-LDS; MNIW_k:
+        sum_b,t q(z_t = k) (E x_t x_t^T, E x_t x_t+1^T, E x_t+1 x_t+1^T, 1); over the steps inside each chain."""
         marginals, pairs = post.states.marginals.detach(), post.states.pair_marginals.detach()
-        steps = pair_weights(post)
+        steps = post.x.step_weights()
         if steps is not None:
             marginals = torch.cat([marginals[:, :-1] * steps[..., None], marginals[:, -1:]], 1)
             pairs = pairs * steps[..., None, None]
-        weights = marginals[:, :-1]  # (B, T-1, K)
-        count = mean.new_tensor(float(len(mean)))
-        out = {"initial_state": marginals[:, 0].sum(0), "transitions": pairs.sum((0, 1)),
-               "niw_phi": second[:, 0].sum(0), "niw_b": mean[:, 0].sum(0), "niw_kappa": count, "niw_nu": count,
-               "mniw_k_inv": weighted_moments(weights, second[:, :-1]),
-               "mniw_k_inv_mt": weighted_moments(weights, cross), "mniw_phi": weighted_moments(weights, second[:, 1:]),
-               "mniw_nu": weights.sum((0, 1)), "count": count}
+        initial = initial_state_statistics(post.x)
+        revive = None
         if self.revive_below > 0:
             worst = self.worst_steps(post, steps)[..., None]  # (B, T-1, 1)
-            out.update(revive_k_inv=weighted_moments(worst, second[:, :-1])[0],
-                       revive_k_inv_mt=weighted_moments(worst, cross)[0],
-                       revive_phi=weighted_moments(worst, second[:, 1:])[0], revive_nu=worst.sum())
-        return out
+            revive = MNIWNatural(*(value[0] for value in dynamics_statistics(post.x, worst)))
+        return SwitchingStatistics(marginals[:, 0].sum(0), pairs.sum((0, 1)), initial,
+                                   dynamics_statistics(post.x, marginals[:, :-1]), initial.kappa, revive)
 
     def worst_steps(self, post: SwitchingPosterior, steps: torch.Tensor | None) -> torch.Tensor:
-        """(B, T-1) weights: 1 on the 1/K of the steps inside the chains (`steps`, `pair_weights`; None: all)
+        """(B, T-1) weights: 1 on the 1/K of the steps inside the chains (`steps`, `step_weights`; None: all)
         with the lowest expected pair log-potential E_q(z)[l_t] (the steps the states explain worst), else 0."""
         fit = (post.states.marginals[:, :-1] * post.pair.detach()).sum(-1)  # (B, T-1)
         inside = torch.ones_like(fit) if steps is None else steps
@@ -189,7 +183,7 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         return worst.view_as(inside) * inside
 
     def posterior_log_prob(self, post: SwitchingPosterior, x: torch.Tensor) -> torch.Tensor:
-        return chain_posterior_log_prob(post, x)
+        return post.x.log_prob(x)
 
     def prior_log_prob(self, potentials: SwitchingPotentials, x: torch.Tensor,
                        mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -203,19 +197,21 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         return (initial_log_potential(potentials.states, x[..., 0, :])
                 + hmm_log_normalizer(potentials.log_init, potentials.transition_log_potentials(within), node))
 
+    def forecast(self, post: SwitchingPosterior, horizon: int, num_samples: int) -> torch.Tensor:
+        """z and x at the last frame from q(z) q(x) (the posterior's first `num_samples` samples), then
+        z_t+1 ~ E[Pi][z_t] and x_t+1 = A_{z_t} x_t + eps, eps ~ N(0, Q_{z_t}), at the point estimate of the
+        dynamics (`chain.point_dynamics`): (S, B, H, n)."""
+        state = torch.multinomial(post.states.marginals[:, -1], num_samples, replacement=True).T  # (S, B)
+        return simulate_dynamics(post.samples[:num_samples, :, -1], *point_dynamics(self.natural("mniw")), horizon,
+                                 state, self.transition_matrix())
+
     def diagnostics(self, post: SwitchingPosterior) -> dict[str, torch.Tensor]:
         usage = post.states.marginals.detach().mean((0, 1))
         return {"states_in_use": (usage > 0.05).sum().double(),
                 "meanfield_iters": post.iterations.double()}
 
-    def point_dynamics(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The dynamics at the point estimate of iw_nll, A_k = M_k (K, n, n), and the Cholesky factors of
-        Q_k = S_k / nu_k (K, n, n) (Q_k^-1 = E[Q_k^-1])."""
-        M, _, S, nu = mniw.natural_to_standard(self.natural("mniw"))
-        return M, torch.linalg.cholesky(S / nu[:, None, None])
-
     def transition_matrix(self) -> torch.Tensor:
-        """E[P] (K, K), rows summing to 1."""
+        """E[Pi] (K, K), rows summing to 1."""
         alpha = dirichlet.natural_to_alpha(self.natural("transitions"))
         return alpha / alpha.sum(-1, keepdim=True)
 
@@ -235,19 +231,18 @@ def _segmentation(score: Callable[[torch.Tensor, torch.Tensor], float]) -> Calla
 class SVAESLDS(SequenceSVAE):
     """Structured VAE whose latent sequence is a switching LDS (`SwitchingLinearDynamicalSystem`): K discrete
     states select the dynamics of the n-dimensional x_t; recognition, decoder and prediction as SVAE-LDS.
-    Batches {"x": (B, T, P)}, with "mask" (B, T) for variable lengths, "clean" (B, T, P) for the prediction
+    Batches {"x": (B, T, D)}, with "mask" (B, T) for variable lengths, "clean" (B, T, D) for the prediction
     metrics, "labels" (B, T) (per-frame labels, -1 for none) for the segmentation metrics and "sequence" (B,)
     (the example's sequence index) for their per-sequence breakdown in test.py.
 
     Args (besides SVAE-LDS's):
         num_states: K.
         max_iter, tol: mean-field sweeps without gradient, and the tolerance on the batch-mean local KL (nats).
-        prior_alpha, stickiness: Dirichlet priors on pi0 (alpha) and on each row of P (alpha, plus stickiness
+        prior_alpha, stickiness: Dirichlet priors on pi0 (alpha) and on each row of Pi (alpha, plus stickiness
             on the diagonal).
         init_dynamics_scale: spread of the initial dynamics means of q(theta) around I.
         revive_below: after the SVI step, the least used state restarts fitted to the batch's worst-explained
             steps if its share of the frames, averaged over batches, is below this (0: never).
-        predictive_samples: sampled futures whose decoded mean is the prediction (`predict`).
         kl_warmup_epochs: the local KL's weight in the training loss rises from 0 to 1 over this many epochs.
         figure_sequences: sequences drawn in the segmentation figures.
         label_names, channel_names, sequence_names, frame_rate: what the data loader knows (set by the
@@ -271,56 +266,24 @@ class SVAESLDS(SequenceSVAE):
                  num_samples: int = 1, eval_samples: int = 10, rho: float = 0.02, inference: str = "sequential",
                  prefix_len: int = 25, horizon: int = 20, figure_samples: int = 3, max_iter: int = 20,
                  tol: float = 1e-2, prior_alpha: float = 1.0, stickiness: float = 10.0,
-                 init_dynamics_scale: float = 0.5, revive_below: float = 0.02, predictive_samples: int = 100,
+                 init_dynamics_scale: float = 0.5, revive_below: float = 0.02, prediction_samples: int = 100,
                  kl_warmup_epochs: int = 0,
                  likelihood: Literal["gaussian", "sigmoid_gaussian", "bernoulli"] = "sigmoid_gaussian",
                  figure_sequences: int = 3, frames_per_example: float | None = None,
                  label_names: tuple[str, ...] | None = None, channel_names: tuple[str, ...] | None = None,
                  sequence_names: tuple[str, ...] | None = None, frame_rate: float | None = None):
-        obs_dim = data_shape[-1]
-        encoder = GaussianRecognition(obs_dim, latent_dim, list(hidden_dims), activation, init_scale,
-                                      precision_bound="exp_tanh")
-        decoder = GaussianResNet(latent_dim, list(hidden_dims), obs_dim, activation, init_scale)
-        pgm = SwitchingLinearDynamicalSystem(num_states, latent_dim, max_iter, tol, prior_alpha, stickiness,
-                                             init_dynamics_scale, revive_below, inference)
-        super().__init__(pgm, encoder, decoder, data_shape, num_train, rho, num_samples, eval_samples, prefix_len,
-                         horizon, figure_samples, kl_warmup_epochs, likelihood, frames_per_example)
-        if predictive_samples < 1:
-            raise ValueError(f"predictive_samples must be >= 1, got {predictive_samples}")
-        self.latent_dim, self.predictive_samples = latent_dim, predictive_samples
+        def make_pgm() -> SwitchingLinearDynamicalSystem:
+            return SwitchingLinearDynamicalSystem(num_states, latent_dim, max_iter, tol, prior_alpha, stickiness,
+                                                  init_dynamics_scale, revive_below, inference)
+
+        super().__init__(make_pgm, data_shape, num_train, latent_dim, hidden_dims, activation, init_scale, rho,
+                         num_samples, eval_samples, prefix_len, horizon, figure_samples, kl_warmup_epochs, likelihood,
+                         frames_per_example, prediction_samples)
         if figure_sequences < 1:
             raise ValueError(f"figure_sequences must be >= 1, got {figure_sequences}")
         self.visualization_size = figure_sequences
         self.label_names, self.channel_names, self.sequence_names = label_names, channel_names, sequence_names
         self.frame_rate = frame_rate
-
-    def predict(self, y: torch.Tensor, num_samples: int,
-                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Condition on the first `prefix_len` frames of y (B, T, P) (those in `mask`) and sample
-        `predictive_samples` futures from the model: z and x at the prefix's last frame from q(z) q(x), then z_t+1 ~ E[P][z_t] and
-        x_t+1 = A_{z_t} x_t + eps, eps ~ N(0, Q_{z_t}) (globals at their point estimate) for `horizon` frames.
-        Returns the prediction, (B, P+H, P): the decoded posterior mean over the prefix, then the mean of the
-        decoded futures (the predictive mean, which averages over the regime switches to come), and the first
-        `num_samples` decoded paths (S, B, P+H, P). The mean-field q(x) of unobserved frames, which SVAE-LDS
-        decodes, follows one blend of the dynamics instead."""
-        self.check_prediction_length(y)
-        P, H, S = self.prefix_len, self.horizon, max(num_samples, self.predictive_samples)
-        post = self.infer(y[:, :P], self.expected_potentials()[0], S, None if mask is None else mask[:, :P])
-        A, Q_chol = self.pgm.point_dynamics()
-        transitions = self.pgm.transition_matrix()
-        B = len(y)
-        state = torch.multinomial(post.states.marginals[:, -1], S, replacement=True).T  # (S, B)
-        x = post.samples[:, :, -1]  # (S, B, n)
-        future = []
-        for _ in range(H):
-            x = (A[state] @ x.unsqueeze(-1) + Q_chol[state] @ torch.randn_like(x).unsqueeze(-1)).squeeze(-1)
-            future.append(x)
-            state = torch.multinomial(transitions[state.flatten()], 1).view(S, B)
-        prefix_mean = self.decode_mean(post.mean, y.dtype)
-        futures = self.decode_mean(torch.stack(future, 2), y.dtype)  # (S, B, H, P)
-        mean = torch.cat([prefix_mean, futures.mean(0)], 1)
-        paths = torch.cat([self.decode_mean(post.samples[:num_samples], y.dtype), futures[:num_samples]], 2)
-        return mean, paths
 
     def evaluate_more(self, batch: dict[str, torch.Tensor], y: torch.Tensor, post: SwitchingPosterior,
                       metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
@@ -339,7 +302,7 @@ class SVAESLDS(SequenceSVAE):
         return out
 
     def model_summary(self, per_example: PerExample) -> dict[str, Any]:
-        """Besides the KL: E[P], and the share of frames whose most likely state is k, per state."""
+        """Besides the KL: E[Pi], and the share of frames whose most likely state is k, per state."""
         summary = super().model_summary(per_example)
         summary["transition_matrix"] = [[round(float(p), 4) for p in row] for row in self.pgm.transition_matrix()]
         if "state_probs" in per_example:
@@ -383,7 +346,7 @@ class SVAESLDS(SequenceSVAE):
         y = self.observations(batch)[:count]
         mask = self.observed_nodes(batch)
         mask = None if mask is None else mask[:count]
-        post = self.infer(y, self.expected_potentials()[0], 0, mask)
+        post = self.infer(y, self.expected_globals().potentials, 0, mask)
         inferred = post.states.marginals.argmax(-1)
         if mask is not None:
             inferred = torch.where(mask, inferred, -1)

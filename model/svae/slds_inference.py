@@ -22,10 +22,11 @@ from typing import NamedTuple
 
 import torch
 
+from model.expfam.gaussian import LOG_2PI, expected_log_potential, mix_potentials
+from model.svae.chain import ChainPosterior, second_moments, smooth_chain
 from model.svae.hmm import HMMPosterior, hmm_posterior
-from model.expfam.gaussian import LOG_2PI
-from model.svae.kalman import LDSPosterior, LDSPotentials, lds_posterior, truncate_chain
-from model.svae.lds import expected_node_potential, second_moments
+from model.svae.kalman import LDSPotentials, lds_posterior, truncate_chain
+from model.svae.meanfield import coordinate_ascent
 
 
 class SwitchingPotentials(NamedTuple):
@@ -36,31 +37,29 @@ class SwitchingPotentials(NamedTuple):
     states: LDSPotentials
 
     def weighted_chain(self, weights: torch.Tensor, within: torch.Tensor | None = None) -> LDSPotentials:
-        """The Gaussian chain whose pair potential at step t is sum_k weights[:, t, k] * pair_k, for weights
-        (B, T-1, K), cut after the frames `within` (B, T): per-step potentials (B, T-1, n, n), (B, T-1)."""
+        """The Gaussian chain whose pair potential at step t is the states' pair potentials mixed by weights
+        (B, T-1, K) (`mix_potentials`), cut after the frames `within` (B, T): per-step potentials
+        (B, T-1, n, n), (B, T-1)."""
         s = self.states
-        K, n = s.J11.shape[:2]
-
-        def mix(matrices: torch.Tensor) -> torch.Tensor:
-            return (weights @ matrices.reshape(K, n * n)).unflatten(-1, (n, n))
-
-        chain = s._replace(J11=mix(s.J11), J12=mix(s.J12), J22=mix(s.J22), pair_const=weights @ s.pair_const)
+        chain = s._replace(J11=mix_potentials(weights, s.J11), J12=mix_potentials(weights, s.J12),
+                           J22=mix_potentials(weights, s.J22), pair_const=weights @ s.pair_const)
         return chain if within is None else truncate_chain(chain, within)
 
     def pair_log_potentials(self, second: torch.Tensor, cross: torch.Tensor,
                             within: torch.Tensor | None = None) -> torch.Tensor:
         """l_t(k) = the expected pair log-potential of state k, -1/2 <J11_k, S_t> - <J12_k, X_t>
-        - 1/2 <J22_k, S_t+1> + c_k, from S_t = E[x_t x_t^T] (..., T, n, n) and X_t = E[x_t x_t+1^T]
-        (..., T-1, n, n) (or x x^T and x_t x_t+1^T at a path): (..., T-1, K). Into a frame outside `within`
-        (B, T): the standard normal's -1/2 tr(S_t+1) - n/2 log 2 pi for every k."""
+        - 1/2 <J22_k, S_t+1> + c_k (`expected_log_potential` of each block), from S_t = E[x_t x_t^T]
+        (..., T, n, n) and X_t = E[x_t x_t+1^T] (..., T-1, n, n) (or x x^T and x_t x_t+1^T at a path):
+        (..., T-1, K). Into a frame outside `within` (B, T): the standard normal's -1/2 tr(S_t+1) - n/2 log 2 pi
+        for every k."""
         s = self.states
-        K, n = s.J11.shape[:2]
+        n = s.J11.shape[-1]
 
-        def inner(moment: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-            return moment.flatten(-2) @ matrices.reshape(K, n * n).mT
+        def expected(matrices: torch.Tensor, moments: torch.Tensor) -> torch.Tensor:
+            return expected_log_potential(matrices, moments.reshape(-1, n, n)).unflatten(0, moments.shape[:-2])
 
-        pair = (-0.5 * inner(second[..., :-1, :, :], s.J11) - inner(cross, s.J12)
-                - 0.5 * inner(second[..., 1:, :, :], s.J22) + s.pair_const)
+        pair = (expected(s.J11, second[..., :-1, :, :]) + 2.0 * expected(s.J12, cross)
+                + expected(s.J22, second[..., 1:, :, :]) + s.pair_const)
         if within is None:
             return pair
         outside = -0.5 * second[..., 1:, :, :].diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True) - 0.5 * n * LOG_2PI
@@ -75,28 +74,19 @@ class SwitchingPotentials(NamedTuple):
 
 
 class SwitchingPosterior(NamedTuple):
-    """q(z_1:T) q(x_1:T) of a batch: the Gaussian chain (`chain`), the chain's potentials that built it
-    (`potentials`, from the weights of the previous q(z)) and the node potentials (B, T, n), the HMM (`states`),
-    the local KL (B,), the mean-field sweeps without gradient, the jitter retries of all sweeps, and the
-    states' expected pair log-potentials l_t(k) that built q(z)."""
-    chain: LDSPosterior
-    potentials: LDSPotentials
-    node_J: torch.Tensor
-    node_h: torch.Tensor
+    """q(z_1:T) q(x_1:T) of a batch: the Gaussian chain q(x) (`x`, built from the previous q(z)'s weights; its
+    `kl` the part against that chain's potentials), the HMM q(z) (`states`), the local KL of the pair (B,), the
+    jitter retries of all sweeps, the mean-field sweeps without gradient, and the states' expected pair
+    log-potentials l_t(k) (B, T-1, K) that built q(z)."""
+    x: ChainPosterior
     states: HMMPosterior
     kl: torch.Tensor
     retries: torch.Tensor
+    pair: torch.Tensor
     iterations: torch.Tensor | int = 1  # sweeps without gradient: a 0-d long tensor from switching_meanfield
-    within: torch.Tensor | None = None  # (B, T) the frames inside each chain (`chain_extent`); None: all
-    pair: torch.Tensor | None = None  # (B, T-1, K) l_t(k), each state's expected pair log-potential under q(x)
 
-    @property
-    def samples(self) -> torch.Tensor | None:
-        return self.chain.samples
-
-    @property
-    def mean(self) -> torch.Tensor:
-        return self.chain.mean
+    samples = property(lambda self: self.x.samples, doc="q(x)'s reparameterised samples (S, B, T, n), or None.")
+    mean = property(lambda self: self.x.mean, doc="E_q[x] (B, T, n).")
 
 
 def switching_sweep(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
@@ -105,14 +95,12 @@ def switching_sweep(potentials: SwitchingPotentials, node_J: torch.Tensor, node_
     """One block coordinate ascent sweep from the state weights w (B, T-1, K): q(x) given w, then q(z) given
     q(x), and the local KL of the pair (module docstring); chains cut after the frames `within` (B, T)."""
     used = potentials.weighted_chain(weights, within)
-    chain = lds_posterior(used, node_J, node_h, num_samples, method)
-    second, cross = second_moments(chain)
-    pair = potentials.pair_log_potentials(second, cross, within)  # (B, T-1, K)
+    x = smooth_chain(lds_posterior(used, node_J, node_h, num_samples, method), used, node_J, node_h, within)
+    pair = potentials.pair_log_potentials(*x.second_moments(), within)  # (B, T-1, K)
     node = torch.cat([pair, torch.zeros_like(pair[:, :1])], 1)  # z_T governs no step
     states = hmm_posterior(potentials.log_init, potentials.transition_log_potentials(within), node)
-    kl = ((weights * pair).sum((-2, -1)) + expected_node_potential(chain, node_J, node_h) - chain.log_z
-          - states.log_z)
-    return SwitchingPosterior(chain, used, node_J, node_h, states, kl, chain.retries, within=within, pair=pair)
+    kl = (weights * pair).sum((-2, -1)) + x.kl - states.log_z
+    return SwitchingPosterior(x, states, kl, x.retries, pair)
 
 
 def initial_state_weights(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
@@ -130,10 +118,9 @@ def initial_state_weights(potentials: SwitchingPotentials, node_J: torch.Tensor,
     K = potentials.log_init.shape[-1]
     each_state = torch.eye(K, dtype=node_h.dtype, device=node_h.device).repeat_interleave(B, 0)  # (K B, K)
     each_within = None if within is None else within.repeat(K, 1)
-    chains = lds_posterior(potentials.weighted_chain(each_state[:, None].expand(K * B, T - 1, K), each_within),
-                           node_J.repeat(K, 1, 1), node_h.repeat(K, 1, 1), 0, method)
-    second, cross = second_moments(chains)
-    own = potentials.pair_log_potentials(second, cross, each_within).unflatten(0, (K, B))  # (K, B, T-1, K)
+    used = potentials.weighted_chain(each_state[:, None].expand(K * B, T - 1, K), each_within)
+    chains = lds_posterior(used, node_J.repeat(K, 1, 1), node_h.repeat(K, 1, 1), 0, method)
+    own = potentials.pair_log_potentials(*second_moments(chains), each_within).unflatten(0, (K, B))
     pair = own.diagonal(dim1=0, dim2=-1)  # (B, T-1, K): state k under its own q_k(x)
     node = torch.cat([pair, torch.zeros_like(pair[:, :1])], 1)
     log_trans = potentials.transition_log_potentials(within)
@@ -143,24 +130,16 @@ def initial_state_weights(potentials: SwitchingPotentials, node_J: torch.Tensor,
 def switching_meanfield(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
                         num_samples: int, max_iter: int, tol: float, method: str = "sequential",
                         within: torch.Tensor | None = None) -> SwitchingPosterior:
-    """Structured mean field from `initial_state_weights`: up to `max_iter` sweeps without gradient until the
-    batch-mean local KL changes by less than `tol` nats, then one differentiable sweep (with `num_samples`
-    samples of x) from the last q(z); chains cut after the frames `within` (B, T) (None: all frames). The sweep
-    count is data-dependent by design (one number read per sweep)."""
-    previous, iterations = math.inf, 0
+    """Structured mean field by `coordinate_ascent` from `initial_state_weights`, the last sweep with
+    `num_samples` samples of x; chains cut after the frames `within` (B, T) (None: all frames)."""
+    detached = node_J.detach(), node_h.detach()
+
+    def sweep(weights: torch.Tensor, differentiable: bool) -> tuple[SwitchingPosterior, torch.Tensor]:
+        post = switching_sweep(potentials, *((node_J, node_h) if differentiable else detached), weights,
+                               num_samples if differentiable else 0, method, within)
+        return post, post.states.marginals[:, :-1]
+
     with torch.no_grad():
-        node_J_, node_h_ = node_J.detach(), node_h.detach()
-        weights, retried = initial_state_weights(potentials, node_J_, node_h_, method, within)
-        retries = [retried]
-        while iterations < max_iter:
-            post = switching_sweep(potentials, node_J_, node_h_, weights, 0, method, within)
-            weights = post.states.marginals[:, :-1]
-            retries.append(post.retries)
-            iterations += 1
-            current = float(post.kl.mean())
-            if abs(previous - current) < tol:
-                break
-            previous = current
-    post = switching_sweep(potentials, node_J, node_h, weights, num_samples, method, within)
-    return post._replace(retries=torch.stack([*retries, post.retries]).sum(),
-                         iterations=torch.tensor(iterations, device=node_h.device))
+        start, retried = initial_state_weights(potentials, *detached, method, within)
+    post, retries, iterations = coordinate_ascent(sweep, start, max_iter, tol, retries=lambda p: p.retries)
+    return post._replace(retries=retried + retries, iterations=iterations)

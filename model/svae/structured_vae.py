@@ -7,7 +7,7 @@ networks and its graphical model, and says how a batch becomes observations and 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -19,12 +19,19 @@ from model.kl_warmup import KLWarmup
 from model.likelihoods import GaussianLikelihood
 from model.svae.graphical_model import GraphicalModel, LocalPosterior
 from model.svae.recognition import GaussianRecognition
+from utils.tree import map_tensors
+
+
+class ExpectedGlobals(NamedTuple):
+    """What the globals q(theta) give a step: the graphical model's potentials and KL(q(theta) || p(theta))."""
+    potentials: Any
+    kl: torch.Tensor
 
 
 class StructuredVAE(KLWarmup, BaseModel):
     """Structured VAE over a graphical model `pgm`.
 
-    Observations y (B, *nodes, P) (`observations(batch)`); the encoder gives one Gaussian node potential
+    Observations y (B, *nodes, D) (`observations(batch)`); the encoder gives one Gaussian node potential
     per latent node (B, *nodes, n); the graphical model infers q(local latents); the decoder maps latents
     x (..., n) to the parameters of p(y | x) (`decode`, a GaussianLikelihood). With F = prod(nodes)
     frames per example (1 without nodes) and N training examples:
@@ -36,8 +43,8 @@ class StructuredVAE(KLWarmup, BaseModel):
 
     Args:
         pgm: the graphical model (owns the global factors).
-        encoder: y (..., P) -> diagonal node potentials (J, h) (..., n), float64.
-        decoder: x (..., n) -> (mean, raw log-variance) (..., P) each.
+        encoder: y (..., D) -> diagonal node potentials (J, h) (..., n), float64.
+        decoder: x (..., n) -> (mean, raw log-variance) (..., D) each.
         num_train: N.
         frames_per_example: F of a training example (the global KL is shared over N F frames).
         rho: SVI step size of the globals, in (0, 1].
@@ -73,7 +80,7 @@ class StructuredVAE(KLWarmup, BaseModel):
 
     # ---------------------------------------------------------------- per architecture
     def observations(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The observations y (B, *nodes, P) of a batch."""
+        """The observations y (B, *nodes, D) of a batch."""
         return batch["x"]
 
     def observed_nodes(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -81,28 +88,25 @@ class StructuredVAE(KLWarmup, BaseModel):
         return None
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Parameters of p(y | x) (..., 2P) for latents x (..., n)."""
+        """Parameters of p(y | x) (..., 2D) for latents x (..., n)."""
         mean, raw = self.decoder(x)
         return torch.cat([mean, raw], -1)
 
     # ---------------------------------------------------------------- inference
-    def expected_potentials(self) -> tuple[Any, torch.Tensor]:
-        """The graphical model's potentials under q(theta), and KL(q(theta) || p(theta)) (scalar, nats)."""
+    def expected_globals(self) -> ExpectedGlobals:
+        """The graphical model's potentials under q(theta), and KL(q(theta) || p(theta)) (scalar, nats): both
+        come from the same expected statistics."""
         expected = self.pgm.global_stats()
-        return self.pgm.potentials(expected), self.pgm.global_kl(expected)
+        return ExpectedGlobals(self.pgm.potentials(expected), self.pgm.global_kl(expected))
 
-    def infer(self, y: torch.Tensor, potentials: Any, num_samples: int, mask: torch.Tensor | None = None,
-              observed: int | None = None) -> LocalPosterior:
-        """q(local latents) of observations y (B, *nodes, P). Nodes outside `mask` (B, *nodes) carry no node
-        potential (the graphical model also ends each chain at its last observed node); with `observed`, neither
-        do the nodes from node `observed` on (dim 1, time): those frames are predicted, not seen."""
+    def infer(self, y: torch.Tensor, potentials: Any, num_samples: int,
+              mask: torch.Tensor | None = None) -> LocalPosterior:
+        """q(local latents) of observations y (B, *nodes, D). Nodes outside `mask` (B, *nodes) carry no node
+        potential (the graphical model also ends each chain at its last observed node)."""
         node_J, node_h = self.encoder(y)
-        seen = None if mask is None else mask.to(node_J.dtype)
-        if observed is not None:
-            prefix = (torch.arange(y.shape[1], device=y.device) < observed).to(node_J.dtype)
-            seen = prefix.expand(y.shape[:-1]) if seen is None else seen * prefix
-        if seen is not None:
-            node_J, node_h = node_J * seen[..., None], node_h * seen[..., None]
+        if mask is not None:
+            seen = mask.to(node_J.dtype)[..., None]
+            node_J, node_h = node_J * seen, node_h * seen
         with torch.autocast(y.device.type, enabled=False):
             return self.pgm.infer(potentials, node_J, node_h, num_samples, mask)
 
@@ -125,7 +129,7 @@ class StructuredVAE(KLWarmup, BaseModel):
         terms per frame are weighted by its share of the batch's frames (1 when all examples have as many), so
         that every observed frame counts once."""
         y, mask = self.observations(batch), self.observed_nodes(batch)
-        potentials, kl_global = self.expected_potentials()
+        potentials, kl_global = self.expected_globals()
         kl_global = kl_global / (self.num_train * self.frames_per_example)
         post = self.infer(y, potentials, self.num_samples, mask)
         log_likelihood = self.log_likelihood(y, post.samples, mask).mean(0)  # (B,)
@@ -145,10 +149,10 @@ class StructuredVAE(KLWarmup, BaseModel):
             "jitter_retries": post.retries.double(),
         }
         if self.training:
-            out["statistics"] = {k: v.detach().unsqueeze(0) for k, v in self.pgm.statistics(post).items()}
+            out["statistics"] = map_tensors(lambda v: v.detach().unsqueeze(0), self.pgm.statistics(post))
         return out
 
-    def after_optimizer_step(self, statistics: dict[str, torch.Tensor] | None,
+    def after_optimizer_step(self, statistics: NamedTuple | None,
                              taken: torch.Tensor | None = None) -> None:
         if statistics is not None:
             self.pgm.natural_gradient_step(statistics, self.num_train, self.rho, taken)
@@ -156,9 +160,9 @@ class StructuredVAE(KLWarmup, BaseModel):
     # ---------------------------------------------------------------- evaluation
     def iw_log_likelihood(self, y: torch.Tensor, num_samples: int, potentials: Any,
                           mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Importance-weighted estimate of log p(y) for y (B, *nodes, P), summed over the observed frames
+        """Importance-weighted estimate of log p(y) for y (B, *nodes, D), summed over the observed frames
         (`mask`): (B,). The globals sit at their point estimate, the local posterior under q(theta)
-        (`potentials`, from `expected_potentials`) is the proposal and the graphical model sums its discrete
+        (`potentials`, from `expected_globals`) is the proposal and the graphical model sums its discrete
         latents out exactly."""
         point = self.pgm.potentials(self.pgm.global_stats(point=True))
 
@@ -177,7 +181,7 @@ class StructuredVAE(KLWarmup, BaseModel):
         global KL, KL / N); then what the architecture's own metrics need (`evaluate_more`)."""
         y, mask = self.observations(batch), self.observed_nodes(batch)
         out = {"frames": self.frames(y, mask)}
-        potentials, kl_global = self.expected_potentials()
+        potentials, kl_global = self.expected_globals()
         post = self.infer(y, potentials, self.eval_samples, mask)
         if "elbo" in metrics:
             out["elbo"] = self.log_likelihood(y, post.samples, mask).mean(0) - post.kl - kl_global / self.num_train
@@ -193,11 +197,13 @@ class StructuredVAE(KLWarmup, BaseModel):
 
     def model_summary(self, per_example: PerExample) -> dict[str, Any]:
         """KL(q(theta) || p(theta)) per frame of the training set."""
-        return {"kl_global": float(self.expected_potentials()[1]) / (self.num_train * self.frames_per_example)}
+        return {"kl_global": float(self.expected_globals().kl) / (self.num_train * self.frames_per_example)}
 
 
 def _globals_into_pgm(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
-    """Checkpoints written before the graphical model was a submodule keep the global factors at the
-    top level (`q_niw_phi`); they now live under `pgm.` (`pgm.q_niw_phi`)."""
+    """Older checkpoints: the global factors at the top level (`q_niw_phi`), now under `pgm.` (`pgm.q_niw_phi`);
+    the MNIW's natural parameters named after K (`mniw_k_inv`, `mniw_k_inv_mt`), now after V (`mniw_v_inv`)."""
     for key in [k for k in state_dict if k.startswith((f"{prefix}q_", f"{prefix}prior_"))]:
         state_dict[f"{prefix}pgm.{key[len(prefix):]}"] = state_dict.pop(key)
+    for key in [k for k in state_dict if k.startswith(prefix) and "_mniw_k_inv" in k]:
+        state_dict[key.replace("_mniw_k_inv", "_mniw_v_inv")] = state_dict.pop(key)

@@ -1,17 +1,18 @@
-"""Figures of the architectures for TensorBoard cards and for paper.
+"""The drawing helpers every family of figures shares, for TensorBoard cards and for paper.
 
 Every figure is a matplotlib Figure made by `new_figure` (fixed dpi, at least MIN_SIDE_PX on its shorter side,
 constrained layout, fonts that stay legible when a TensorBoard card shows it about 400 px wide) and is written
 with `log_figure`, which adds it with `writer.add_figure` and closes it. The `*_figure` functions only draw
-(tensors in, Figure out); the `log_*` functions write a small set of them under one tag.
+(tensors in, Figure out); the `log_*` functions write a small set of them under one tag. Here: image grids
+(VAE, GraphVAE), scatter plots, and sequence plots (SVAE-LDS/SLDS, RecurrentGraphVAE); each family's own
+figures live beside its models (model/svae/figures.py, model/graph/figures.py).
 
-Shapes: B examples or sequences, C channels, H x W pixels, T time steps, P observed dims, N nodes, K mixture
-components, M points.
+Shapes: B examples or sequences, C channels, H x W pixels, T time steps, D observed dims, M points.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -19,8 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
-from matplotlib.patches import Patch, Rectangle
+from matplotlib.patches import Patch
 
 DPI = 100
 MIN_SIDE_PX = 480
@@ -28,20 +28,13 @@ TITLE_PT, LABEL_PT, TICK_PT, LEGEND_PT = 15, 14, 12, 12
 #: at most this many figures of one kind (sequences, predictions) per call
 MAX_FIGURES = 3
 
-PROB_CMAP = "viridis"  # perceptually uniform: 0.67 and 0.78 differ in hue and lightness
 INTENSITY_CMAP = "viridis"
-NOT_ALLOWED = dict(facecolor="#e4e4e4", edgecolor="#9a9a9a", hatch="///", linewidth=0.0)
-NOT_ALLOWED_LABEL = "not allowed: a parent needs a higher index (DAG order)"
-EDGE_COLOR, NO_EDGE_COLOR = "#2c5d8f", "#ffffff"
 PREFIX_COLOR = "red"
 PEN_UP_COLOR = "#a0a0a0"
 STATE_COLORS = ("#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666",
                 "#1f78b4", "#e31a1c", "#a6cee3", "#000000")
-#: at most this many channels are drawn as traces (more: as a heat map)
-MAX_TRACES = 16
 
 
-# ---------------------------------------------------------------- figures
 def new_figure(width: float = 6.4, height: float = 5.0, nrows: int = 1, ncols: int = 1,
                **subplot_kw: Any) -> tuple[Figure, np.ndarray]:
     """A Figure of `width` x `height` inches at DPI (the shorter side raised to MIN_SIDE_PX if needed), with
@@ -66,15 +59,14 @@ def log_figure(writer: Any, tag: str, fig: Figure, step: int) -> None:
     plt.close(fig)  # a no-op for a Figure pyplot does not track; frees it if it does
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
+def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().double().cpu().numpy()
 
 
-def _title(fig: Figure, text: str) -> None:
+def figure_title(fig: Figure, text: str) -> None:
     fig.suptitle(text, fontsize=TITLE_PT)
 
 
-# ---------------------------------------------------------------- image grids
 def _draw_tiles(ax: Axes, rows: list[np.ndarray], gaps_after: set[int] = frozenset()) -> list[float]:
     """Draw rows of images (each (n, H, W) or (n, H, W, 3), values in [0, 1]) as tiles on one axes, a small gap
     between tiles and a wider one after the rows in `gaps_after`. Returns the y centre of each row."""
@@ -112,7 +104,7 @@ def _grid_height(rows: list[np.ndarray], width: float, label_width: float, group
 
 def _as_tiles(images: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) with C = 1 or 3 -> (B, H, W) or (B, H, W, 3), clipped to [0, 1]."""
-    images = _numpy(images.float().clamp(0, 1))
+    images = to_numpy(images.float().clamp(0, 1))
     return images[:, 0] if images.shape[1] == 1 else images.transpose(0, 2, 3, 1)
 
 
@@ -130,7 +122,7 @@ def reconstructions_figure(data: torch.Tensor, recon: torch.Tensor, per_row: int
     centres = _draw_tiles(ax, rows, gaps_after={2 * g + 1 for g in range(groups - 1)})
     ax.set_yticks(centres, ["data", "reconstruction"] * groups, fontsize=LABEL_PT)
     ax.set_xlabel("example (column)", fontsize=LABEL_PT)
-    _title(fig, "Data and their reconstructions")
+    figure_title(fig, "Data and their reconstructions")
     return fig
 
 
@@ -145,7 +137,7 @@ def samples_figure(samples: torch.Tensor, per_row: int = 6, title: str = "Sample
     ax.set_yticks(centres, [str(r + 1) for r in range(len(rows))])
     ax.set_xlabel("column", fontsize=LABEL_PT)
     ax.set_ylabel("row", fontsize=LABEL_PT)
-    _title(fig, title)
+    figure_title(fig, title)
     return fig
 
 
@@ -159,14 +151,13 @@ def log_image_grids(writer: Any, tag: str, step: int, reconstructions: tuple[tor
                step)
 
 
-# ---------------------------------------------------------------- 2-D points
 def scatter_figure(title: str, xlabel: str = "dimension 1", ylabel: str = "dimension 2",
                    **point_sets: torch.Tensor) -> Figure:
     """2-D point sets, name -> (M, 2), in one scatter plot with a legend."""
     fig, axes = new_figure(6.4, 5.6)
     ax = axes[0, 0]
     for name, points in point_sets.items():
-        points = _numpy(points)
+        points = to_numpy(points)
         ax.scatter(points[:, 0], points[:, 1], s=10, alpha=0.6, label=f"{name} (n = {len(points)})")
     ax.legend(fontsize=LEGEND_PT, markerscale=2.0, loc="best")
     ax.set_aspect("equal", adjustable="datalim")
@@ -176,74 +167,12 @@ def scatter_figure(title: str, xlabel: str = "dimension 1", ylabel: str = "dimen
     return fig
 
 
-def _component_colors(weights: torch.Tensor, shown: list[int]) -> dict[int, tuple]:
-    """A colour per shown component, the heaviest getting the first (strongest) colours of tab10."""
-    from matplotlib import colormaps
-
-    palette = [colormaps["tab10"](i) for i in range(10)] + [colormaps["tab20"](2 * i + 1) for i in range(10)]
-    order = sorted(shown, key=lambda k: -float(weights[k]))
-    return {k: palette[rank % len(palette)] for rank, k in enumerate(order)}
-
-
-def gmm_cluster_figures(latent: torch.Tensor, data: torch.Tensor | None, assignments: torch.Tensor,
-                        weights: torch.Tensor, means: torch.Tensor, covs: torch.Tensor,
-                        decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                        min_weight: float = 0.02) -> dict[str, Figure]:
-    """Two figures, "latent" and "data": latent points (M, 2) coloured by their most likely component
-    (assignments (M,)) with the 2-sigma ellipses of the components whose weight (K,) exceeds `min_weight`
-    (means (K, 2), covs (K, 2, 2)); and the data (M, 2) in the same colours with the ellipses pushed through
-    `decode` (latent (..., 2) -> data (..., 2)); data of another dimension (None) get no figure. Points of
-    lighter components are grey."""
-    angles = torch.linspace(0, 2 * math.pi, 100, dtype=means.dtype, device=means.device)
-    circle = torch.stack([angles.cos(), angles.sin()], -1)  # (100, 2)
-    shown = sorted((weights > min_weight).nonzero().flatten().tolist(), key=lambda k: -float(weights[k]))
-    ellipses = means[shown, None, :] + 2.0 * circle @ torch.linalg.cholesky(covs[shown]).mT  # (k, 100, 2)
-    colors = _component_colors(weights, shown)
-    other = (0.6, 0.6, 0.6, 1.0)
-    point_colors = [colors.get(int(k), other) for k in assignments.cpu()]
-    handles = [Line2D([], [], color=colors[k], marker="o", lw=2.5, label=f"{k}: weight {float(weights[k]):.2f}")
-               for k in shown]
-    if any(int(k) not in colors for k in assignments.cpu()):
-        handles.append(Line2D([], [], color=other, marker="o", lw=0, label=f"weight <= {min_weight}"))
-    figures = {}
-    panels = [("latent", latent, ellipses, "latent dimension 1", "latent dimension 2",
-               "Latent means E[x] by most likely component\nlines: 2-sigma ellipses of the components"),
-              ("data", data, decode(ellipses) if decode is not None and shown and data is not None else None,
-               "data dimension 1",
-               "data dimension 2", "Data coloured by its latent's component\nlines: decoded 2-sigma ellipses")]
-    for name, points, curves, xlabel, ylabel, title in panels:
-        if points is None:
-            continue
-        fig, axes = new_figure(7.6, 5.6)
-        ax = axes[0, 0]
-        points = _numpy(points)
-        ax.scatter(points[:, 0], points[:, 1], s=10, c=point_colors, alpha=0.8)
-        if curves is not None:
-            for k, curve in zip(shown, _numpy(curves)):
-                ax.plot(curve[:, 0], curve[:, 1], color=colors[k], lw=2.5)
-        ax.set_aspect("equal", adjustable="datalim")
-        ax.set_xlabel(xlabel, fontsize=LABEL_PT)
-        ax.set_ylabel(ylabel, fontsize=LABEL_PT)
-        ax.set_title(title, fontsize=TITLE_PT)
-        fig.legend(handles=handles, title="component", loc="outside right center", fontsize=LEGEND_PT,
-                   title_fontsize=LEGEND_PT)
-        figures[name] = fig
-    return figures
-
-
-def log_gmm_clusters(writer: Any, tag: str, step: int, **kwargs: Any) -> None:
-    """`{tag}/clusters_latent` and `{tag}/clusters_data`, drawn by `gmm_cluster_figures(**kwargs)`."""
-    for name, fig in gmm_cluster_figures(**kwargs).items():
-        log_figure(writer, f"{tag}/clusters_{name}", fig, step)
-
-
-# ---------------------------------------------------------------- sequences
-def _prefix_handle(prefix_len: int) -> Line2D:
+def prefix_handle(prefix_len: int) -> Line2D:
     return Line2D([], [], color=PREFIX_COLOR, lw=2.5,
                   label=f"end of the observed prefix: steps 0-{prefix_len - 1} seen, the rest predicted")
 
 
-def _state_bars(axes: np.ndarray, states: dict[str, np.ndarray], names: Sequence[str] | None = None,
+def state_bars(axes: np.ndarray, states: dict[str, np.ndarray], names: Sequence[str] | None = None,
                 extent: tuple[float, float] | None = None, legend_columns: int = 3) -> None:
     """Discrete states (T,) per named bar, one thin axes each, coloured by state (STATE_COLORS; negative entries,
     unlabelled or padded frames, grey), with a legend of the states that occur above the first, by `names`
@@ -268,14 +197,14 @@ def _state_bars(axes: np.ndarray, states: dict[str, np.ndarray], names: Sequence
 def sequence_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None, title: str = "",
                     value_range: tuple[float, float] | None = None,
                     states: dict[str, torch.Tensor] | None = None, state_names: Sequence[str] | None = None) -> Figure:
-    """One sequence as stacked panels, one per named row (T, P) (e.g. data, mean, samples): time on the x axis,
+    """One sequence as stacked panels, one per named row (T, D) (e.g. data, mean, samples): time on the x axis,
     observed dim on the y axis (pixel for [0, 1] data, channel otherwise), the value as colour with a shared
     colour bar over `value_range` (default: [0, 1] if the first row lies in it, else its range). NaN entries
     (steps past the sequence's end) are grey. With `prefix_len`, a red line at the end of the observed prefix,
     explained in a legend. With `states` (name -> (T,) integer states, e.g. inferred and true; -1 for none), a
     colour bar of the state per frame above the panels, its legend naming the states by `state_names`."""
     names = list(rows)
-    values = {name: _numpy(rows[name]) for name in names}
+    values = {name: to_numpy(rows[name]) for name in names}
     bars = {name: states[name].detach().cpu().numpy() for name in states} if states else {}
     if value_range is None:
         first = values[names[0]]
@@ -288,7 +217,7 @@ def sequence_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None
                                gridspec_kw={"height_ratios": ratios})
     axes = all_axes[len(bars):]
     if bars:
-        _state_bars(all_axes[:len(bars), 0], bars, state_names)
+        state_bars(all_axes[:len(bars), 0], bars, state_names)
     from matplotlib import colormaps
 
     cmap = colormaps[INTENSITY_CMAP].with_extremes(bad="#c8c8c8")
@@ -305,59 +234,12 @@ def sequence_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None
     colorbar = fig.colorbar(image, ax=list(axes[:, 0]), fraction=0.05, pad=0.02)
     colorbar.set_label("intensity" if unit_range else "value", fontsize=LABEL_PT)
     colorbar.ax.tick_params(labelsize=TICK_PT)
-    handles = [_prefix_handle(prefix_len)] if prefix_len is not None else []
+    handles = [prefix_handle(prefix_len)] if prefix_len is not None else []
     if any(np.isnan(v).any() for v in values.values()):
         handles.append(Patch(facecolor="#c8c8c8", label="past the end of the sequence"))
     if handles:
         fig.legend(handles=handles, loc="outside lower center", fontsize=LEGEND_PT, frameon=False)
-    _title(fig, title)
-    return fig
-
-
-def segmentation_figure(states: dict[str, torch.Tensor], data: torch.Tensor, title: str = "",
-                        state_names: Sequence[str] | None = None, channel_names: Sequence[str] | None = None,
-                        frame_rate: float | None = None) -> Figure:
-    """One sequence's segmentation: bars of discrete states per frame (name -> (T,), e.g. the inferred states
-    relabelled to match the annotated ones, then the annotations; -1 grey), their legend naming the states by
-    `state_names`, and under them the data (T, P): each channel's trace, offset one below the other and named
-    on the y axis by `channel_names` (P <= MAX_TRACES), or a heat map (more channels). The x axis is in
-    seconds with `frame_rate` (frames per second), else in frames."""
-    values = _numpy(data)
-    steps, dims = values.shape
-    seconds = frame_rate is not None
-    time = np.arange(steps) / frame_rate if seconds else np.arange(steps, dtype=np.float64)
-    step = time[1] - time[0] if steps > 1 else 1.0
-    extent = (time[0] - step / 2, time[-1] + step / 2)
-    bars = {name: bar.detach().cpu().numpy() for name, bar in states.items()}
-    traces = dims <= MAX_TRACES
-    height = 2.2 + 0.45 * len(bars) + (0.32 * dims + 0.6 if traces else 2.4)
-    ratios = [0.35] * len(bars) + [max(1.0, 0.32 * dims / 0.45) if traces else 3.0]
-    fig, axes = new_figure(9.0, height, nrows=len(ratios), sharex=True, gridspec_kw={"height_ratios": ratios})
-    _state_bars(axes[:len(bars), 0], bars, state_names, extent, legend_columns=4)
-    ax = axes[-1, 0]
-    names = list(channel_names) if channel_names is not None else [f"channel {p}" for p in range(dims)]
-    if traces:
-        spread = np.nanpercentile(np.abs(values), 99) if np.isfinite(values).any() else 1.0
-        gap = 2.0 * max(float(spread), 1e-6)
-        offsets = -gap * np.arange(dims)
-        for p in range(dims):
-            ax.plot(time, values[:, p] + offsets[p], lw=1.0, color=STATE_COLORS[8] if p % 2 else "#404040")
-        ax.set_yticks(offsets, names, fontsize=max(7.0, min(TICK_PT, 110.0 / dims)))
-        ax.set_ylim(offsets[-1] - gap * 0.7, gap * 0.7)
-        ax.set_ylabel("channel (traces offset)", fontsize=LABEL_PT)
-    else:
-        from matplotlib import colormaps
-
-        image = ax.imshow(values.T, cmap=colormaps[INTENSITY_CMAP].with_extremes(bad="#c8c8c8"), aspect="auto",
-                          interpolation="nearest", extent=(*extent, dims - 0.5, -0.5))
-        ax.set_ylabel("channel", fontsize=LABEL_PT)
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        colorbar = fig.colorbar(image, ax=list(axes[:, 0]), fraction=0.05, pad=0.02)  # every panel keeps one width
-        colorbar.set_label("value", fontsize=LABEL_PT)
-        colorbar.ax.tick_params(labelsize=TICK_PT)
-    ax.set_xlim(*extent)
-    ax.set_xlabel("time (s)" if seconds else "time step", fontsize=LABEL_PT)
-    _title(fig, title)
+    figure_title(fig, title)
     return fig
 
 
@@ -373,7 +255,7 @@ def strokes_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None,
     for ax in axes.flat[len(names):]:
         ax.set_visible(False)
     for ax, name in zip(axes.flat, names):
-        seq = _numpy(rows[name])
+        seq = to_numpy(rows[name])
         seq = seq[~np.isnan(seq).any(1)]
         points = np.concatenate([np.zeros((1, 2)), seq[:, 1:3].cumsum(0)])  # (T + 1, 2)
         for t in range(len(seq)):  # one segment per step: from point t to t + 1, dotted if the pen was up
@@ -394,18 +276,18 @@ def strokes_figure(rows: dict[str, torch.Tensor], prefix_len: int | None = None,
         handles.append(Line2D([], [], color=PREFIX_COLOR, lw=2, label="later steps (data: truth; others: model)"))
     handles.append(Line2D([], [], color=PEN_UP_COLOR, lw=1.5, ls=":", label="pen up"))
     fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=LEGEND_PT, frameon=False)
-    _title(fig, title)
+    figure_title(fig, title)
     return fig
 
 
 def log_sequences(writer: Any, tag: str, step: int, rows: dict[str, torch.Tensor], prefix_len: int | None = None,
                   title: str = "Sequence", strokes: bool = False,
                   states: dict[str, torch.Tensor] | None = None, state_names: Sequence[str] | None = None) -> None:
-    """One figure per sequence, `{tag}_0`, `{tag}_1`, ... (at most MAX_FIGURES): rows name -> (B, T, P) (with
+    """One figure per sequence, `{tag}_0`, `{tag}_1`, ... (at most MAX_FIGURES): rows name -> (B, T, D) (with
     `strokes`, (B, T, 3) pen strokes, drawn by `strokes_figure`; else `sequence_figure`, on the colour range of
     the first row over all B sequences, with the discrete `states` name -> (B, T) as bars above)."""
     names = list(rows)
-    first = _numpy(rows[names[0]])
+    first = to_numpy(rows[names[0]])
     low, high = float(np.nanmin(first)), float(np.nanmax(first))
     value_range = (0.0, 1.0) if low >= 0 and high <= 1 else (low, high)
     for b in range(min(MAX_FIGURES, len(first))):
@@ -416,88 +298,3 @@ def log_sequences(writer: Any, tag: str, step: int, rows: dict[str, torch.Tensor
                                     {name: bar[b] for name, bar in states.items()} if states else None,
                                     state_names))
         log_figure(writer, f"{tag}_{b}", fig, step)
-
-
-# ---------------------------------------------------------------- learned graphs
-def _matrix_axes(ax: Axes, size: int, parent_label: str, child_label: str) -> None:
-    ax.set_xticks(range(size))
-    ax.set_yticks(range(size))
-    ax.set_xlabel(child_label, fontsize=LABEL_PT)
-    ax.set_ylabel(parent_label, fontsize=LABEL_PT)
-    ax.set_xticks(np.arange(size + 1) - 0.5, minor=True)
-    ax.set_yticks(np.arange(size + 1) - 0.5, minor=True)
-    ax.grid(which="minor", color="#7f7f7f", linewidth=1.5)
-    ax.tick_params(which="minor", length=0)
-    ax.tick_params(which="major", length=0)
-
-
-def _mark_not_allowed(ax: Axes, allowed: np.ndarray) -> bool:
-    """Hatched light-grey cells with a dash where `allowed` (N, N) is False; whether there were any."""
-    for m, n in zip(*np.nonzero(~allowed)):
-        ax.add_patch(Rectangle((n - 0.5, m - 0.5), 1, 1, **NOT_ALLOWED))
-        ax.text(n, m, "–", ha="center", va="center", fontsize=_cell_font(len(allowed)), color="#404040")
-    return bool((~allowed).any())
-
-
-def _cell_font(size: int) -> float:
-    return float(np.clip(100.0 / size, 7.0, 14.0))  # "0.67" fills at most about 2/3 of a cell
-
-
-def edge_probs_figure(probs: torch.Tensor, mask: torch.Tensor, title: str, parent_label: str = "parent node m",
-                      child_label: str = "child node n") -> Figure:
-    """Edge probabilities (N, N), [m, n] = P(m -> n), as a heat map with the value in every allowed cell
-    (mask (N, N) nonzero), a 0-1 colour bar, and the edges the mask forbids hatched grey with a dash."""
-    probs, allowed = _numpy(probs), _numpy(mask) > 0
-    size = len(probs)
-    fig, axes = new_figure(6.4, 5.6)
-    ax = axes[0, 0]
-    image = ax.imshow(np.where(allowed, probs, np.nan), cmap=PROB_CMAP, vmin=0, vmax=1, interpolation="nearest")
-    for m, n in zip(*np.nonzero(allowed)):
-        value = probs[m, n]
-        ax.text(n, m, f"{value:.2f}", ha="center", va="center", fontsize=_cell_font(size),
-                color="white" if value < 0.55 else "black")
-    _matrix_axes(ax, size, parent_label, child_label)
-    colorbar = fig.colorbar(image, ax=ax, fraction=0.06, pad=0.03)
-    colorbar.set_label("P(parent → child)", fontsize=LABEL_PT)
-    colorbar.ax.tick_params(labelsize=TICK_PT)
-    if _mark_not_allowed(ax, allowed):
-        fig.legend(handles=[Patch(**{**NOT_ALLOWED, "linewidth": 1.0}, label=NOT_ALLOWED_LABEL)],
-                   loc="outside lower center", fontsize=LEGEND_PT, frameon=False)
-    ax.set_title(title, fontsize=TITLE_PT)
-    return fig
-
-
-def adjacency_figure(hard: torch.Tensor, mask: torch.Tensor, title: str, parent_label: str = "parent node m",
-                     child_label: str = "child node n") -> Figure:
-    """A hard 0/1 graph (N, N), [m, n] = 1 for an edge m -> n, as a grid of cells: edges filled and marked "1",
-    absent edges white with "0", the edges the mask (N, N) forbids hatched grey with a dash; the title counts the
-    edges."""
-    hard, allowed = _numpy(hard) > 0.5, _numpy(mask) > 0
-    size = len(hard)
-    fig, axes = new_figure(6.4, 5.6)
-    ax = axes[0, 0]
-    ax.imshow(np.where(allowed & hard, 1.0, 0.0), cmap=ListedColormap([NO_EDGE_COLOR, EDGE_COLOR]), vmin=0, vmax=1,
-              interpolation="nearest")
-    for m, n in zip(*np.nonzero(allowed)):
-        ax.text(n, m, "1" if hard[m, n] else "0", ha="center", va="center", fontsize=_cell_font(size),
-                color="white" if hard[m, n] else "#404040")
-    _matrix_axes(ax, size, parent_label, child_label)
-    handles = [Patch(facecolor=EDGE_COLOR, edgecolor="#7f7f7f", label="1: edge"),
-               Patch(facecolor=NO_EDGE_COLOR, edgecolor="#7f7f7f", label="0: no edge")]
-    if _mark_not_allowed(ax, allowed):
-        handles.append(Patch(**{**NOT_ALLOWED, "linewidth": 1.0}, label="not allowed (DAG order)"))
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=LEGEND_PT, frameon=False)
-    edges, possible = int((hard & allowed).sum()), int(allowed.sum())  # the title ends with the count
-    ax.set_title(f"{title}, {edges} of {possible} allowed on (p > 0.5)", fontsize=TITLE_PT)
-    return fig
-
-
-def log_graph(writer: Any, tag: str, step: int, probs: torch.Tensor, hard: torch.Tensor, mask: torch.Tensor,
-              name: str = "Learned graph", parent_label: str = "parent node m",
-              child_label: str = "child node n") -> None:
-    """`{tag}/edge_probs` and `{tag}/adjacency` of a learned graph: probabilities (N, N) and hard graph (N, N),
-    [m, n] for the edge m -> n, with the edges mask (N, N) allows."""
-    log_figure(writer, f"{tag}/edge_probs", edge_probs_figure(
-        probs, mask, f"{name}:\nedge probabilities", parent_label, child_label), step)
-    log_figure(writer, f"{tag}/adjacency", adjacency_figure(
-        hard, mask, f"{name}:\nhard edges", parent_label, child_label), step)
