@@ -13,7 +13,10 @@ import pytest
 import torch
 
 import tests.fakes  # noqa: F401  (registers the test models and data)
+from tests.shrinks import SHRINKS as ARCHS  # noqa: F401  (the one shrink table; ARCHS: its older name)
+from tests.shrinks import shrunk_config  # noqa: F401
 from utils.config import read_config_file
+from utils.tree import tensors
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MNIST = ROOT.parent / "shared" / "data"
@@ -95,42 +98,6 @@ def mnist_root(tmp_path: Path) -> Path:
     return tmp_path / "mnist"
 
 
-#: architecture -> (shipped config, arch args, data args): every architecture's shipped config shrunk to seconds
-#: (the shrinks of the architectures' end-to-end tests); tests/test_compile.py checks that none is missing
-ARCHS: dict[str, tuple[str, dict, dict]] = {
-    "VAE": ("vae_pinwheel.yaml", dict(hidden_dims=[16, 16], kl_warmup_epochs=2),
-            dict(points_per_class=20, batch_size=10, validation_split=0.2)),
-    "SVAE-GMM": ("svae_gmm.yaml", dict(num_components=5, hidden_dims=[8, 8], kl_warmup_epochs=1),
-                 dict(points_per_class=12, batch_size=10, test_points_per_class=8)),
-    "SVAE-LDS": ("svae_lds.yaml", dict(latent_dim=3, hidden_dims=[8], prefix_len=6, horizon=5, eval_samples=2),
-                 dict(num_frames=144, duration=14.3, chunk_len=12, test_frames=36, batch_size=4)),
-    "SVAE-SLDS": ("svae_slds.yaml", dict(latent_dim=2, hidden_dims=[8], prefix_len=6, horizon=5, eval_samples=2,
-                                         max_iter=5),
-                  dict(chunk_len=12, num_sequences=12, num_test_sequences=3, batch_size=4)),
-    "GraphVAE": ("graph_vae.yaml", dict(num_nodes=4, node_dim=3, hidden_dims=[32, 16], head_hidden_dims=[8]),
-                 dict(download=False, batch_size=16, validation_split=12, num_workers=0)),
-    "GraphLSTMVAE": ("graph_lstm_vae.yaml", dict(lstm_hidden=8, num_nodes=4, node_dim=3, hidden_dims=[32, 16],
-                                                 head_hidden_dims=[8]),
-                     dict(download=False, batch_size=16, validation_split=12, num_workers=0)),
-    "RecurrentGraphVAE": ("recurrent_graph_vae.yaml",
-                          dict(num_nodes=3, node_dim=2, state_dim=8, feature_dims=[8], encoder_dim=8,
-                               head_hidden_dims=[8], decoder_hidden_dims=[8], prefix_len=5, horizon=4,
-                               prediction_samples=2),
-                          dict(chunk_len=10, num_sequences=55, num_test_sequences=12, validation_split=10,
-                               batch_size=10, min_len=9)),
-}
-
-
-def shrunk_config(name: str, arch_args: dict, data_args: dict, mnist_root: Path) -> dict:
-    """configs/`name` with `arch_args` and `data_args` applied; MNIST read offline from `mnist_root`."""
-    config = read_config_file(ROOT / "configs" / name)
-    config["arch"]["args"].update(arch_args)
-    config["data_loader"]["args"].update(data_args)
-    if config["data_loader"]["type"] == "MNIST":
-        config["data_loader"]["args"]["root"] = str(mnist_root)
-    return config
-
-
 @pytest.fixture
 def mnist_config(tmp_path: Path, mnist_root: Path) -> dict:
     config = read_config_file(ROOT / "configs" / "vae_mnist.yaml")
@@ -157,8 +124,8 @@ def train_halfway_and_resume(config: dict, epochs: int) -> tuple[Path, dict]:
     """Train `config` for `epochs` epochs in one run, and for its own (fewer) epochs then resumed from
     last.pt up to `epochs`; assert that both end with the same model state. Returns the resumed run's
     folder and final checkpoint."""
-    from train import train
-    from trainer.build import load_and_check
+    from trainer.components import load_and_check
+    from trainer.jobs import train
     from utils.checkpoint import load_checkpoint
 
     full = train(load_and_check(base=config, overrides=[f"trainer.epochs={epochs}"]))
@@ -186,6 +153,6 @@ def assert_finite_under_extreme_encoder(model: torch.nn.Module, observations: li
         out = model({"x": y})
         out["loss"].backward()
         statistics = out.pop("statistics")
-        assert all(torch.isfinite(v).all() for v in [*out.values(), *statistics.values()])
+        assert all(torch.isfinite(v).all() for v in [*out.values(), *tensors(statistics)])
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
         model.zero_grad()

@@ -1,7 +1,8 @@
 """trainer.compile: every architecture's training step compiles, with the graph breaks the README names and
 no recompilation from one epoch to the next; the checkpoints keep the eager keys; compiled and eager runs
-resume into each other; DDP compiles too. The Dynamo-only backend ("eager") keeps these fast; the
-inductor runs of every architecture are `slow`."""
+resume into each other; DDP compiles too. The Dynamo-only backend ("eager") keeps these fast; the default
+suite compiles one architecture, `integration` the other six, DDP and the inductor resume; the inductor runs
+of every architecture are `slow`."""
 from __future__ import annotations
 
 import json
@@ -13,9 +14,11 @@ import torch._inductor.config
 from torch._dynamo.utils import counters
 
 from model.registry import ARCHITECTURES
-from tests.conftest import ARCHS, final_state, run_cli, shrunk_config
-from train import RunOptions, train
-from trainer.build import load_and_check
+from tests.conftest import final_state, run_cli
+from tests.shrinks import SHRINKS as ARCHS
+from tests.shrinks import tiny_config
+from trainer.components import load_and_check
+from trainer.jobs import RunOptions, train
 from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError
 
@@ -32,14 +35,13 @@ RUN = ["trainer.epochs=2", "trainer.len_epoch=2", "trainer.verbosity=0", "traine
 
 @pytest.fixture
 def tiny(tmp_path, mnist_root):
-    """tiny(arch, *overrides): the architecture's shrunk shipped config (tests/conftest.py ARCHS), two epochs
+    """tiny(arch, *overrides): the architecture's shrunk shipped config (tests/shrinks.py), two epochs
     of two steps under tmp_path/<n>, validated with the overrides."""
     runs = iter(range(100))
 
     def make(arch: str, *overrides: str) -> dict:
-        config = shrunk_config(*ARCHS[arch], mnist_root)
-        return load_and_check(base=config, overrides=[*RUN, f"trainer.save_dir={tmp_path / str(next(runs))}",
-                                                      "n_gpu=0", *overrides])
+        config = tiny_config(arch, mnist_root=mnist_root, save_dir=tmp_path / str(next(runs)))
+        return load_and_check(base=config, overrides=[*RUN, "n_gpu=0", *overrides])
 
     return make
 
@@ -50,7 +52,13 @@ def test_every_architecture_is_covered():
     assert shipped == set(ARCHS)
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+#: the architecture whose compiled step the default suite checks (about a second); the other six, the graph
+#: breaks of SVAE-GMM and SVAE-SLDS among them, are `integration` (python -m pytest -m integration)
+SMOKE_COMPILED = "GraphVAE"
+
+
+@pytest.mark.parametrize("arch", [arch if arch == SMOKE_COMPILED else pytest.param(arch, marks=pytest.mark.integration)
+                                  for arch in sorted(ARCHS)])
 def test_the_compiled_step_equals_the_eager_one_and_does_not_recompile(arch, tiny):
     """Two epochs compiled by Dynamo (graph capture, the captured ops run as they are) give bit for bit the
     weights of two eager epochs; the schedule values (KL weight, temperature) are buffers, so epoch 2 runs
@@ -60,7 +68,7 @@ def test_the_compiled_step_equals_the_eager_one_and_does_not_recompile(arch, tin
     counters.clear()
     graphs = []
     run = train(tiny(arch, "trainer.compile={backend: eager}"),
-                options=RunOptions(on_epoch_end=lambda epoch, log: graphs.append(counters["stats"]["unique_graphs"])))
+                options=RunOptions(after_epoch=lambda epoch, log: graphs.append(counters["stats"]["unique_graphs"])))
     compiled = final_state(run.run_dir)
     assert graphs[0] > 0 and graphs[1] == graphs[0], graphs
     breaks = {reason.splitlines()[0] for reason in counters["graph_break"]}
@@ -102,6 +110,7 @@ def test_a_non_finite_compiled_step_is_handled_as_an_eager_one(regression_config
         assert state["global_step"] == 12 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+@pytest.mark.integration
 def test_compiled_and_eager_runs_resume_into_each_other(tiny):
     """Epoch 1 compiled by inductor, epoch 2 resumed eagerly, epoch 3 compiled again: the checkpoints load
     strictly both ways and the run ends where an eager run ends (inductor draws the eager random numbers
@@ -122,6 +131,7 @@ def test_compiled_and_eager_runs_resume_into_each_other(tiny):
         torch.testing.assert_close(mixed["model"][key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
+@pytest.mark.integration
 def test_ddp_compiles_and_matches_one_process(regression_config, tmp_path):
     """Under torchrun (gloo, 2 ranks) the compiled DDP module trains as one eager process does."""
     single = final_state(train(load_and_check(base=regression_config)).run_dir)

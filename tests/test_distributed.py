@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from tests.conftest import final_state, run_cli
-from train import train
-from trainer.build import load_and_check
+from tests.shrinks import DDP_UPDATED, shrink_args, tiny_config
+from trainer.components import load_and_check
+from trainer.jobs import train
+
+pytestmark = pytest.mark.integration  # every test launches torchrun (2 processes): python -m pytest -m integration
 
 TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
 ENV = {"OMP_NUM_THREADS": "1"}
@@ -55,28 +58,17 @@ def test_a_real_architecture_trains_and_resumes_under_ddp(pinwheel_config, tmp_p
     assert _only_run_dir(tmp_path / "ddp") == run_dir
 
 
-SVAE_SHRINKS = {  # config, arch args, data args, number of SVI-updated buffers
-    "svae_gmm": (dict(num_components=4, hidden_dims=[8], max_iter=1000, tol=1e-12, rho=0.5),
-                 dict(points_per_class=8, batch_size=10, test_points_per_class=2), 5),
-    "svae_lds": (dict(latent_dim=3, hidden_dims=[8], rho=0.5, prefix_len=6, horizon=5),
-                 dict(num_frames=120, duration=12.0, chunk_len=12, test_frames=24, batch_size=10), 8),
-    "svae_slds": (dict(latent_dim=2, hidden_dims=[8], rho=0.5, max_iter=1000, tol=1e-12, prefix_len=6, horizon=5),
-                  dict(chunk_len=12, num_sequences=10, num_test_sequences=2, batch_size=10), 10),
-}
+#: config stem -> (arch args, data args, number of SVI-updated buffers): tests/shrinks.py's rows with the "ddp"
+#: variant (tests/test_cuda.py reads this too)
+SVAE_SHRINKS = {name: (*shrink_args(name, "ddp")[1:], DDP_UPDATED[name]) for name in DDP_UPDATED}
 
 
 @pytest.mark.parametrize("name", sorted(SVAE_SHRINKS))
 def test_svae_natural_gradient_step_all_reduces_its_statistics(name, tmp_path):
     """After one step, the SVI-updated globals under DDP (2 ranks x 5 examples) equal one process's
     (10 examples): the statistics are summed over ranks before the update."""
-    from utils.config import read_config_file
-
-    arch_args, data_args, num_updated = SVAE_SHRINKS[name]
-    config = read_config_file(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
-    config["arch"]["args"].update(arch_args)
-    config["data_loader"]["args"].update(data_args)
-    config["trainer"].update(epochs=1, len_epoch=1, save_dir=str(tmp_path / "single"), verbosity=0,
-                             tensorboard=False, monitor="off", visualize_every=0)
+    num_updated = SVAE_SHRINKS[name][2]
+    config = tiny_config(name, "ddp", epochs=1, len_epoch=1, save_dir=tmp_path / "single", monitor="off")
     single = final_state(train(load_and_check(base=config)).run_dir)
     config["trainer"]["save_dir"] = str(tmp_path / "ddp")
     path = tmp_path / f"{name}.json"
