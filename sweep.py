@@ -25,16 +25,15 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from model import ARCHITECTURES  # noqa: E402
 from base.base_data_loader import BaseDataLoader  # noqa: E402
 from base.base_model import BaseModel  # noqa: E402
-from trainer.build import load_and_check  # noqa: E402
+from trainer.components import load_and_check, metric_names  # noqa: E402
+from trainer.sweep import report, search  # noqa: E402
+from trainer.sweep.folder import open_sweep_folder, read_spec  # noqa: E402
+from trainer.sweep.grid import work_through_grid  # noqa: E402
+from trainer.sweep.spec import Constraint, Objective, SweepSpec, parse_grid, read_space  # noqa: E402
 from utils.cli import ArgumentParser, run_main, short_flag_overrides  # noqa: E402
 from utils.errors import ConfigError, UserError  # noqa: E402
-from utils.sweep import report, search  # noqa: E402
-from utils.sweep.folder import open_sweep_folder, read_spec  # noqa: E402
-from utils.sweep.grid import work_through_grid  # noqa: E402
-from utils.sweep.spec import Constraint, Objective, SweepSpec, parse_grid, read_space  # noqa: E402
 
 ANNOUNCED_METRICS = 4  # metrics printed per finished run
 
@@ -65,15 +64,18 @@ def build_spec(args) -> SweepSpec:
     if spec.is_search:
         search.check_sampler(spec.sampler, bool(spec.constraints))
     data, model = spec.check()
-    _check_metrics(spec, logged_keys(data, model, config["seed"]))
+    logged = logged_keys(data, model, config["seed"])
+    _check_objective_metrics(spec, logged)
+    if spec.prune:
+        spec.prune_metric = _pruned_metric(spec, logged)
     return spec
 
 
-def _check_metrics(spec: SweepSpec, logged: set[str]) -> None:
+def _check_objective_metrics(spec: SweepSpec, logged: set[str]) -> None:
     """The objective and constraint metrics are ones the runs produce: a test metric, best_<monitored
-    key>, or one of the values `logged` every epoch. Picks the value the pruner watches."""
+    key>, or one of the values `logged` every epoch."""
     config = spec.config
-    tested = config["metrics"] or ARCHITECTURES.get(config["arch"]["type"], "arch.type").metric_names()
+    tested = metric_names(config)
     monitor = config["trainer"]["monitor"].split()
     for metric in [c.metric for c in spec.constraints] + ([spec.objective.metric] if spec.objective else []):
         if not (metric in logged or (len(monitor) == 2 and metric == f"best_{monitor[1]}")
@@ -81,16 +83,20 @@ def _check_metrics(spec: SweepSpec, logged: set[str]) -> None:
             raise ConfigError(
                 f"the runs do not produce {metric!r}: test metrics {', '.join(tested)}; logged each epoch "
                 f"{', '.join(sorted(logged))}")
-    if spec.prune:
-        if spec.objective.metric in logged:
-            spec.prune_metric = spec.objective.metric
-        elif len(monitor) == 2 and monitor[0] == spec.objective.mode:
-            spec.prune_metric = monitor[1]
-        else:
-            raise ConfigError(f"--prune watches an epoch-logged value in the objective's direction: "
-                              f"{spec.objective.metric!r} is not logged each epoch and trainer.monitor is "
-                              f"{config['trainer']['monitor']!r}; set trainer.monitor to '{spec.objective.mode} "
-                              f"<logged value>'")
+
+
+def _pruned_metric(spec: SweepSpec, logged: set[str]) -> str:
+    """The epoch-logged value the pruner watches: the objective's metric, or else the monitored value
+    when it is optimised in the objective's direction."""
+    monitor = spec.config["trainer"]["monitor"].split()
+    if spec.objective.metric in logged:
+        return spec.objective.metric
+    if len(monitor) == 2 and monitor[0] == spec.objective.mode:
+        return monitor[1]
+    raise ConfigError(f"--prune watches an epoch-logged value in the objective's direction: "
+                      f"{spec.objective.metric!r} is not logged each epoch and trainer.monitor is "
+                      f"{spec.config['trainer']['monitor']!r}; set trainer.monitor to '{spec.objective.mode} "
+                      f"<logged value>'")
 
 
 def logged_keys(data: BaseDataLoader, model: BaseModel, seed: int) -> set[str]:

@@ -12,108 +12,15 @@ from utils.versions import require_minimum_versions
 
 require_minimum_versions()  # before the imports that fail on an older torch
 
-import logging  # noqa: E402
 import sys  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any, Callable  # noqa: E402
 
-from base.base_data_loader import BaseDataLoader  # noqa: E402
-from base.base_model import BaseModel  # noqa: E402
-from base.base_trainer import load_model_weights  # noqa: E402
-from logger import TensorboardWriter, setup_logging  # noqa: E402
-from trainer import Trainer  # noqa: E402
-from trainer.build import build_data, build_model, describe_run, eval_metric_names, load_and_check  # noqa: E402
-from trainer.optim import build_optimizers  # noqa: E402
-from utils.checkpoint import load_checkpoint, run_dir_of  # noqa: E402
+from trainer.components import build_data, build_model, describe_run, load_and_check  # noqa: E402
+from trainer.jobs import train  # noqa: E402
+from utils.checkpoint import load_checkpoint  # noqa: E402
 from utils.cli import ArgumentParser, run_main, short_flag_overrides  # noqa: E402
-from utils.device import device_spec, prepare_device, set_visible_devices  # noqa: E402
-from utils.distributed import DistInfo, broadcast_object, init_distributed, shutdown_distributed  # noqa: E402
+from utils.device import device_spec, set_visible_devices  # noqa: E402
 from utils.errors import CheckpointError, ConfigError  # noqa: E402
-from utils.run_dir import check_save_dir, new_run_dir, removed_on_failure, write_run_files  # noqa: E402
 from utils.seeding import seed_everything  # noqa: E402
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path | None
-    metrics: dict[str, float]
-
-
-@dataclass
-class RunOptions:
-    """How a program that trains many runs (sweep.py) places and watches one.
-
-    run_dir: the new run's folder (made here; it must not exist) instead of save_dir/<name>/<run_id>.
-    on_epoch_end: called as on_epoch_end(epoch, log) after each epoch, before its checkpoints are
-        written; returning True ends training after that epoch's checkpoints (early stopping, pruning).
-    hparams: extra HPARAMS columns for TensorBoard (e.g. the swept config keys).
-    console: log to the console (off: the run's train.log only, no progress bars).
-    """
-
-    run_dir: Path | None = None
-    on_epoch_end: Callable[[int, dict[str, float]], bool] | None = None
-    hparams: dict[str, Any] = field(default_factory=dict)
-    console: bool = True
-
-
-def train(config: dict, checkpoint: dict | None = None, checkpoint_path: str | Path | None = None,
-          finetune: bool = False, options: RunOptions = RunOptions()) -> TrainResult:
-    """Train as `config` says. With a checkpoint: resume its run (same folder, full state),
-    or with `finetune` start a new run from its weights only."""
-    dist_info = init_distributed()
-    try:  # the model and Trainer live in _train's frame: DDP is released before the process group
-        return _train(config, checkpoint, checkpoint_path, finetune, dist_info, options)
-    finally:
-        shutdown_distributed()
-
-
-def _train(config: dict, checkpoint: dict | None, checkpoint_path: str | Path | None, finetune: bool,
-           dist_info: DistInfo, options: RunOptions) -> TrainResult:
-    resume = checkpoint is not None and not finetune
-    seed_everything(config["seed"] + dist_info.rank)
-    run_dir = run_dir_of(checkpoint_path) if resume else None
-    new_run = run_dir is None
-    if new_run and dist_info.is_main:
-        check_save_dir(options.run_dir.parent if options.run_dir is not None else config["trainer"]["save_dir"])
-    data = build_data(config)  # a bad data path or model config fails before any run folder exists
-    model = build_model(config, data)
-    eval_metric_names(config, model, data)  # so does a metric whose field the data lacks
-    if new_run and dist_info.is_main:
-        run_dir = new_run_dir(config["trainer"]["save_dir"], config["name"], options.run_dir)
-    run_dir = broadcast_object(run_dir)
-    with removed_on_failure(run_dir, enabled=new_run and dist_info.is_main):
-        logger = setup_logging(run_dir / "train.log", config["trainer"]["verbosity"], dist_info.is_main,
-                               console=options.console)
-        if dist_info.is_main:
-            write_run_files(run_dir, config, keep_environment=resume)
-            logger.info("%s run %s", "resuming" if resume else "starting", run_dir)
-        trainer = _build_trainer(config, data, model, run_dir, dist_info, logger, checkpoint, checkpoint_path,
-                                 finetune)
-        trainer.on_epoch_end = options.on_epoch_end
-        trainer.hparams.update(options.hparams)
-        trainer.show_progress = trainer.show_progress and options.console
-    return TrainResult(run_dir, trainer.fit())
-
-
-def _build_trainer(config: dict, data: BaseDataLoader, model: BaseModel, run_dir: Path, dist_info: DistInfo,
-                   logger: logging.Logger, checkpoint: dict | None, checkpoint_path: str | Path | None,
-                   finetune: bool) -> Trainer:
-    """Device, weights, optimizers, TensorBoard and the Trainer, resumed from `checkpoint` unless fine-tuning."""
-    device, device_ids = prepare_device(config["n_gpu"], dist_info, logger)
-    model.to(device)
-    if finetune:
-        load_model_weights(model, checkpoint)
-        logger.info("fine-tuning from the weights of %s", checkpoint_path)
-    logger.debug("%s", model)
-    optimizers, schedulers = build_optimizers(model, config)
-    writer = TensorboardWriter(run_dir, config["trainer"]["tensorboard"] and dist_info.is_main)
-    trainer = Trainer(model, optimizers, schedulers, config, data, device, device_ids, run_dir, dist_info,
-                      logger, writer)
-    if checkpoint is not None and not finetune:
-        trainer.load_state_dict(checkpoint)
-        logger.info("resumed at epoch %d (global step %d)", checkpoint["epoch"], checkpoint["global_step"])
-    return trainer
 
 
 def dry_run(config: dict) -> None:

@@ -11,30 +11,60 @@ import logging
 import math
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import torch
 from torch.amp import GradScaler
 
 from base.base_model import BaseModel
-from utils.checkpoint import FORMAT_VERSION, copy_atomic, save_atomic
+from logger.tensorboard import TensorboardWriter
+from utils.checkpoint import FORMAT_VERSION, copy_atomic, load_model_weights, save_atomic
 from utils.distributed import DistInfo, gather_objects
 from utils.errors import CheckpointError, ConfigError, OutputWriteError
 from utils.seeding import rng_state, set_rng_state
 
 
+#: after_epoch(epoch, log) -> stop: called after each epoch, before its checkpoints are written (a sweep's
+#: record and pruner); True ends training once that epoch's checkpoints are written
+EpochCallback = Callable[[int, dict[str, float]], bool]
+
+
+@dataclass
+class TrainerContext:
+    """Where a trainer runs and what it writes to, besides what it trains and the config.
+
+    device: where the model and the batches go; device_ids: the GPUs of DataParallel ([]: none).
+    dist: this process among the DDP ranks; logger: the run's logger.
+    run_dir: the run folder (checkpoints/, figures/); None: nothing written.
+    writer: the run's TensorBoard writers; None: TensorBoard off.
+    hparams: HPARAMS columns added to those of the config (e.g. the keys a sweep varies).
+    console: progress bars allowed (then shown on a terminal, on rank 0, with trainer.verbosity > 0).
+    """
+
+    device: torch.device
+    logger: logging.Logger
+    run_dir: Path | None = None
+    dist: DistInfo = field(default_factory=DistInfo)
+    device_ids: list[int] = field(default_factory=list)
+    writer: TensorboardWriter | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)
+    console: bool = True
+
+
 class BaseTrainer:
-    def __init__(self, model: BaseModel, optimizers: dict, schedulers: dict, config: dict,
-                 run_dir: Path | None, dist_info: DistInfo, logger: logging.Logger,
-                 scaler: GradScaler | None = None):
+    def __init__(self, model: BaseModel, optimizers: dict, schedulers: dict, config: dict, context: TrainerContext,
+                 after_epoch: EpochCallback | None = None, scaler: GradScaler | None = None):
         self.model_core = model
         self.optimizers = optimizers
         self.schedulers = schedulers
         self.scaler = scaler
         self.config = config
-        self.dist = dist_info
-        self.logger = logger
-        self.run_dir = run_dir
+        self.dist = context.dist
+        self.logger = context.logger
+        self.run_dir = run_dir = context.run_dir
+        self.after_epoch = after_epoch
         self.checkpoint_dir = run_dir / "checkpoints" if run_dir is not None else None
 
         cfg = config["trainer"]
@@ -52,9 +82,6 @@ class BaseTrainer:
         self.start_epoch = 1
         self.global_step = 0
         self.saved_epoch: int | None = None  # epoch of the last.pt this process wrote
-        #: on_epoch_end(epoch, log) -> stop: called after each epoch, before its checkpoints (sweep.py's
-        #: record and pruning); True ends training once that epoch's checkpoints are written
-        self.on_epoch_end: Callable[[int, dict[str, float]], bool] | None = None
 
     # ----------------------------------------------------------------- loop
     def fit(self) -> dict[str, float]:
@@ -72,7 +99,7 @@ class BaseTrainer:
                 log = self._run_epoch(epoch)
                 improved = self._update_monitor(log)
                 self._log_epoch(epoch, log, time.perf_counter() - started, improved)
-                stop = self.on_epoch_end is not None and self.on_epoch_end(epoch, log)
+                stop = self.after_epoch is not None and self.after_epoch(epoch, log)
                 self._save_checkpoints(epoch, improved)
                 if stop:
                     self.logger.info("stopped after epoch %d by the program running this run (e.g. a pruned "
@@ -204,15 +231,3 @@ class BaseTrainer:
                                 "continue from rank 0's state", len(rng), self.dist.world_size)
         set_rng_state(rng[self.dist.rank] if len(rng) == self.dist.world_size else rng[0])
 
-
-def load_model_weights(model: BaseModel, state: dict) -> None:
-    """Load a checkpoint's weights and schedule state into `model`, or say why they do not fit."""
-    arch = model.__class__.__name__
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())[:300]
-        raise CheckpointError(
-            f"checkpoint (architecture {state['arch']!r}) does not fit the model {arch}: {detail}"
-        ) from None
-    model.load_schedule_state(state.get("schedule", {}))

@@ -10,11 +10,11 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader
 
-from logger import TensorboardWriter, setup_logging
+from base.base_trainer import TrainerContext
+from logger import setup_logging
 from trainer import Trainer
-from trainer.build import build_data, build_model, load_and_check
+from trainer.components import build_data, build_model, load_and_check
 from trainer.optim import build_optimizers
-from utils.distributed import DistInfo
 from utils.errors import UserError
 from utils.seeding import seed_everything
 
@@ -46,8 +46,7 @@ def build_trainer(config: dict, device: torch.device) -> Trainer:
     data = build_data(config)
     model = build_model(config, data)
     optimizers, schedulers = build_optimizers(model.to(device), config)
-    trainer = Trainer(model, optimizers, schedulers, config, data, device, [], None, DistInfo(),
-                      setup_logging(None, 0), TensorboardWriter(None, enabled=False))
+    trainer = Trainer(model, optimizers, schedulers, data, config, TrainerContext(device, setup_logging(None, 0)))
     trainer.train_loader = full_batches_only(trainer.train_loader)
     return trainer
 

@@ -27,9 +27,9 @@ import torch  # noqa: E402
 
 from model.metrics import adjusted_rand_index, matched_accuracy, normalized_mutual_info  # noqa: E402
 from model.svae.hmm import hmm_posterior  # noqa: E402
-from trainer.build import build_data, load_and_check  # noqa: E402
+from trainer.components import build_data, load_and_check  # noqa: E402
 from utils.cli import run_main  # noqa: E402
-from utils.sweep.run import RESULT_FILE  # noqa: E402
+from trainer.sweep.run import RESULT_FILE  # noqa: E402
 
 COVARIANCE_FLOOR = 1e-3  # added to each state's covariance (standardized units): a state on few frames stays proper
 IN_USE = 0.01  # a state is in use when it is the most likely state of at least this share of the frames

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.common import positive_int, set_threads  # noqa: E402
-from trainer.build import build_data, build_model, load_and_check  # noqa: E402
+from trainer.components import build_data, build_model, load_and_check  # noqa: E402
 from utils.distributed import sum_statistics  # noqa: E402
 
 

@@ -5,8 +5,8 @@ draws train and validation in one chart, on the global-step axis shared with the
 per-step scalars ("step/<metric>"); test.py writes its metrics and figures to test.
 The tensorboard/ folder itself is the run's HPARAMS session (`write_hparams`): its
 hyperparameters, and as metrics the last value of every scalar of its train, val and
-test runs. Disabled writers (tensorboard off, or not rank 0) accept every call and do
-nothing.
+test runs. Disabled writers (tensorboard off, or not rank 0) accept the calls the framework
+makes and do nothing.
 """
 from __future__ import annotations
 
@@ -18,18 +18,40 @@ from utils.errors import OutputWriteError
 
 
 class _NullWriter:
-    def __getattr__(self, name: str):
-        return lambda *args, **kwargs: None
+    """A disabled split: the SummaryWriter methods the framework calls, doing nothing."""
+
+    def add_scalar(self, tag: str, value: Any, global_step: int | None = None) -> None:
+        pass
+
+    def add_text(self, tag: str, text: str, global_step: int | None = None) -> None:
+        pass
+
+    def add_histogram(self, tag: str, values: Any, global_step: int | None = None) -> None:
+        pass
+
+    def add_image(self, tag: str, image: Any, global_step: int | None = None, dataformats: str = "CHW") -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
-def _quiet_event_writer_errors(args: threading.ExceptHookArgs, previous=threading.excepthook) -> None:
+_previous_excepthook = threading.excepthook
+
+
+def _quiet_event_writer_errors(args: threading.ExceptHookArgs) -> None:
     """TensorBoard's writer thread re-raises its OSError on the main thread at the next call (there
     it becomes one OutputWriteError line); do not also print it as a thread traceback."""
     if not (isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread"):
-        previous(args)
+        _previous_excepthook(args)
 
 
-threading.excepthook = _quiet_event_writer_errors
+def _install_quiet_excepthook() -> None:
+    """Put `_quiet_event_writer_errors` in front of `threading.excepthook` (once: a no-op while it is there)."""
+    global _previous_excepthook
+    if threading.excepthook is not _quiet_event_writer_errors:
+        _previous_excepthook = threading.excepthook
+        threading.excepthook = _quiet_event_writer_errors
 
 
 class _GuardedWriter:
@@ -41,6 +63,7 @@ class _GuardedWriter:
         from torch.utils.tensorboard import SummaryWriter
 
         self.log_dir = log_dir
+        _install_quiet_excepthook()
         try:
             self._writer = SummaryWriter(str(log_dir))
         except OSError as err:

@@ -119,8 +119,8 @@ class HookProbe(BaseModel):
         ax.set(title=f"probe weights at step {step}", xlabel="input", ylabel="weight")
         writer.add_figure(f"{tag}/probe", fig, step)
 
-    def on_epoch_end(self, epoch: int) -> None:
-        self.epochs_seen.append(epoch)
+    def set_epochs_done(self, epochs: int) -> None:
+        self.epochs_seen.append(epochs)
         self.tau *= 0.5
 
     def schedule_state(self) -> dict[str, Any]:
@@ -168,8 +168,8 @@ class ScriptedMetric(BaseModel):
         score = self.scores[min(self.epoch, len(self.scores)) - 1]
         return {"loss": anchor + 1.0 / self.epoch, "score": anchor.detach() + score}
 
-    def on_epoch_end(self, epoch: int) -> None:
-        self.epoch = epoch + 1
+    def set_epochs_done(self, epochs: int) -> None:
+        self.epoch = epochs + 1
 
 
 @ARCHITECTURES.register("RecurrentWithoutLatents")

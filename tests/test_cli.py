@@ -10,6 +10,7 @@ import yaml
 import test as test_script
 import train
 from tests.conftest import one_line_error, run_cli
+from trainer import jobs
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -62,9 +63,9 @@ def test_cli_subprocess_reports_one_line(tmp_path):
 
 
 def test_finetune_from_a_checkpoint_of_another_architecture(regression_config, tmp_path, capsys):
-    from trainer.build import load_and_check
+    from trainer.components import load_and_check
 
-    run = train.train(load_and_check(base=regression_config))
+    run = jobs.train(load_and_check(base=regression_config))
     code = train.main(["-r", str(run.run_dir / "checkpoints" / "last.pt"), "-c", "configs/vae_pinwheel.yaml"])
     assert code == 2
     assert "is from architecture 'LinearTest', the config asks for 'VAE'" in one_line_error(capsys.readouterr().err)
@@ -113,7 +114,7 @@ def test_lr_flag_on_a_single_optimizer_and_in_help(capsys):
 
 
 def test_test_table_prints_list_metrics_compactly():
-    table = test_script.format_table({
+    table = jobs.format_table({
         "elbo": -3.14159, "num_examples": 30, "kl_nodes": [0.44, 0.0, 0.40123456, 0.78],
         "edge_probs": [[0.0, 0.9512, 0.3], [0.0, 0.0, 0.5], [0.0, 0.0, 0.0]],
         "adjacency": [[0, 1], [0, 0]], "dynamics_eigenvalue_moduli": [0.999871, 0.98],

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from tests.conftest import ROOT
-from trainer.build import load_and_check
+from trainer.components import load_and_check
 from utils.config import load_config, parse_value, read_config_file
 from utils.errors import ConfigError
 

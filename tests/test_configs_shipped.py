@@ -8,13 +8,13 @@ import pytest
 import torch
 import yaml
 
-import test as test_script
 import train as train_script
 from data_loader.example_files import write_images, write_sequences, write_vectors
 from tests.conftest import ROOT, event_tags
 from tests.test_strokes import make_drawings, save
-from train import train
-from trainer.build import build_data, build_model, load_and_check
+from trainer import jobs
+from trainer.components import build_data, build_model, load_and_check
+from trainer.jobs import train
 from trainer.optim import build_optimizers
 
 SHIPPED = sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*") if p.suffix in (".json", ".yaml")
@@ -64,6 +64,6 @@ def test_short_flags_and_overrides_reach_the_run(tmp_path):
 def test_mnist_vae_end_to_end(mnist_config, tmp_path):
     run = train(load_and_check(base=mnist_config))
     assert {"val/reconstructions", "val/samples"} <= set(event_tags(run.run_dir, "val")["images"])
-    results = test_script.evaluate(run.run_dir / "checkpoints" / "model_best.pt", iw_samples=5, progress=False)
+    results = jobs.evaluate(run.run_dir / "checkpoints" / "model_best.pt", iw_samples=5, progress=False)
     assert results["num_examples"] == 30 and results["iw_nll"] > 0
     assert Path(run.run_dir / "test_metrics.json").exists()

@@ -6,11 +6,11 @@ from typing import Any
 import pytest
 import torch
 
-import test as test_script
 from base.base_model import BaseModel
 from base.metric import Metric, PerExample, mean_of, ratio_of_sums, ratio_with_spread
 from model.vae import VAE
 from tests.test_vae import trained_vae  # noqa: F401  (the fixture: a small VAE trained on the pinwheel)
+from trainer import jobs
 
 
 class Declared(BaseModel):
@@ -59,12 +59,12 @@ def test_evaluate_passes_iw_samples_and_the_configured_metrics(trained_vae, monk
         return iw_log_likelihood(self, x, num_samples)
 
     monkeypatch.setattr(VAE, "iw_log_likelihood", spy)
-    by_k = {k: test_script.evaluate(checkpoint, device="cpu", batch_size=50, iw_samples=k, progress=False)
+    by_k = {k: jobs.evaluate(checkpoint, device="cpu", batch_size=50, iw_samples=k, progress=False)
             for k in (1, 50)}
     assert asked == [1, 1, 50, 50]  # two test batches per run
     assert by_k[1]["iw_samples"] == 1 and by_k[50]["iw_samples"] == 50
     assert by_k[50]["iw_nll"] < by_k[1]["iw_nll"]
     assert by_k[1]["iw_nll"] == pytest.approx(-by_k[1]["elbo"], abs=0.3)  # K = 1 is an ELBO estimate
 
-    elbo_only = test_script.evaluate(checkpoint, device="cpu", overrides=['metrics=["elbo"]'], progress=False)
+    elbo_only = jobs.evaluate(checkpoint, device="cpu", overrides=['metrics=["elbo"]'], progress=False)
     assert "elbo" in elbo_only and "iw_nll" not in elbo_only and "iw_samples" not in elbo_only

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import distributions as td
 
-import test as test_script
 from model.diagonal_gaussian import gaussian_kl, precision_weighted_fusion
 from model.graph.gates import EdgeGates
 from model.graph.graph_vae import GraphLSTMVAE, GraphVAE
 from model.networks import StackedMLP
 from tests.conftest import ROOT, event_tags, final_state, train_halfway_and_resume
-from train import train
-from trainer.build import load_and_check
+from trainer import jobs
+from trainer.components import load_and_check
+from trainer.jobs import train
 from utils.config import read_config_file
 
 SHAPE = (1, 28, 28)
@@ -210,11 +210,12 @@ def graph_config(tmp_path, mnist_root) -> dict:
     return config
 
 
+@pytest.mark.integration
 def test_resume_restores_the_temperature_schedule_and_evaluate(graph_config):
     run_dir, state = train_halfway_and_resume(graph_config, epochs=4)
     assert state["schedule"] == {"epochs_done": 4}
     path = run_dir / "checkpoints" / "last.pt"
-    results = test_script.evaluate(path, iw_samples=20, progress=False)
+    results = jobs.evaluate(path, iw_samples=20, progress=False)
     assert {"elbo", "iw_nll", "edge_probs", "adjacency", "kl_nodes"} <= results.keys()
     assert len(results["edge_probs"]) == 4 and all(len(row) == 4 for row in results["edge_probs"])
     assert results["adjacency"][0] == [0, 0, 0, 0]  # node 0 has no children: edges run m -> n with m > n

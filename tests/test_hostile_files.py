@@ -48,6 +48,7 @@ def test_the_hostile_npy_would_run_its_command_under_np_load(tmp_path):
     assert marker.exists()
 
 
+@pytest.mark.integration
 def test_a_hostile_stroke_file_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "ran"
     evil = hostile_npy(tmp_path / "evil.npy", marker)
@@ -103,6 +104,7 @@ def test_a_yaml_config_with_a_python_tag_is_refused_and_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.integration
 def test_a_yaml_override_with_a_python_tag_runs_nothing(tmp_path):
     marker = tmp_path / "ran"
     proc = run_cli("train.py", "-c", "configs/vae_pinwheel.yaml", "--set",
@@ -111,6 +113,7 @@ def test_a_yaml_override_with_a_python_tag_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.integration
 def test_a_checkpoint_carrying_code_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "ran"
     path = tmp_path / "evil.pt"

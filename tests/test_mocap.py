@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-import test as test_script
 from benchmarks.mocap import baselines, gaussian_hmm, kmeans
 from model.metrics import adjusted_rand_index
 from tests.conftest import ROOT, event_tags, one_line_error, run_cli
-from train import train
-from trainer.build import build_data, build_model, eval_metric_names, load_and_check
+from trainer import jobs
+from trainer.components import build_data, build_model, eval_metric_names, load_and_check
+from trainer.jobs import train
 
 MOCAP = ROOT.parent / "shared" / "data" / "mocap6" / "mocap6.npz"
 EXERCISES = ("JumpJack", "Jog", "Squat", "KneeRaise", "ArmCircle", "Twist", "SideReach", "Box", "UpDown",
@@ -95,12 +95,13 @@ def test_the_json_config_is_the_yaml_config():
     assert yaml_config == json_config
 
 
+@pytest.mark.integration
 def test_segmentation_over_whole_sequences_per_sequence_and_figures(tmp_path, stand_in):
     config = load_and_check(ROOT / "configs" / "mocap" / "svae_slds.yaml",
                             [f"data_loader.args.path={stand_in}", f"trainer.save_dir={tmp_path / 'saved'}",
                              "trainer.verbosity=0", "trainer.tensorboard=true", *TINY])
     run = train(config)
-    results = test_script.evaluate(run.run_dir / "checkpoints" / "last.pt", iw_samples=2, progress=False)
+    results = jobs.evaluate(run.run_dir / "checkpoints" / "last.pt", iw_samples=2, progress=False)
     assert results["num_examples"] == 6  # whole sequences, not windows
     per_sequence = results["per_sequence"]
     names = [f"{13 + i // 3}_{i:02d}" for i in range(6)]
@@ -111,7 +112,7 @@ def test_segmentation_over_whole_sequences_per_sequence_and_figures(tmp_path, st
     # one matching of states to labels for the whole split: the per-sequence accuracies average to the total
     weighted = sum(per_sequence[n]["state_accuracy"] * per_sequence[n]["frames"] for n in names)
     assert weighted / sum(STAND_IN_LENGTHS) == pytest.approx(results["state_accuracy"], abs=1e-3)
-    assert "per_sequence" in test_script.format_table(results)
+    assert "per_sequence" in jobs.format_table(results)
     tags = event_tags(run.run_dir, "test")["images"]
     assert {f"test/segmentation_{i}" for i in range(6)} <= set(tags)
     for i in range(6):
@@ -119,6 +120,7 @@ def test_segmentation_over_whole_sequences_per_sequence_and_figures(tmp_path, st
         assert width >= 480 and height >= 480
 
 
+@pytest.mark.integration
 def test_a_missing_data_file_is_one_line_saying_where_it_is_expected(tmp_path):
     missing = tmp_path / "elsewhere" / "mocap6.npz"
     result = run_cli("train.py", "-c", "configs/mocap/svae_slds.yaml", "--set", f"data_loader.args.path={missing}")
@@ -168,7 +170,7 @@ def test_one_seed_of_the_shipped_config_beats_the_gaussian_hmm(tmp_path):
     config = load_and_check(ROOT / "configs" / "mocap" / "svae_slds.yaml",
                             [f"trainer.save_dir={tmp_path / 'saved'}", "trainer.verbosity=0"])
     run = train(config)
-    results = test_script.evaluate(run.run_dir / "checkpoints" / "last.pt", progress=False)
+    results = jobs.evaluate(run.run_dir / "checkpoints" / "last.pt", progress=False)
     hmm = baselines(config, [0])["Gaussian HMM (EM)"][0]
     json.dumps(results)  # what test_metrics.json holds
     assert results["state_ari"] > hmm["state_ari"], (results["state_ari"], hmm["state_ari"])

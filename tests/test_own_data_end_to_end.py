@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import test as test_script
 from data_loader.example_files import write_images, write_sequences, write_vectors
 from tests.conftest import ROOT, one_line_error, run_cli
-from train import train
-from trainer.build import build_data, build_model, eval_metric_names, load_and_check
+from trainer import jobs
+from trainer.components import build_data, build_model, eval_metric_names, load_and_check
+from trainer.jobs import train
 from utils.errors import ConfigError
 
 SHRINK = {  # config -> (data writer, overrides of a tiny run)
@@ -51,10 +51,11 @@ def own_cli(name: str, tmp_path: Path, extra: list[str] = ()) -> list[str]:
 def train_and_test(name: str, tmp_path: Path, extra: list[str] = (), checkpoint: str = "model_best.pt") -> dict:
     """Train the tiny run, evaluate `checkpoint` as test.py does; test_metrics.json's content."""
     run = train(load_and_check(ROOT / "configs" / "own" / f"{name}.yaml", own_overrides(name, tmp_path, extra)))
-    test_script.evaluate(run.run_dir / "checkpoints" / checkpoint, iw_samples=3, progress=False)
+    jobs.evaluate(run.run_dir / "checkpoints" / checkpoint, iw_samples=3, progress=False)
     return json.loads((run.run_dir / "test_metrics.json").read_text())
 
 
+@pytest.mark.integration
 def test_svae_slds_on_variable_length_labelled_sequences(tmp_path):
     results = train_and_test("svae_slds_sequences", tmp_path)
     for key in ("elbo", "iw_nll", "pred_mse", "pred_mse_repeat_last", "state_ari", "state_nmi", "state_accuracy"):
@@ -98,6 +99,7 @@ def test_dry_run_prints_the_data_model_and_metrics_and_writes_nothing(tmp_path):
     assert not (tmp_path / "saved").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("arch", ["RecurrentGraphVAE", "SVAE-LDS"])
 def test_other_sequence_models_take_sequences(arch, tmp_path):
     """Windows of 12 frames (RecurrentGraphVAE) or whole padded sequences (SVAE-LDS, Bernoulli-free real data)."""

@@ -208,6 +208,7 @@ def test_arrays_refuse_object_arrays_without_running_them(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.integration
 def test_bad_data_through_the_cli_is_one_line_and_makes_no_run_folder(tmp_path):
     arrays_case(tmp_path, "non-finite")
     np.save(tmp_path / "objects.npy", np.array([Marker(tmp_path / "ran"), 1], dtype=object), allow_pickle=True)

@@ -7,11 +7,12 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from tests.conftest import ROOT, final_state
-from train import train
-from trainer.build import load_and_check
+from trainer.components import load_and_check
+from trainer.jobs import train
 from utils.checkpoint import load_checkpoint
 
 
@@ -66,6 +67,7 @@ def test_finetune_takes_weights_and_starts_a_new_run(regression_config):
         assert torch.equal(state["model"][key], value)
 
 
+@pytest.mark.integration
 def test_sigkill_never_corrupts_and_resume_matches(regression_config, tmp_path):
     """Kill training right after the first checkpoint appears; resuming gives the uninterrupted result."""
     regression_config["data_loader"]["args"]["num_examples"] = 4096

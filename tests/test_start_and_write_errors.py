@@ -16,9 +16,10 @@ import torch
 import yaml
 
 import train
-from base.base_trainer import BaseTrainer
+from base.base_trainer import BaseTrainer, TrainerContext
 from tests.conftest import final_state, one_line_error, run_cli
-from trainer.build import load_and_check
+from trainer import jobs
+from trainer.components import load_and_check
 from utils import checkpoint as checkpoint_module
 from utils.checkpoint import load_checkpoint
 from utils.distributed import DistInfo
@@ -105,7 +106,7 @@ def test_a_start_that_fails_after_the_run_folder_exists_removes_it(regression_co
     regression_config["optimizer"] = {"nope": {"type": "SGD", "args": {"lr": 0.1}}}
     save_dir = Path(regression_config["trainer"]["save_dir"])
     with pytest.raises(ConfigError, match="names parameter groups \\['nope'\\]"):
-        train.train(load_and_check(base=regression_config))
+        jobs.train(load_and_check(base=regression_config))
     assert run_folders(save_dir) == []
 
 
@@ -145,7 +146,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_good_checkpoint(regressi
     else:
         fail_after(monkeypatch, checkpoint_module.shutil, "copyfile", 2, error)
     with pytest.raises(OutputWriteError) as info:
-        train.train(load_and_check(base=regression_config))
+        jobs.train(load_and_check(base=regression_config))
     run_dir = run_folders(Path(regression_config["trainer"]["save_dir"]))[0]
     last = run_dir / "checkpoints" / "last.pt"
     saved_epoch = 2 if writer == "torch.save" else 3  # the copy fails after last.pt of epoch 3 is written
@@ -177,7 +178,7 @@ class _FillingStream:
 
 def test_a_full_disk_while_logging_stops_with_one_line(regression_config, monkeypatch, capsys):
     regression_config["trainer"].update(epochs=3, verbosity=1)
-    original = train.setup_logging
+    original = jobs.setup_logging
 
     def full_after_two_lines(*args, **kwargs):
         logger = original(*args, **kwargs)
@@ -185,7 +186,7 @@ def test_a_full_disk_while_logging_stops_with_one_line(regression_config, monkey
         log_file.stream = _FillingStream(log_file.stream, 2)
         return logger
 
-    monkeypatch.setattr(train, "setup_logging", full_after_two_lines)
+    monkeypatch.setattr(jobs, "setup_logging", full_after_two_lines)
     assert train.main(["-c", write_config(Path(regression_config["trainer"]["save_dir"]).parent,
                                           regression_config)]) == 2
     err = one_line_error(capsys.readouterr().err)
@@ -194,6 +195,7 @@ def test_a_full_disk_while_logging_stops_with_one_line(regression_config, monkey
     assert "Logging error" not in err and "last good checkpoint is" in err
 
 
+@pytest.mark.integration
 def test_a_full_disk_while_writing_events_stops_with_one_line(pinwheel_config, tmp_path):
     """In a subprocess, as a user sees it: TensorBoard writes on a thread, whose traceback must not be printed."""
     pinwheel_config["trainer"].update(tensorboard=True, epochs=3)
@@ -224,6 +226,7 @@ def small_filesystem(tmp_path):
     subprocess.run(["umount", str(mount)], check=True)
 
 
+@pytest.mark.integration
 def test_a_real_full_disk_keeps_the_last_good_checkpoint(small_filesystem, tmp_path):
     proc = run_cli("train.py", "-c", "configs/vae_pinwheel.yaml", "--epochs", "30", "--set",
                    f"trainer.save_dir={small_filesystem}", "--set", "trainer.verbosity=0", "--set",
@@ -242,20 +245,20 @@ def test_a_real_full_disk_keeps_the_last_good_checkpoint(small_filesystem, tmp_p
 def test_resume_after_a_full_disk_continues_exactly(regression_config, monkeypatch):
     """The run stopped by a failed write resumes from its last good checkpoint to the same end state."""
     regression_config["trainer"]["epochs"] = 4
-    reference = train.train(load_and_check(base=regression_config))
+    reference = jobs.train(load_and_check(base=regression_config))
     fail_after(monkeypatch, checkpoint_module.torch, "save", 2, RuntimeError("write failed"))
     with pytest.raises(OutputWriteError):
-        train.train(load_and_check(base=regression_config))
+        jobs.train(load_and_check(base=regression_config))
     monkeypatch.undo()
     stopped = [p for p in run_folders(Path(regression_config["trainer"]["save_dir"])) if p != reference.run_dir][0]
     path = stopped / "checkpoints" / "last.pt"
     checkpoint = load_checkpoint(path)
-    train.train(load_and_check(base=checkpoint["config"]), checkpoint, path)
+    jobs.train(load_and_check(base=checkpoint["config"]), checkpoint, path)
     a, b = final_state(reference.run_dir), final_state(stopped)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
 def test_last_good_checkpoint_before_any_was_written(regression_config):
-    trainer = BaseTrainer(torch.nn.Linear(1, 1), {}, {}, load_and_check(base=regression_config), None, DistInfo(),
-                          logging.getLogger("t"))
+    context = TrainerContext(torch.device("cpu"), logging.getLogger("t"), None, DistInfo())
+    trainer = BaseTrainer(torch.nn.Linear(1, 1), {}, {}, load_and_check(base=regression_config), context)
     assert trainer.last_good_checkpoint() == "no checkpoint had been written yet"

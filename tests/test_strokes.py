@@ -9,7 +9,7 @@ import torch
 
 from data_loader import DATA_LOADERS
 from data_loader.strokes import PenStrokesDataLoader, cut_windows
-from trainer.build import build_data, load_and_check
+from trainer.components import build_data, load_and_check
 from utils.errors import ConfigError, DataError
 
 T, MIN = 8, 3  # window_len, min_window_len used by most tests

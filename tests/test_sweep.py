@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 import sweep
-from trainer.build import load_and_check
-from utils.sweep.spec import SweepSpec, read_space
+from trainer.components import load_and_check
+from trainer.sweep.spec import SweepSpec, read_space
 from tests.conftest import ROOT, one_line_error
 from tests.test_tensorboard import hparams_experiment
 
@@ -46,6 +46,7 @@ def run_config(folder: Path, run: str) -> dict:
     return yaml.safe_load((folder / run / "config.yaml").read_text())
 
 
+@pytest.mark.integration
 def test_seeds_give_one_row_per_run_and_a_summary_over_seeds(tmp_path, capsys):
     assert sweep.main(tiny(tmp_path, "--seeds", "0", "1", "2")) == 0
     [folder] = sweep_folders(tmp_path)
@@ -70,6 +71,7 @@ def test_seeds_give_one_row_per_run_and_a_summary_over_seeds(tmp_path, capsys):
     assert "complete" in capsys.readouterr().out
 
 
+@pytest.mark.integration
 def test_set_short_flags_and_grid_apply_to_every_run(tmp_path):
     args = tiny(tmp_path, "--lr", "0.02", "--bs", "10", "--seeds", "3", "4",
                 "--grid", "arch.args.rho=0.01,0.05", "--grid", "arch.args.hidden_dims=[8],[6, 6]")
@@ -157,6 +159,7 @@ def test_unreachable_storage_is_one_line_and_starts_nothing(tmp_path, capsys, st
     assert not (tmp_path / "saved").exists()
 
 
+@pytest.mark.integration
 def test_search_applies_suggested_values_and_records_every_trial(tmp_path):
     import optuna
 
@@ -181,6 +184,7 @@ def test_search_applies_suggested_values_and_records_every_trial(tmp_path):
     assert best_line.startswith(f"| {study.best_trial.number} |")  # best feasible trial first
 
 
+@pytest.mark.integration
 def test_constraint_violations_mark_trials_infeasible(tmp_path):
     import optuna
 
@@ -199,8 +203,9 @@ def test_constraint_violations_mark_trials_infeasible(tmp_path):
     assert [line.split("|")[feasible].strip() for line in summary[4:]] == ["no", "no"]
 
 
+@pytest.mark.integration
 def test_pruned_trials_stop_early_and_are_recorded_as_pruned(tmp_path):
-    """The median pruner watches train elbo after each epoch through the Trainer's on_epoch_end; learning
+    """The median pruner watches train elbo after each epoch through the Trainer's after_epoch callback; learning
     rates a thousand times apart make the slow trials fall below the median."""
     import optuna
 
@@ -227,7 +232,7 @@ def test_pruned_trials_stop_early_and_are_recorded_as_pruned(tmp_path):
     assert set(listed[-len(pruned):]) == {str(t.number) for t in pruned}  # finished trials first
 
 
-@pytest.mark.parametrize("objective", ["min loss", "max val_elbo"])
+@pytest.mark.parametrize("objective", [pytest.param("min loss", marks=pytest.mark.integration), "max val_elbo"])
 def test_an_epoch_logged_objective_is_read_at_the_evaluated_epoch(tmp_path, objective):
     """`max val_elbo` (monitored) and `min loss` (not monitored): the value in epochs.jsonl at the epoch of
     the checkpoint test.py evaluated; epochs.jsonl holds every epoch once."""
@@ -247,6 +252,7 @@ def test_an_epoch_logged_objective_is_read_at_the_evaluated_epoch(tmp_path, obje
     assert evaluated["val_elbo"] == best == pytest.approx(float(row["best_val_elbo"]))  # model_best.pt's epoch
 
 
+@pytest.mark.integration
 def test_two_workers_split_the_cores_and_run_every_run_once(tmp_path):
     assert sweep.main(tiny(tmp_path, "--seeds", "0", "1", "2", "--workers", "2", "--threads", "3")) == 0
     [folder] = sweep_folders(tmp_path)
@@ -266,6 +272,7 @@ def test_default_threads_are_the_cores_over_the_workers(tmp_path, monkeypatch):
     assert started == [2]
 
 
+@pytest.mark.integration
 def test_two_commands_on_one_journal_study_share_its_trials(tmp_path):
     """Two sweep processes started at once on a journal file: every trial runs once, the study holds all."""
     import optuna
@@ -297,6 +304,7 @@ def wait_for(predicate, timeout: float = 120) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.integration
 def test_sweep_killed_mid_run_resumes_to_the_same_results(tmp_path):
     """SIGKILL of a 2-worker sweep while its third run is between checkpoints: the workers die with it; the
     same command again skips the finished runs, resumes the interrupted ones from their last.pt and ends
@@ -332,6 +340,7 @@ def test_sweep_killed_mid_run_resumes_to_the_same_results(tmp_path):
     assert (folder / "results.csv").read_text() == (whole / "results.csv").read_text()
 
 
+@pytest.mark.integration
 def test_search_trial_of_a_killed_worker_is_taken_over_and_resumed(tmp_path):
     """A trial left RUNNING by a dead worker (its lock free) is run by the next worker of the same sweep
     folder, from its run's last.pt, and the study ends with every trial once."""
@@ -357,6 +366,7 @@ def test_search_trial_of_a_killed_worker_is_taken_over_and_resumed(tmp_path):
     assert all(math.isfinite(t.value) for t in trials)
 
 
+@pytest.mark.integration
 def test_runs_live_under_the_sweep_folder_with_their_hyperparameters(tmp_path):
     args = tiny(tmp_path, "--grid", "arch.args.rho=0.01,0.05", "--grid", "data_loader.args.data_seed=0,1",
                 "--set", "trainer.tensorboard=true")
@@ -375,6 +385,7 @@ def test_runs_live_under_the_sweep_folder_with_their_hyperparameters(tmp_path):
     assert {("test", "test/elbo"), ("test", "test/ari"), ("train", "epoch/loss")} <= metrics
 
 
+@pytest.mark.integration
 def test_running_the_finished_command_again_changes_nothing(tmp_path, capsys):
     args = tiny(tmp_path, "--seeds", "0", "1")
     assert sweep.main(args) == 0
@@ -388,6 +399,7 @@ def test_running_the_finished_command_again_changes_nothing(tmp_path, capsys):
     assert len(sweep_folders(tmp_path)) == 2
 
 
+@pytest.mark.integration
 def test_a_failed_run_is_recorded_and_the_sweep_exits_1(tmp_path, capsys):
     args = tiny(tmp_path, "--grid", "optimizer.args.lr=1e-2,1e30", "--set", "trainer.nan_policy=stop")
     assert sweep.main(args) == 1

@@ -7,11 +7,11 @@ import matplotlib.image
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import test as test_script
 from tests.conftest import ROOT
 from tests.test_svae_regression import SHRINKS
-from train import train
-from trainer.build import load_and_check
+from trainer import jobs
+from trainer.components import load_and_check
+from trainer.jobs import train
 from utils.config import read_config_file
 
 MIN_SIDE = 480
@@ -59,7 +59,7 @@ def svae_gmm_run(tmp_path_factory):
     config["trainer"].update(epochs=3, len_epoch=len_epoch, save_dir=str(tmp_path_factory.mktemp("saved")),
                              verbosity=0, tensorboard=True, visualize_every=5)
     run_dir = train(load_and_check(base=config)).run_dir
-    results = test_script.evaluate(run_dir / "checkpoints" / "last.pt", iw_samples=3, progress=False)
+    results = jobs.evaluate(run_dir / "checkpoints" / "last.pt", iw_samples=3, progress=False)
     return run_dir, results
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import pytest
 import torch
 
 from tests.conftest import final_state
-from train import RunOptions, train
-from trainer.build import load_and_check
+from trainer.components import load_and_check
+from trainer.jobs import RunOptions, train
+from trainer.optim import skips_step_on_found_inf, step_with_found_inf
 from utils.checkpoint import load_checkpoint
 from utils.errors import NonFiniteLossError
 from utils.run_dir import new_run_dir
@@ -52,18 +54,18 @@ def test_early_stopping_counts_exactly(regression_config):
     assert load_checkpoint(run.run_dir / "checkpoints" / "model_best.pt")["epoch"] == 1
 
 
-def test_on_epoch_end_sees_every_epoch_and_can_stop_after_its_checkpoints(regression_config, tmp_path):
+def test_after_epoch_sees_every_epoch_and_can_stop_after_its_checkpoints(regression_config, tmp_path):
     """RunOptions (sweep.py's hooks): the epoch callback gets each epoch's log before that epoch's
     checkpoints are written; True stops training once they are; the run lands in the folder asked for."""
     seen = []
 
-    def on_epoch_end(epoch: int, log: dict) -> bool:
+    def after_epoch(epoch: int, log: dict) -> bool:
         seen.append((epoch, sorted(log), (run_dir / "checkpoints" / "last.pt").exists()))
         return epoch == 2
 
     run_dir = tmp_path / "sweep" / "run-a"
     config = load_and_check(base=regression_config, overrides=["trainer.epochs=5", "trainer.verbosity=1"])
-    run = train(config, options=RunOptions(run_dir=run_dir, on_epoch_end=on_epoch_end, console=False))
+    run = train(config, options=RunOptions(run_dir=run_dir, after_epoch=after_epoch, console=False))
     assert run.run_dir == run_dir
     assert seen == [(1, ["loss", "mse"], False), (2, ["loss", "mse"], True)]
     assert final_state(run_dir)["epoch"] == 2
@@ -216,7 +218,7 @@ def test_hooks_parameter_groups_and_schedule_state(regression_config):
     assert set(state["optimizers"]) == {"weight", "bias"} and set(state["schedulers"]) == {"weight"}
     assert int(state["model"]["optimizer_steps"]) == 12  # after_optimizer_step once per step
     assert float(state["model"]["examples_applied"]) == 12 * 16  # with the statistics of its step
-    assert state["schedule"] == {"tau": 0.125}  # on_epoch_end once per epoch, saved
+    assert state["schedule"] == {"tau": 0.125}  # set_epochs_done once per epoch, saved
     assert state["optimizers"]["weight"]["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.5 ** 3)
     assert "exp_avg" in state["optimizers"]["bias"]["state"][0]
 
@@ -334,3 +336,20 @@ def test_parameter_histograms(regression_config, histograms):
         assert last.histogram_value.num == values.numel()
         assert last.histogram_value.min == pytest.approx(float(values.min()))
         assert last.histogram_value.max == pytest.approx(float(values.max()))
+
+
+def test_a_fused_optimizer_skips_on_found_inf_and_fails_clearly_without_torchs_private_flag(monkeypatch):
+    """The Trainer's one use of torch's private GradScaler protocol: a fused optimizer steps nothing where
+    `found_inf` is 1; a torch whose fused optimizer lacks `_step_supports_amp_scaling` is a clear error."""
+    param = torch.nn.Parameter(torch.ones(2))
+    param.grad = torch.ones(2)
+    fused = torch.optim.Adam([param], lr=0.1, fused=True)
+    assert skips_step_on_found_inf(fused) and not skips_step_on_found_inf(torch.optim.Adam([param], lr=0.1))
+    step_with_found_inf(fused, torch.ones(()))
+    assert torch.equal(param.detach(), torch.ones(2)) and not hasattr(fused, "found_inf")
+    step_with_found_inf(fused, torch.zeros(()))
+    assert not torch.equal(param.detach(), torch.ones(2))
+    monkeypatch.delattr(fused, "_step_supports_amp_scaling")
+    expected = rf"torch {re.escape(torch.__version__)}: .*Adam has no attribute '_step_supports_amp_scaling'"
+    with pytest.raises(RuntimeError, match=expected):
+        skips_step_on_found_inf(fused)

@@ -12,8 +12,9 @@ from model.importance import iw_log_likelihood
 from model.likelihoods import BernoulliLikelihood, GaussianLikelihood, StudentTLikelihood
 from model.diagonal_gaussian import gaussian_kl_standard
 from model.vae import VAE
-from train import train
-from trainer.build import load_and_check
+from trainer import jobs
+from trainer.components import load_and_check
+from trainer.jobs import train
 
 
 def test_kl_matches_torch_distributions():
@@ -96,7 +97,7 @@ def trained_vae(tmp_path_factory):
 
 def test_iw_nll_is_below_the_negative_elbo_and_falls_with_k(trained_vae):
     checkpoint = trained_vae.run_dir / "checkpoints" / "last.pt"
-    by_k = {k: test_script.evaluate(checkpoint, device="cpu", iw_samples=k, progress=False) for k in (1, 10, 300)}
+    by_k = {k: jobs.evaluate(checkpoint, device="cpu", iw_samples=k, progress=False) for k in (1, 10, 300)}
     for results in by_k.values():
         assert results["iw_nll"] <= -results["elbo"] + 0.05
     assert by_k[1]["iw_nll"] > by_k[10]["iw_nll"] > by_k[300]["iw_nll"]

@@ -58,3 +58,32 @@ def build_optimizers(model: nn.Module, config: dict) -> tuple[dict[str, Optimize
             spath = "lr_scheduler" if name == "all" else f"{path}.lr_scheduler"
             schedulers[name] = SCHEDULERS.build(group["lr_scheduler"], spath, optimizers[name])
     return optimizers, schedulers
+
+
+# torch's private protocol between GradScaler and its fused optimizers (Adam, AdamW, SGD, Adagrad): an
+# optimizer whose `_step_supports_amp_scaling` is True reads a `found_inf` attribute (a float tensor) in
+# `step()` and changes nothing where it is 1. Used here alone, so that a torch that changes it fails clearly.
+AMP_SCALING_FLAG = "_step_supports_amp_scaling"
+
+
+def skips_step_on_found_inf(optimizer: Optimizer) -> bool:
+    """Whether `step_with_found_inf` can skip `optimizer`'s step on the device. Raises RuntimeError naming the
+    torch version and the attribute when a fused optimizer lacks the private flag (torch changed the protocol)."""
+    if optimizer.defaults.get("fused") and not hasattr(optimizer, AMP_SCALING_FLAG):
+        raise RuntimeError(
+            f"torch {torch.__version__}: the fused optimizer {type(optimizer).__name__} has no attribute "
+            f"{AMP_SCALING_FLAG!r}, the private flag through which the Trainer skips a step with a non-finite "
+            f"loss on the device (optimizer.found_inf); this torch changed that private API: set 'fused: false' "
+            f"in the optimizer's args, or use a torch version this code was tested with"
+        )
+    return bool(getattr(optimizer, AMP_SCALING_FLAG, False))
+
+
+def step_with_found_inf(optimizer: Optimizer, found_inf: torch.Tensor) -> None:
+    """`optimizer.step()` that changes nothing where `found_inf` (0-d float, on the device) is 1; only for an
+    optimizer that `skips_step_on_found_inf`."""
+    optimizer.found_inf = found_inf
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf

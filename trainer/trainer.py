@@ -10,12 +10,9 @@ loss on the host before its step."""
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
-import re
 import sys
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import torch
 import yaml
@@ -25,14 +22,15 @@ from tqdm import tqdm
 
 from base.base_data_loader import BaseDataLoader
 from base.base_model import BaseModel
-from base.base_trainer import BaseTrainer
+from base.base_trainer import BaseTrainer, EpochCallback, TrainerContext
 from logger.figures import FigureWriter, file_stem
+from logger.hparams import hparams_of
 from logger.tensorboard import TensorboardWriter
 from trainer.metric_tracker import MetricTracker
 from trainer.non_finite import NonFiniteWatch
-from utils.config import flatten
+from trainer.optim import skips_step_on_found_inf, step_with_found_inf
 from utils.device import move_to
-from utils.distributed import DistInfo, all_reduce_sum, sum_statistics
+from utils.distributed import all_reduce_sum, sum_statistics
 from utils.errors import NonFiniteLossError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -41,16 +39,18 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 class Trainer(BaseTrainer):
     """Trains any BaseModel on any BaseDataLoader as the config says."""
 
-    def __init__(self, model: BaseModel, optimizers: dict, schedulers: dict, config: dict,
-                 data: BaseDataLoader, device: torch.device, device_ids: list[int], run_dir: Path | None,
-                 dist_info: DistInfo, logger: logging.Logger, writer: TensorboardWriter):
+    def __init__(self, model: BaseModel, optimizers: dict, schedulers: dict, data: BaseDataLoader, config: dict,
+                 context: TrainerContext, after_epoch: EpochCallback | None = None):
+        """`optimizers` and `schedulers` by parameter group (`build_optimizers`); `after_epoch` as in
+        BaseTrainer. Resume with `load_state_dict(checkpoint)` before `fit()`."""
         cfg = config["trainer"]
+        device, device_ids, dist_info = context.device, context.device_ids, context.dist
         amp = cfg["amp"]
         if amp != "off" and device.type != "cuda":
-            logger.warning("trainer.amp=%s needs CUDA; training in full precision on %s", amp, device.type)
+            context.logger.warning("trainer.amp=%s needs CUDA; training in full precision on %s", amp, device.type)
             amp = "off"
         scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
-        super().__init__(model.to(device), optimizers, schedulers, config, run_dir, dist_info, logger, scaler)
+        super().__init__(model.to(device), optimizers, schedulers, config, context, after_epoch, scaler)
         self.amp_dtype = AMP_DTYPES.get(amp)
         self.device = device
         self.model: nn.Module = model
@@ -70,22 +70,21 @@ class Trainer(BaseTrainer):
         self.vis_batch = vis_set.__getitems__(list(range(min(model.visualization_size, len(vis_set)))))
 
         self.compiled = self._compile(cfg["compile"])
-        self.writer = writer
+        self.writer = context.writer if context.writer is not None else TensorboardWriter(None, enabled=False)
         self.grad_clip = cfg["grad_clip"]
         self.nan_policy = cfg["nan_policy"]
         self.log_every = cfg["log_every"]
         self.visualize_every = cfg["visualize_every"]
         self.histograms = cfg["histograms"]
-        self.show_progress = cfg["verbosity"] > 0 and dist_info.is_main and sys.stderr.isatty()
+        self.show_progress = context.console and cfg["verbosity"] > 0 and dist_info.is_main and sys.stderr.isatty()
         self.tracker = MetricTracker()
         self.non_finite = NonFiniteWatch(device)
         #: a non-finite step can be skipped without a host read: the GradScaler or every optimizer takes found_inf
-        self.skip_on_device = scaler is not None or all(getattr(opt, "_step_supports_amp_scaling", False)
-                                                         for opt in optimizers.values())
+        self.skip_on_device = scaler is not None or all(skips_step_on_found_inf(opt) for opt in optimizers.values())
         self.skipped_steps = 0
         self.drawn_epoch = 0
         self.schedules: dict[str, float] = {}
-        self.hparams = hparams_of(config)  # HPARAMS columns; a sweep adds the keys it varies
+        self.hparams = {**hparams_of(config), **context.hparams}  # HPARAMS columns; a sweep adds the keys it varies
         if dist_info.is_main:
             self.writer.train.add_text("config", _as_markdown_code(yaml.safe_dump(config, sort_keys=False)), 0)
 
@@ -94,7 +93,7 @@ class Trainer(BaseTrainer):
         self.schedules = self.model_core.schedule_values()  # the values this epoch trains with
         log = self.train_epoch(epoch)
         log.update({f"val_{k}": v for k, v in self.valid_epoch().items()})
-        self.model_core.on_epoch_end(epoch)
+        self.model_core.set_epochs_done(epoch)
         for sched in self.schedulers.values():
             if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 sched.step(log[self.monitor_key or ("val_loss" if "val_loss" in log else "loss")])
@@ -247,12 +246,9 @@ class Trainer(BaseTrainer):
         found_inf = (~finite).float() if self.skip_on_device else None
         for opt in self.optimizers.values():
             if found_inf is not None:
-                opt.found_inf = found_inf
-            try:
+                step_with_found_inf(opt, found_inf)
+            else:
                 opt.step()
-            finally:
-                if found_inf is not None:
-                    del opt.found_inf
 
     def _finite_on_every_rank(self, loss: torch.Tensor) -> torch.Tensor:
         """Whether the loss is finite on every rank, a 0-d bool on the device (no host read)."""
@@ -325,32 +321,6 @@ class Trainer(BaseTrainer):
         if self.dist.is_main and log and self.visualize_every and self.drawn_epoch != epoch:  # the last epoch
             self._visualize(epoch)
         self.writer.close()
-
-
-def hparams_of(config: dict) -> dict[str, Any]:
-    """The HPARAMS columns every run shares: architecture, learning rate(s), batch size, seed, epochs, then
-    the flattened arch.args (lists as text)."""
-    optimizers = config["optimizer"]
-    groups = {"": optimizers} if "type" in optimizers else optimizers
-    columns: dict[str, Any] = {"architecture": config["arch"]["type"]}
-    for group, spec in groups.items():
-        columns[f"lr/{group}" if group else "lr"] = spec["args"].get("lr")
-    columns.update(batch_size=config["data_loader"]["args"].get("batch_size"), seed=config["seed"],
-                   epochs=config["trainer"]["epochs"])
-    for key, value in flatten({"arch": config["arch"].get("args") or {}}).items():
-        columns[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
-    return {key: value for key, value in columns.items() if value is not None}
-
-
-SHOWN_BY_HPARAMS = re.compile(r"arch\.args\..+|optimizer\.(\w+\.)?args\.lr|data_loader\.args\.batch_size|"
-                              r"trainer\.epochs|seed")
-
-
-def extra_hparams(values: dict[str, Any]) -> dict[str, Any]:
-    """HPARAMS columns for config values by key path (a sweep's parameters), without those `hparams_of`
-    already shows under its own names (arch.args.*, learning rates, batch size, epochs, seed)."""
-    return {key: value if isinstance(value, (bool, int, float, str)) else str(value)
-            for key, value in values.items() if not SHOWN_BY_HPARAMS.fullmatch(key)}
 
 
 def _as_markdown_code(text: str) -> str:

@@ -83,6 +83,19 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     return state
 
 
+def load_model_weights(model: torch.nn.Module, state: dict) -> None:
+    """Load a checkpoint's weights and schedule state into `model` (a BaseModel), or say why they do not fit."""
+    arch = model.__class__.__name__
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise CheckpointError(
+            f"checkpoint (architecture {state['arch']!r}) does not fit the model {arch}: {detail}"
+        ) from None
+    model.load_schedule_state(state.get("schedule", {}))
+
+
 def run_dir_of(checkpoint_path: str | Path) -> Path | None:
     """saved/<name>/<run>/checkpoints/last.pt -> saved/<name>/<run>; None outside a run folder."""
     parent = Path(checkpoint_path).resolve().parent

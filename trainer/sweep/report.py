@@ -10,10 +10,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from trainer.sweep.grid import grid_runs
+from trainer.sweep.run import metric_value, read_result
+from trainer.sweep.spec import SweepSpec
 from utils.checkpoint import write_atomic
-from utils.sweep.grid import grid_runs
-from utils.sweep.run import metric_value, read_result
-from utils.sweep.spec import SweepSpec
 
 RESULTS_FILE = "results.csv"
 SUMMARY_FILE = "summary.md"

@@ -14,10 +14,10 @@ import secrets
 import time
 from pathlib import Path
 
+from trainer.sweep.spec import SweepSpec
 from utils.checkpoint import write_atomic
 from utils.errors import OutputWriteError
 from utils.run_dir import check_save_dir
-from utils.sweep.spec import SweepSpec
 
 SPEC_FILE = "sweep.json"
 

@@ -1,4 +1,5 @@
-"""Build the model and the data loader from a validated config (train.py, test.py, benchmarks)."""
+"""The data loaders and the model of a validated config, and the metrics its runs report (trainer.jobs,
+the sweep, benchmarks)."""
 from __future__ import annotations
 
 from base.base_data_loader import BaseDataLoader
@@ -53,13 +54,21 @@ def build_model(config: dict, data: BaseDataLoader) -> BaseModel:
                                sequence_names=data.sequence_names, frame_rate=data.frame_rate)
 
 
+def metric_names(config: dict) -> tuple[str, ...]:
+    """The test metrics a config asks for: its `metrics`, or (when it names none) every metric of its
+    architecture. The one fallback that evaluation, the sweep's objective check and its records share."""
+    if config["metrics"] is not None:
+        return tuple(config["metrics"])
+    return ARCHITECTURES.get(config["arch"]["type"], "arch.type").metric_names()
+
+
 def eval_metric_names(config: dict, model: BaseModel, data: BaseDataLoader) -> tuple[str, ...]:
-    """The metrics test.py computes: config `metrics`, or every metric of the model that it can compute on the
-    data (`BaseModel.metric_problem`: e.g. a field the data's batches lack). Raises ConfigError for a listed
-    metric that cannot be computed."""
+    """The metrics test.py computes: `metric_names(config)`, without (when the config names none) those the
+    model cannot compute on the data (`BaseModel.metric_problem`: e.g. a field the data's batches lack).
+    Raises ConfigError for a listed metric that cannot be computed."""
     fields = data.fields
     if config["metrics"] is None:
-        return tuple(m.name for m in model.metrics if model.metric_problem(m.name, fields) is None)
+        return tuple(name for name in metric_names(config) if model.metric_problem(name, fields) is None)
     for name in config["metrics"]:
         problem = model.metric_problem(name, fields)
         if problem is not None:

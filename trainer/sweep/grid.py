@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from utils.sweep.folder import run_lock
-from utils.sweep.run import execute, read_result
-from utils.sweep.spec import SweepSpec
+from trainer.sweep.folder import run_lock
+from trainer.sweep.run import execute, read_result
+from trainer.sweep.spec import SweepSpec
 
 
 @dataclass(frozen=True)

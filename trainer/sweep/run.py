@@ -7,23 +7,21 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-import test as test_script
-import train as train_script
-from model import ARCHITECTURES
-from trainer.build import load_and_check
-from trainer.trainer import extra_hparams
+from base.base_trainer import EpochCallback
+from logger.hparams import extra_hparams
+from trainer import jobs
+from trainer.components import load_and_check, metric_names
+from trainer.sweep.spec import SweepSpec
 from utils.checkpoint import load_checkpoint, write_atomic
 from utils.errors import UserError
-from utils.sweep.spec import SweepSpec
 
 RESULT_FILE = "result.json"
 HISTORY_FILE = "epochs.jsonl"
 
-EpochCallback = Callable[[int, dict[str, float]], bool]
 
 
 def read_result(run_dir: Path) -> dict | None:
@@ -45,12 +43,12 @@ def read_history(run_dir: Path) -> dict[int, dict[str, float]]:
 
 
 def _history_writer(run_dir: Path, then: EpochCallback | None) -> EpochCallback:
-    def on_epoch_end(epoch: int, log: dict[str, float]) -> bool:
+    def after_epoch(epoch: int, log: dict[str, float]) -> bool:
         with open(run_dir / HISTORY_FILE, "a") as f:
             f.write(json.dumps({"epoch": epoch, **log}) + "\n")
         return bool(then is not None and then(epoch, log))
 
-    return on_epoch_end
+    return after_epoch
 
 
 def metric_value(metric: str, record: dict) -> float:
@@ -73,9 +71,8 @@ def execute(folder: Path, run: str, spec: SweepSpec, params: dict[str, Any], see
             pruned.append(epoch)
         return bool(pruned)
 
-    options = train_script.RunOptions(on_epoch_end=_history_writer(run_dir, watch),
-                                      hparams={**extra_hparams(params), **(hparams or {})},
-                                      console=False)
+    options = jobs.RunOptions(after_epoch=_history_writer(run_dir, watch),
+                              hparams={**extra_hparams(params), **(hparams or {})}, console=False)
     record: dict[str, Any] = {"run": run, "params": params, "seed": seed, "run_dir": run,
                               "threads": torch.get_num_threads()}
     started = time.perf_counter()
@@ -83,12 +80,12 @@ def execute(folder: Path, run: str, spec: SweepSpec, params: dict[str, Any], see
         if last.is_file():
             checkpoint = load_checkpoint(last)
             config = load_and_check(base=checkpoint["config"])
-            train_script.train(config, checkpoint, last, options=options)
+            jobs.train(config, checkpoint, last, options=options)
         else:
             shutil.rmtree(run_dir, ignore_errors=True)  # killed before its first checkpoint: start again
             config = spec.run_config(params, seed)
             options.run_dir = run_dir
-            train_script.train(config, options=options)
+            jobs.train(config, options=options)
         if pruned:
             record.update(status="pruned", epoch=pruned[0])
         else:
@@ -108,9 +105,8 @@ def _evaluate(run_dir: Path, config: dict, iw_samples: int) -> dict[str, Any]:
     checkpoints = run_dir / "checkpoints"
     best = checkpoints / "model_best.pt"
     evaluated = best if best.is_file() else checkpoints / "last.pt"
-    results = test_script.evaluate(evaluated, iw_samples=iw_samples, progress=False)
-    names = tuple(config["metrics"] or ARCHITECTURES.get(config["arch"]["type"], "arch.type").metric_names())
-    metrics = test_script.metric_values(results, names)
+    results = jobs.evaluate(evaluated, iw_samples=iw_samples, progress=False)
+    metrics = jobs.metric_values(results, metric_names(config))
     monitor = config["trainer"]["monitor"].split()
     if len(monitor) == 2:
         metrics[f"best_{monitor[1]}"] = float(load_checkpoint(checkpoints / "last.pt")["monitor_best"])

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.build import build_data, build_model, load_and_check
+from trainer.components import build_data, build_model, load_and_check
 from utils.config import parse_value, read_config_file
 from utils.errors import ConfigError
 

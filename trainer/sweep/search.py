@@ -17,11 +17,11 @@ import socket
 from pathlib import Path
 from typing import Any, Callable
 
+from trainer.sweep.folder import FileLock, run_lock
+from trainer.sweep.grid import folder_name
+from trainer.sweep.run import execute, metric_value, read_result
+from trainer.sweep.spec import SweepSpec
 from utils.errors import ConfigError
-from utils.sweep.folder import FileLock, run_lock
-from utils.sweep.grid import folder_name
-from utils.sweep.run import execute, metric_value, read_result
-from utils.sweep.spec import SweepSpec
 
 STUDY_FILE = "study.db"
 #: sampler name -> (optuna.samplers class name, the extra package it needs)
