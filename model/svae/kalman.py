@@ -12,9 +12,10 @@ constants included, so KL(q || p) = sum_t E_q[psi_t] - log Z.
 
 Forward pass (information-form Kalman filter): the filtered potentials (J^f_t, h^f_t) of x_t given
 psi_1..t, sequentially or by a parallel associative scan. Backward pass: the filter gives the
-conditionals x_t | x_{t+1} ~ N(G_t x_{t+1} + b_t, P_t^-1) with P_t = J^f_t + J11, G_t = -P_t^-1 J12,
-b_t = P_t^-1 h^f_t, so the RTS smoother (means, covariances) and the backward sampler are one affine
-recursion, again sequential or an associative scan. All batched over sequences, float64.
+conditionals x_t | x_{t+1} ~ N(G_t x_{t+1} + b_t, P_t^-1) (`expfam.gaussian.condition` of the filtered
+pair potential) with P_t = J^f_t + J11, G_t = -P_t^-1 J12, b_t = P_t^-1 h^f_t, so the RTS smoother (means,
+covariances) and the backward sampler are one affine recursion, again sequential or an associative scan. All
+batched over sequences, float64.
 
 The sequential loops (`_InformationFilter`, `_Smoother`) have hand-written adjoints and do one or two
 fused products per step on views made before the loop: at one short sequence per training step the cost
@@ -279,7 +280,8 @@ def _combine_chain(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...],
 
     A segment is a potential over its (first, last) states, -1/2 [s; e]^T [[A, C], [C^T, D]] [s; e]
     + a^T s + d^T e, stored as (A, C, D, a, d). Combining (s, m) with (m, e) integrates m out
-    (a Schur complement) and gives the potential over (s, e); the constants are not tracked. The
+    (`expfam.gaussian.marginalise` with x_a = (s, e), x_b = m, written out per block so that the scan builds
+    no (2n, 2n) matrices) and gives the potential over (s, e); the constants are not tracked. The
     factorisation's jitter-retry count is appended to `retries`.
     """
     A1, C1, D1, a1, d1 = a
