@@ -231,7 +231,7 @@ def test_default_recurrent_graph_vae_job_predicts_the_dot(tmp_path):
     print(f"elbo/frame {results['elbo']:.4f} (without latents {without_latents['elbo']:.4f}, "
           f"ceiling {ceiling:.4f}); -iw_nll/frame {-results['iw_nll']:.4f}; pred_mse_per_sample "
           f"{results['pred_mse_per_sample']:.4f} (blind sampler {blind_sample_mse:.4f}, repeat last "
-          f"{results['pred_mse_repeat_last']:.4f}); sample mean {results['pred_mse']:.4f} (blind "
+          f"{results['pred_mse_repeat_last']:.4f}); pred_mse {results['pred_mse']:.4f} (blind mean "
           f"{blind_mean_mse:.4f}); kl_nodes {results['kl_nodes']}")
     # by at least 1 nat per step (the gap is about 4): the same model with z zeroed ties the baseline to 0.002 nats
     assert without_latents["elbo"] + 1.0 < results["elbo"] <= -results["iw_nll"] < ceiling
