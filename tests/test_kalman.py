@@ -128,7 +128,7 @@ def test_extreme_node_precisions_stay_finite():
 
 
 def test_expected_potentials_become_the_exact_lds_log_density():
-    """With q(theta) concentrated (nu -> infinity, K -> 0, kappa -> infinity), the expected potentials
+    """With q(theta) concentrated (nu -> infinity, V -> 0, kappa -> infinity), the expected potentials
     evaluated at a path equal log N(x_1 | mu0, Sigma0) + sum_t log N(x_t+1 | A x_t, Q)."""
     gen = torch.Generator().manual_seed(6)
     n, T, nu = 3, 5, 1e9

@@ -174,7 +174,7 @@ def evaluate(checkpoint_path: str | Path, device: str = "auto", batch_size: int 
 
 
 def metric_values(results: dict[str, Any], metrics: tuple[str, ...]) -> dict[str, float]:
-    """The numbers of `results` that the metrics reported (`elbo`, `elbo_per_step`, ...), for charts;
+    """The numbers of `results` that the metrics reported (`elbo`, `elbo_per_sequence`, ...), for charts;
     bookkeeping (epoch, num_examples, iw_samples, prefix_len, ...) stays in test_metrics.json and the text tab."""
     return {key: value for key, value in results.items()
             if isinstance(value, (int, float)) and any(key == m or key.startswith(f"{m}_") for m in metrics)}
