@@ -10,12 +10,12 @@ import torch
 from base.base_model import BaseModel
 from base.metric import Metric, mean_of
 from model.diagonal_gaussian import gaussian_kl_standard, reparameterized_log_prob, standard_normal_log_prob
+from model.figures import log_figure, log_image_grids, scatter_figure
 from model.importance import iw_log_likelihood
 from model.kl_warmup import KLWarmup
 from model.likelihoods import LIKELIHOODS
 from model.networks import mlp
 from model.registry import ARCHITECTURES
-from model.figures import log_figure, log_image_grids, scatter_figure
 
 
 @ARCHITECTURES.register("VAE")

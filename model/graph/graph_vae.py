@@ -14,14 +14,14 @@ from base.base_model import BaseModel
 from base.metric import Metric, PerExample, mean_of
 from model.diagonal_gaussian import (bounded_log_variance, gaussian_kl, gaussian_log_prob, precision_weighted_fusion,
                                      reparameterized_log_prob)
+from model.figures import log_image_grids
+from model.graph.figures import log_graph
 from model.graph.gates import EdgeGates, GateSchedule
 from model.importance import iw_log_likelihood
 from model.kl_warmup import KLWarmup
 from model.likelihoods import LIKELIHOODS
 from model.networks import ACTIVATIONS, StackedMLP, mlp
 from model.registry import ARCHITECTURES
-from model.figures import log_image_grids
-from model.graph.figures import log_graph
 
 class Posterior(NamedTuple):
     """One top-down pass: z (..., N, d), KL per node (..., N), and log p(z | c) and log q(z | x, c) (...) when

@@ -10,14 +10,14 @@ from torch import nn
 from base.base_model import BaseModel
 from base.metric import Metric, PerExample, mean_of, ratio_of_sums
 from model.diagonal_gaussian import bounded_log_variance, gaussian_kl, gaussian_log_prob, reparameterized_log_prob
+from model.figures import log_sequences
+from model.graph.figures import log_graph
 from model.graph.gates import EdgeGates, GateSchedule
 from model.importance import iw_log_likelihood
 from model.kl_warmup import KLWarmup
 from model.likelihoods import LIKELIHOODS, StrokeLikelihood
 from model.networks import ACTIVATIONS, StackedMLP, mlp
 from model.registry import ARCHITECTURES
-from model.figures import log_sequences
-from model.graph.figures import log_graph
 from utils.errors import ConfigError, DataError
 
 

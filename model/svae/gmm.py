@@ -14,11 +14,11 @@ from model.likelihoods import StudentTLikelihood
 from model.metrics import adjusted_rand_index, normalized_mutual_info
 from model.networks import GaussianResNet
 from model.registry import ARCHITECTURES
+from model.svae.figures import log_gmm_clusters
 from model.svae.gmm_inference import MeanFieldPosterior, MixtureExpectations, local_meanfield, mixture_expectations
 from model.svae.graphical_model import DIRICHLET, NIW, GraphicalModel
 from model.svae.recognition import GaussianRecognition
 from model.svae.structured_vae import StructuredVAE
-from model.svae.figures import log_gmm_clusters
 from utils.errors import DataError
 
 IN_USE_THRESHOLD = 0.05  # a component is "in use" when its mean responsibility exceeds this

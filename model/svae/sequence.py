@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+
 from base.metric import Metric, PerExample, ratio_of_sums
+from model.figures import log_sequences
 from model.likelihoods import BernoulliLikelihood, GaussianLikelihood
 from model.networks import GaussianResNet
 from model.svae.graphical_model import GraphicalModel, LocalPosterior
 from model.svae.recognition import GaussianRecognition
 from model.svae.structured_vae import StructuredVAE
-from model.figures import log_sequences
 from utils.errors import ConfigError, DataError
 
 

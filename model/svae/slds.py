@@ -14,12 +14,12 @@ from base.metric import Metric, PerExample
 from model.expfam import dirichlet
 from model.expfam.mniw import MNIWNatural
 from model.expfam.niw import NIWNatural
+from model.figures import log_figure
 from model.metrics import adjusted_rand_index, match_labels, matched_accuracy, normalized_mutual_info
 from model.registry import ARCHITECTURES
 from model.svae.chain import dynamics_prior, dynamics_statistics, initial_state_prior, initial_state_statistics, \
     point_dynamics, simulate_dynamics
 from model.svae.figures import segmentation_figure
-from model.figures import log_figure
 from model.svae.graphical_model import DIRICHLET, MNIW, NIW, GraphicalModel
 from model.svae.hmm import hmm_log_normalizer
 from model.svae.kalman import METHODS, chain_extent, expected_lds_potentials, initial_log_potential
