@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import tests.fakes  # noqa: F401  (registers the test models and data)
+from tests.postgres import postgresql_url  # noqa: F401  (a fixture: a throwaway PostgreSQL server)
 from tests.shrinks import SHRINKS as ARCHS  # noqa: F401  (the one shrink table; ARCHS: its older name)
 from tests.shrinks import shrunk_config  # noqa: F401
 from utils.config import read_config_file

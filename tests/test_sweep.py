@@ -151,11 +151,26 @@ def test_bad_search_space_is_one_line_and_starts_nothing(tmp_path, capsys, space
 @pytest.mark.parametrize("storage", ["sqlite:////no/such/folder/study.db", "journal:/no/such/folder/study.log",
                                      "postgresql://user@127.0.0.1:1/db"])
 def test_unreachable_storage_is_one_line_and_starts_nothing(tmp_path, capsys, storage):
+    if storage.startswith("postgresql"):
+        pytest.importorskip("psycopg", reason="no PostgreSQL driver: pip install -r requirements-scale.txt")
     args = tiny(tmp_path, "--search", str(write_space(tmp_path, SPACE)), "--objective", "max elbo",
                 "--storage", storage)
     assert sweep.main(args) == 2
     err = one_line_error(capsys.readouterr().err)
     assert f"--storage {storage}: cannot open the study storage" in err
+    assert not (tmp_path / "saved").exists()
+
+
+def test_a_missing_postgresql_driver_names_the_package_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # import psycopg fails, as where it is not installed
+    monkeypatch.setitem(sys.modules, "psycopg2", None)
+    storage = "postgresql://postgres@127.0.0.1:1/optuna"
+    args = tiny(tmp_path, "--search", str(write_space(tmp_path, SPACE)), "--objective", "max elbo",
+                "--storage", storage)
+    assert sweep.main(args) == 2
+    err = one_line_error(capsys.readouterr().err)
+    assert err == (f"error: --storage {storage}: the PostgreSQL driver is not installed: pip install -r "
+                   f"requirements-scale.txt (psycopg[binary])")
     assert not (tmp_path / "saved").exists()
 
 
@@ -295,6 +310,29 @@ def test_two_commands_on_one_journal_study_share_its_trials(tmp_path):
     assert sorted(ran) == [f"t{i:04d}-seed=0:" for i in range(6)]  # each trial once, over both commands
     [folder] = sweep_folders(tmp_path)  # the same command finds the same sweep folder
     assert len(read_rows(folder)) == 6
+
+
+@pytest.mark.integration
+def test_two_machines_share_a_study_on_a_postgresql_server(tmp_path, postgresql_url):
+    """Two sweep.py commands with their own sweep folders (two machines), sharing only a PostgreSQL study: every
+    trial runs exactly once over both, and the study holds them all, COMPLETE."""
+    import optuna
+
+    commands = []
+    for machine in ("a", "b"):
+        args = [*TINY, "--set", f"trainer.save_dir={tmp_path / machine}", "--search",
+                str(write_space(tmp_path, SPACE)), "--trials", "4", "--objective", "max elbo", "--storage",
+                postgresql_url, "--study-name", "two-machines", "--threads", "1"]
+        commands.append(subprocess.Popen([sys.executable, "sweep.py", *args], cwd=ROOT,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, text=True))
+    outputs = [command.communicate(timeout=300) for command in commands]
+    assert [command.returncode for command in commands] == [0, 0], outputs
+    trials = optuna.load_study(study_name="two-machines", storage=postgresql_url).get_trials()
+    assert sorted(t.number for t in trials) == list(range(4))
+    assert {t.state.name for t in trials} == {"COMPLETE"}
+    ran = [line.split()[1] for out, _ in outputs for line in out.splitlines() if line.startswith("[sweep]")]
+    assert sorted(ran) == [f"t{i:04d}-seed=0:" for i in range(4)]  # each trial once, over both machines
 
 
 def wait_for(predicate, timeout: float = 120) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import random
 import socket
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -61,11 +63,33 @@ def open_storage(url: str | None, folder: Path | None):
             if not path.parent.is_dir():
                 raise FileNotFoundError(f"no folder {path.parent}")
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as err:  # a missing driver, a refused connection, a bad URL, an unwritable file
+        return _rdb_storage(url)
+    except ImportError as err:  # SQLAlchemy's default PostgreSQL driver is psycopg (3), an optional install
+        if url.startswith("postgresql"):
+            raise ConfigError(f"--storage {url}: the PostgreSQL driver is not installed: pip install -r "
+                              f"requirements-scale.txt (psycopg[binary])") from None
+        raise ConfigError(f"--storage {url}: cannot open the study storage (ImportError: {err}); install the "
+                          f"database driver that SQLAlchemy names for this URL") from None
+    except Exception as err:  # a refused connection, a bad URL, an unwritable file
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise ConfigError(f"--storage {url}: cannot open the study storage ({type(err).__name__}: {reason}); "
                           f"give a reachable Optuna storage URL or journal:PATH") from None
+
+
+def _rdb_storage(url: str, attempts: int = 5):
+    """Optuna's RDBStorage on `url`. Commands started together on an empty database race to create its tables
+    (the loser gets an IntegrityError or a duplicate-table error): each retries after a short random pause, and
+    then finds the tables made."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except (IntegrityError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0.2, 1.0))
 
 
 def study_name(spec: SweepSpec) -> str:
