@@ -116,10 +116,10 @@ def announce(record: dict) -> None:
           + (f": {detail}" if detail else ""), flush=True)
 
 
-def work(folder: Path, spec: SweepSpec, study) -> None:
-    """One worker: run study trials (a search) or grid runs until none is left."""
+def work(folder: Path, spec: SweepSpec, study, storage) -> None:
+    """One worker: run study trials (a search, its study in `storage`) or grid runs until none is left."""
     if study is not None:
-        search.work_on_study(folder, spec, study, announce)
+        search.work_on_study(folder, spec, study, storage, announce)
     else:
         work_through_grid(folder, spec, announce)
 
@@ -132,12 +132,12 @@ def _die_with_parent() -> None:
         pass
 
 
-def start_workers(folder: Path, spec: SweepSpec, args, threads: int, study) -> None:
-    """`args.workers` worker processes (one in this process, on `study`, when 1), each with `threads`
-    threads."""
+def start_workers(folder: Path, spec: SweepSpec, args, threads: int, study, storage) -> None:
+    """`args.workers` worker processes (one in this process, on `study` in `storage`, when 1), each with
+    `threads` threads."""
     if args.workers == 1:
         torch.set_num_threads(threads)
-        work(folder, spec, study)
+        work(folder, spec, study, storage)
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(folder), "--threads", str(threads)]
@@ -151,14 +151,16 @@ def start_workers(folder: Path, spec: SweepSpec, args, threads: int, study) -> N
 
 
 def write_report(folder: Path, spec: SweepSpec, study) -> list[dict]:
-    """results.csv and summary.md, from the study (a search) or the run folders (a grid)."""
+    """results.csv and summary.md, from the study (a search) or the run folders (a grid). A search's
+    results.csv lists the trials this folder ran, its summary every trial of the study (other machines'
+    too). Returns results.csv's rows."""
     if study is not None:
-        rows = report.study_rows(study, spec)
+        rows, every = report.study_rows(study, spec, folder), report.study_rows(study, spec)
     else:
-        rows = report.grid_rows(folder, spec)
+        rows = every = report.grid_rows(folder, spec)
     report.write_results(folder, rows)
     title = f"Sweep {folder.name} of {spec.config['name']}: `python {' '.join(sys.argv)}`"
-    report.write_summary(folder, rows, spec, title)
+    report.write_summary(folder, every, spec, title)
     return rows
 
 
@@ -175,8 +177,9 @@ def sweep(args) -> int:
           f"{threads} thread(s)", flush=True)
     study = None
     if spec.is_search:  # create the study once, before workers race to
-        study = search.open_study(spec, storage or search.open_storage(None, folder))
-    start_workers(folder, spec, args, threads, study)
+        storage = storage or search.open_storage(None, folder)
+        study = search.open_study(spec, storage)
+    start_workers(folder, spec, args, threads, study, storage)
     rows = write_report(folder, spec, study)
     print((folder / report.SUMMARY_FILE).read_text())
     print(f"wrote {folder / report.RESULTS_FILE} and {folder / report.SUMMARY_FILE}")
@@ -233,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(args.worker)
             spec = read_spec(folder)
             spec.study_name = args.study_name
-            study = (search.open_study(spec, search.open_storage(args.storage, folder), args.worker_index)
-                     if spec.is_search else None)
-            work(folder, spec, study)
+            storage = search.open_storage(args.storage, folder) if spec.is_search else None
+            study = search.open_study(spec, storage, args.worker_index) if spec.is_search else None
+            work(folder, spec, study, storage)
             return 0
         if args.config is None:
             raise ConfigError("give a config: python sweep.py -c CONFIG [--seeds ...] [--grid ...] [--search ...]")

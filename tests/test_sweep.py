@@ -282,7 +282,8 @@ def test_two_workers_split_the_cores_and_run_every_run_once(tmp_path):
 def test_default_threads_are_the_cores_over_the_workers(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     started = []
-    monkeypatch.setattr(sweep, "start_workers", lambda folder, spec, args, threads, study: started.append(threads))
+    monkeypatch.setattr(sweep, "start_workers", lambda folder, spec, args, threads, study, storage:
+                        started.append(threads))
     sweep.main(tiny(tmp_path, "--workers", "4"))
     assert started == [2]
 
@@ -314,25 +315,33 @@ def test_two_commands_on_one_journal_study_share_its_trials(tmp_path):
 
 @pytest.mark.integration
 def test_two_machines_share_a_study_on_a_postgresql_server(tmp_path, postgresql_url):
-    """Two sweep.py commands with their own sweep folders (two machines), sharing only a PostgreSQL study: every
-    trial runs exactly once over both, and the study holds them all, COMPLETE."""
+    """Two sweep.py commands with their own sweep folders (two machines), 2 and 1 workers, sharing only a
+    PostgreSQL study with --trials 6: every trial runs exactly once over the three workers, no trial beyond the
+    6 starts, each command's results.csv lists the trials it ran, and its summary every trial of the study."""
     import optuna
 
     commands = []
-    for machine in ("a", "b"):
-        args = [*TINY, "--set", f"trainer.save_dir={tmp_path / machine}", "--search",
-                str(write_space(tmp_path, SPACE)), "--trials", "4", "--objective", "max elbo", "--storage",
-                postgresql_url, "--study-name", "two-machines", "--threads", "1"]
+    for machine, workers in (("a", "2"), ("b", "1")):
+        args = [*TINY, "--set", f"trainer.save_dir={tmp_path / machine / 'saved'}", "--search",
+                str(write_space(tmp_path, SPACE)), "--trials", "6", "--objective", "max elbo", "--storage",
+                postgresql_url, "--study-name", "two-machines", "--workers", workers, "--threads", "1"]
         commands.append(subprocess.Popen([sys.executable, "sweep.py", *args], cwd=ROOT,
                                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True))
     outputs = [command.communicate(timeout=300) for command in commands]
     assert [command.returncode for command in commands] == [0, 0], outputs
     trials = optuna.load_study(study_name="two-machines", storage=postgresql_url).get_trials()
-    assert sorted(t.number for t in trials) == list(range(4))
+    assert sorted(t.number for t in trials) == list(range(6))  # none beyond --trials
     assert {t.state.name for t in trials} == {"COMPLETE"}
-    ran = [line.split()[1] for out, _ in outputs for line in out.splitlines() if line.startswith("[sweep]")]
-    assert sorted(ran) == [f"t{i:04d}-seed=0:" for i in range(4)]  # each trial once, over both machines
+    ran = [[line.split()[1][:-1] for line in out.splitlines() if line.startswith("[sweep]")]
+           for out, _ in outputs]
+    assert sorted(ran[0] + ran[1]) == [f"t{i:04d}-seed=0" for i in range(6)]  # each trial once, over both
+    for machine, runs in zip("ab", ran):
+        [folder] = sweep_folders(tmp_path / machine)
+        assert sorted(row["run"] for row in read_rows(folder)) == sorted(runs)  # the trials it ran
+        summary = (folder / "summary.md").read_text().splitlines()
+        listed = sorted(int(line.split("|")[1]) for line in summary if line[:3].strip("| ").isdigit())
+        assert listed == list(range(6))  # the summary: every trial of the study
 
 
 def wait_for(predicate, timeout: float = 120) -> None:

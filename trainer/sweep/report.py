@@ -29,10 +29,13 @@ def grid_rows(folder: Path, spec: SweepSpec) -> list[dict[str, Any]]:
     return rows
 
 
-def study_rows(study, spec: SweepSpec) -> list[dict[str, Any]]:
-    """Every run of every trial of the study (a trial not finished yet is one row with its state)."""
+def study_rows(study, spec: SweepSpec, folder: Path | None = None) -> list[dict[str, Any]]:
+    """Every run of every trial of the study, or with `folder` of the trials that sweep folder ran (a trial not
+    finished yet is one row with its state)."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
+        if folder is not None and trial.user_attrs.get("sweep_folder") != str(folder.resolve()):
+            continue
         records = trial.user_attrs.get("runs") or [{"run": f"t{trial.number:04d}", "params": trial.params,
                                                     "seed": "", "run_dir": "", "status": trial.state.name.lower()}]
         for record in records:

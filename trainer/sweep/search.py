@@ -4,18 +4,21 @@ values, the median pruner may stop a trial after any epoch, and constraints mark
 The study lives in a storage: by default study.db (SQLite) in the sweep folder; `--storage` takes any
 Optuna storage URL (sqlite:///, postgresql://, mysql://) or `journal:PATH` (Optuna's journal file
 storage, for a shared file system). Every worker of every command pointed at the same study asks it
-for the next trial, so trials never run twice. Workers sharing a sweep folder count the study's
-trials and ask under one lock, so they never start more than --trials; workers on machines that share
-only the storage may overshoot by one trial each at the end. A trial whose worker died (its lock
-free, its state still RUNNING) is taken over by the next worker of the same sweep folder and resumed
-from its runs' last.pt files."""
+for the next trial, so trials never run twice. Workers count the study's trials and ask under one lock,
+so they never start more than --trials: the sweep folder's file lock, and on PostgreSQL an advisory lock
+on the server, which machines that share only the storage see too (`study_lock`). A trial whose worker
+died (its lock free, its state still RUNNING) is taken over by the next worker of the same sweep folder and
+resumed from its runs' last.pt files."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import random
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,6 +95,27 @@ def _rdb_storage(url: str, attempts: int = 5):
             time.sleep(random.uniform(0.2, 1.0))
 
 
+@contextmanager
+def study_lock(storage, name: str) -> Iterator[None]:
+    """Held while a worker counts the study's trials and asks for one, so that no worker starts one beyond
+    --trials. In PostgreSQL: a session advisory lock on the study's name, which every machine sharing the
+    server sees; elsewhere nothing here (workers of one sweep folder share its file lock, and SQLite or a
+    journal file lives in that folder's file system)."""
+    engine = getattr(storage, "engine", None)  # RDBStorage's SQLAlchemy engine
+    if engine is None or engine.dialect.name != "postgresql":
+        yield
+        return
+    from sqlalchemy import text
+
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    with engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+
+
 def study_name(spec: SweepSpec) -> str:
     """--study-name, else one derived from the spec: the same command joins the same study."""
     return spec.study_name or f"{spec.config['name']}-{spec.identity()}"
@@ -117,9 +141,10 @@ def open_study(spec: SweepSpec, storage, worker: int = 0):
     return study
 
 
-def _next_trial(study, spec: SweepSpec, folder: Path):
+def _next_trial(study, spec: SweepSpec, folder: Path, storage):
     """(trial, lock): a trial of this sweep folder whose worker died, else a new one while the study
-    has fewer than `spec.trials`; None when there is nothing left to run."""
+    has fewer than `spec.trials` (counted and asked under the folder's and the storage's locks); None when
+    there is nothing left to run."""
     import optuna
     from optuna.trial import TrialState
 
@@ -129,7 +154,8 @@ def _next_trial(study, spec: SweepSpec, folder: Path):
             lock = run_lock(folder, trial_name(frozen.number))
             if lock.acquire():
                 return optuna.trial.Trial(study, frozen._trial_id), lock
-    with FileLock(folder / ".locks" / "ask"):  # count and ask as one step: no trial beyond `spec.trials`
+    # count and ask as one step: no trial beyond `spec.trials`
+    with FileLock(folder / ".locks" / "ask"), study_lock(storage, study.study_name):
         if len(study.get_trials(deepcopy=False)) >= spec.trials:
             return None
         trial = study.ask()
@@ -140,9 +166,10 @@ def _next_trial(study, spec: SweepSpec, folder: Path):
     return trial, lock
 
 
-def work_on_study(folder: Path, spec: SweepSpec, study, announce: Callable[[dict], None]) -> None:
-    """Run trials until the study holds `spec.trials` of them and none of this folder is orphaned."""
-    while (claimed := _next_trial(study, spec, folder)) is not None:
+def work_on_study(folder: Path, spec: SweepSpec, study, storage, announce: Callable[[dict], None]) -> None:
+    """Run trials until the study (in `storage`) holds `spec.trials` of them and none of this folder is
+    orphaned."""
+    while (claimed := _next_trial(study, spec, folder, storage)) is not None:
         trial, lock = claimed
         try:
             _run_trial(trial, folder, spec, study, announce)
