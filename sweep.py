@@ -44,7 +44,8 @@ def build_spec(args) -> SweepSpec:
         raise ConfigError("give --grid or --search, not both (search a categorical parameter instead)")
     if not args.search:
         for flag, given in (("--trials", args.trials), ("--prune", args.prune), ("--constraint", args.constraint),
-                            ("--storage", args.storage), ("--study-name", args.study_name)):
+                            ("--storage", args.storage), ("--study-name", args.study_name),
+                            ("--heartbeat-interval", args.heartbeat_interval), ("--grace-period", args.grace_period)):
             if given:
                 raise ConfigError(f"{flag} needs --search SPACE.yaml")
     elif args.objective is None:
@@ -63,6 +64,7 @@ def build_spec(args) -> SweepSpec:
         raise ConfigError("--trials and --iw-samples must be >= 1, --prune-warmup >= 0")
     if spec.is_search:
         search.check_sampler(spec.sampler, bool(spec.constraints))
+        search.check_heartbeat(args.storage, args.heartbeat_interval, args.grace_period)
     data, model = spec.check()
     logged = logged_keys(data, model, config["seed"])
     _check_objective_metrics(spec, logged)
@@ -141,8 +143,10 @@ def start_workers(folder: Path, spec: SweepSpec, args, threads: int, study, stor
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(folder), "--threads", str(threads)]
-    if args.storage:
-        command += ["--storage", args.storage]
+    for flag, value in (("--storage", args.storage), ("--heartbeat-interval", args.heartbeat_interval),
+                        ("--grace-period", args.grace_period)):
+        if value is not None:
+            command += [flag, str(value)]
     workers = [subprocess.Popen(command + ["--worker-index", str(i), "--study-name", search.study_name(spec)],
                                 env=env) for i in range(args.workers)]
     codes = [process.wait() for process in workers]
@@ -166,8 +170,9 @@ def write_report(folder: Path, spec: SweepSpec, study) -> list[dict]:
 
 def sweep(args) -> int:
     spec = build_spec(args)
-    storage = search.open_storage(args.storage, None) if spec.is_search and args.storage else None  # before
-    # any folder is made: an unreachable storage stops the command here
+    heartbeat = {"heartbeat": args.heartbeat_interval, "grace": args.grace_period}
+    storage = search.open_storage(args.storage, None, **heartbeat) if spec.is_search and args.storage else None
+    # (before any folder is made: an unreachable storage stops the command here)
     cores = len(os.sched_getaffinity(0))
     threads = args.threads or max(1, cores // args.workers)
     folder, created = open_sweep_folder(spec, fresh=args.fresh)
@@ -177,7 +182,7 @@ def sweep(args) -> int:
           f"{threads} thread(s)", flush=True)
     study = None
     if spec.is_search:  # create the study once, before workers race to
-        storage = storage or search.open_storage(None, folder)
+        storage = storage or search.open_storage(None, folder, **heartbeat)
         study = search.open_study(spec, storage)
     start_workers(folder, spec, args, threads, study, storage)
     rows = write_report(folder, spec, study)
@@ -217,6 +222,11 @@ def parser() -> ArgumentParser:
     p.add_argument("--storage", help="Optuna storage URL (sqlite:///, postgresql://, mysql://) or journal:PATH; "
                                      "default: study.db in the sweep folder")
     p.add_argument("--study-name", help="join this study (default: derived from the command)")
+    p.add_argument("--heartbeat-interval", type=int, metavar="SECONDS",
+                   help=f"a running trial's heartbeat in an RDB storage (default {search.HEARTBEAT_INTERVAL})")
+    p.add_argument("--grace-period", type=int, metavar="SECONDS",
+                   help="a trial without a heartbeat for this long is failed and retried by another worker "
+                        "(default twice the interval)")
     p.add_argument("--workers", type=int, default=1, help="runs at once, as separate processes")
     p.add_argument("--threads", type=int, help="torch/OpenMP threads per worker (default: cores / workers)")
     p.add_argument("--iw-samples", type=int, default=100, help="importance samples for iw_nll, as in test.py")
@@ -236,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(args.worker)
             spec = read_spec(folder)
             spec.study_name = args.study_name
-            storage = search.open_storage(args.storage, folder) if spec.is_search else None
+            storage = search.open_storage(args.storage, folder, args.heartbeat_interval,
+                                          args.grace_period) if spec.is_search else None
             study = search.open_study(spec, storage, args.worker_index) if spec.is_search else None
             work(folder, spec, study, storage)
             return 0

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import final_state, run_cli
+from tests.conftest import ROOT, final_state, run_cli
+from tests.postgres import free_port
 from tests.shrinks import DDP_UPDATED, shrink_args, tiny_config
 from trainer.components import load_and_check
 from trainer.jobs import train
@@ -19,7 +23,10 @@ ENV = {"OMP_NUM_THREADS": "1"}
 
 
 def _torchrun(*args: str):
-    proc = run_cli(*TORCHRUN, "tests/fakes.py", *args, env=ENV)
+    return _torchrun_ok(run_cli(*TORCHRUN, "tests/fakes.py", *args, env=ENV))
+
+
+def _torchrun_ok(proc):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -79,3 +86,30 @@ def test_svae_natural_gradient_step_all_reduces_its_statistics(name, tmp_path):
     assert len(updated) == num_updated
     for key, value in updated.items():
         torch.testing.assert_close(ddp["model"][key], value, rtol=1e-9, atol=1e-9, msg=key)
+
+
+def test_two_nodes_train_as_two_processes_on_one_node(pinwheel_config, tmp_path):
+    """The README's multi-node command, two machines played on 127.0.0.1: two torchrun launches with --nnodes 2
+    --nproc_per_node 1 meeting at a c10d rendezvous (gloo) end their steps with the weights of one launch of
+    2 processes on one node."""
+    pinwheel_config["trainer"].update(epochs=2)
+    path = tmp_path / "vae.json"
+    path.write_text(json.dumps(pinwheel_config))
+    run = ("train.py", "-c", str(path), "--set")
+    _torchrun_ok(run_cli(*TORCHRUN, *run, f"trainer.save_dir={tmp_path / 'one'}", env=ENV))
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", "two-nodes",
+                               *run, f"trainer.save_dir={tmp_path / 'two'}"], cwd=ROOT, text=True,
+                              env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for _ in range(2)]
+    try:
+        outputs = [node.communicate(timeout=240)[0] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(output[-3000:] for output in outputs)
+    one, two = final_state(_only_run_dir(tmp_path / "one")), final_state(_only_run_dir(tmp_path / "two"))
+    assert one["global_step"] == two["global_step"] == 2 * 8  # 80 training points, global batch 10
+    for key, value in one["model"].items():
+        assert torch.equal(two["model"][key], value), key

@@ -17,6 +17,7 @@ import yaml
 
 import sweep
 from trainer.components import load_and_check
+from trainer.sweep.liveness import original_number
 from trainer.sweep.spec import SweepSpec, read_space
 from tests.conftest import ROOT, one_line_error
 from tests.test_tensorboard import hparams_experiment
@@ -172,6 +173,61 @@ def test_a_missing_postgresql_driver_names_the_package_to_install(tmp_path, caps
     assert err == (f"error: --storage {storage}: the PostgreSQL driver is not installed: pip install -r "
                    f"requirements-scale.txt (psycopg[binary])")
     assert not (tmp_path / "saved").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--storage", "journal:{tmp}/study.log", "--heartbeat-interval", "5"], "keeps no heartbeats"),
+    (["--grace-period", "30"], "--grace-period longer than it, got 60 and 30"),
+    (["--heartbeat-interval", "0"], "--heartbeat-interval must be >= 1 s"),
+])
+def test_bad_heartbeat_flags_are_one_line_and_start_nothing(tmp_path, capsys, flags, message):
+    flags = [flag.format(tmp=tmp_path) for flag in flags]
+    args = tiny(tmp_path, "--search", str(write_space(tmp_path, SPACE)), "--objective", "max elbo", *flags)
+    assert sweep.main(args) == 2
+    assert message in one_line_error(capsys.readouterr().err)
+    assert not (tmp_path / "saved").exists()
+
+
+def test_a_dead_workers_trial_is_failed_once_and_retried_in_its_run_folders(tmp_path):
+    """liveness.fail_dead_trials on a study.db: a RUNNING trial claimed by this folder whose run lock is free
+    becomes FAIL plus one WAITING retry with its parameters and reported epochs (the next ask takes it, and its
+    runs go in t0000-*), and so does one of a sweep begun before claims (only its sweep_folder recorded); a trial
+    whose lock is held, or claimed by another folder, is left to its worker and its heartbeats."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from trainer.sweep import liveness, search
+
+    folder, elsewhere = tmp_path / "sweep", tmp_path / "other"
+    folder.mkdir()
+    storage = search.open_storage(None, folder)
+    study = optuna.create_study(storage=storage)
+    with liveness.asking_with_heartbeats():
+        dead, alive, remote = (study.ask() for _ in range(3))
+    for trial, claimed_in in ((dead, folder), (alive, folder), (remote, elsewhere)):
+        trial.suggest_float("x", 0.0, 1.0)
+        liveness.claim(trial, claimed_in)
+    dead.report(0.5, 1)
+    with liveness.asking_with_heartbeats():
+        legacy = study.ask()  # a trial of a sweep begun before claims: only its folder recorded
+    legacy.set_user_attr("sweep_folder", str(folder.resolve()))
+    lock = liveness.run_lock(folder, "t0001")
+    assert lock.acquire()  # alive's worker holds its run lock
+    liveness.fail_dead_trials(study, storage, folder)
+    liveness.fail_dead_trials(study, storage, folder)  # a second look retries nothing twice
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING, TrialState.FAIL,
+                                         TrialState.WAITING, TrialState.WAITING]
+    assert [liveness.original_number(t) for t in trials[4:]] == [0, 3]
+    retry = trials[4]
+    assert (retry.params, retry.intermediate_values) == (trials[0].params, {1: 0.5})
+    assert liveness.is_retry(retry) and liveness.original_number(retry) == 0
+    assert liveness.run_prefix(retry) == "t0000" and liveness.claimed_folder(retry) is None
+    assert liveness.claimed_folder(trials[0]) == str(folder.resolve())
+    with liveness.asking_with_heartbeats():
+        asked = study.ask()
+    assert asked.number == 4 and asked.suggest_float("x", 0.0, 1.0) == trials[0].params["x"]
+    lock.release()
 
 
 @pytest.mark.integration
@@ -388,9 +444,10 @@ def test_sweep_killed_mid_run_resumes_to_the_same_results(tmp_path):
 
 
 @pytest.mark.integration
-def test_search_trial_of_a_killed_worker_is_taken_over_and_resumed(tmp_path):
-    """A trial left RUNNING by a dead worker (its lock free) is run by the next worker of the same sweep
-    folder, from its run's last.pt, and the study ends with every trial once."""
+def test_search_trial_of_a_killed_worker_is_retried_from_its_last_checkpoint(tmp_path):
+    """A trial left RUNNING by a dead worker (its run lock free) is failed by the next worker of the same sweep
+    folder at once and retried in its run folder, from its last.pt; the study ends with 2 trials started and
+    their retry, none RUNNING (SQLite, the default storage)."""
     import optuna
 
     args = [*TINY, "--search", str(write_space(tmp_path, SPACE)), "--trials", "2", "--objective", "max elbo",
@@ -405,12 +462,66 @@ def test_search_trial_of_a_killed_worker_is_taken_over_and_resumed(tmp_path):
     study = optuna.load_study(study_name=None, storage=f"sqlite:///{folder / 'study.db'}")
     assert [t.state.name for t in study.get_trials()] == ["RUNNING"]
 
-    assert sweep.main(args) == 0
+    again = subprocess.run([sys.executable, "sweep.py", *args, "--grace-period", "3600"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)  # no wait for a stale heartbeat
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "Warning" not in again.stderr, again.stderr  # Optuna's heartbeat warnings are quieted
     trials = study.get_trials()
-    assert [(t.number, t.state.name) for t in trials] == [(0, "COMPLETE"), (1, "COMPLETE")]
+    assert [(t.number, t.state.name, original_number(t)) for t in trials] == [
+        (0, "FAIL", 0), (1, "COMPLETE", 0), (2, "COMPLETE", 2)]  # trial 1 retries trial 0
+    assert trials[1].params == trials[0].params
     log = (folder / "t0000-seed=0" / "train.log").read_text()
     assert log.count("starting run") == 1 and "resuming run" in log
-    assert all(math.isfinite(t.value) for t in trials)
+    rows = {row["trial"]: row for row in read_rows(folder)}
+    assert (rows["0"]["trial_state"], rows["1"]["retry_of"], rows["1"]["run"]) == ("fail", "0", "t0000-seed=0")
+    assert all(math.isfinite(t.value) for t in trials[1:])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("backend", ["postgresql", "sqlite"])
+def test_a_killed_machines_trial_is_failed_after_the_grace_period_and_retried_elsewhere(tmp_path, request, backend):
+    """Machine a (a sweep folder of its own) is SIGKILLed in the middle of its trial; machine b, sharing only the
+    storage, fails that trial once its heartbeat is older than the grace period and retries it, restarted (b's
+    folder has no last.pt of it). The study ends with 2 trials started, the killed one FAIL and retried, every
+    other COMPLETE, none RUNNING."""
+    import optuna
+
+    storage = request.getfixturevalue("postgresql_url") if backend == "postgresql" else \
+        f"sqlite:///{tmp_path / 'shared.db'}"
+    study_name = f"kill-{backend}"
+
+    def machine(name: str) -> subprocess.Popen:
+        args = [*TINY, "--search", str(write_space(tmp_path, SPACE)), "--trials", "2", "--objective", "max elbo",
+                "--epochs", "10", "--set", "trainer.len_epoch=15", "--threads", "1", "--storage", storage,
+                "--study-name", study_name, "--heartbeat-interval", "1", "--grace-period", "3",
+                "--set", f"trainer.save_dir={tmp_path / name / 'saved'}"]
+        return subprocess.Popen([sys.executable, "sweep.py", *args], cwd=ROOT, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+
+    a = machine("a")
+    try:
+        wait_for(lambda: bool(list(tmp_path.glob("a/saved/svae_gmm/sweeps/*/t0000-seed=0/checkpoints/last.pt"))))
+        b = machine("b")
+        a.send_signal(signal.SIGKILL)
+        a.communicate()
+        try:
+            out, _ = b.communicate(timeout=120)
+        finally:
+            b.kill()
+    finally:
+        a.kill()
+    assert b.returncode == 0, out
+    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials()
+    states = {(t.state.name, original_number(t) if t.number != original_number(t) else None) for t in trials}
+    assert len(trials) == 3 and states == {("FAIL", None), ("COMPLETE", None), ("COMPLETE", 0)}, states
+    [killed] = [t for t in trials if t.state.name == "FAIL"]
+    [folder_a], [folder_b] = sweep_folders(tmp_path / "a"), sweep_folders(tmp_path / "b")
+    assert killed.number == 0 and killed.user_attrs["claim"]["folder"] == str(folder_a.resolve())
+    log = (folder_b / "t0000-seed=0" / "train.log").read_text()
+    assert log.count("starting run") == 1 and "resuming run" not in log  # a's last.pt is not in b's folder
+    runs = {row["run"]: row["retry_of"] for row in read_rows(folder_b)}  # b ran both, and says which retries
+    assert len(runs) == 2 and runs["t0000-seed=0"] == "0", runs
 
 
 @pytest.mark.integration

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.sweep.grid import grid_runs
+from trainer.sweep.liveness import claimed_folder, is_retry, original_number, run_prefix
 from trainer.sweep.run import metric_value, read_result
 from trainer.sweep.spec import SweepSpec
 from utils.checkpoint import write_atomic
@@ -31,16 +32,18 @@ def grid_rows(folder: Path, spec: SweepSpec) -> list[dict[str, Any]]:
 
 def study_rows(study, spec: SweepSpec, folder: Path | None = None) -> list[dict[str, Any]]:
     """Every run of every trial of the study, or with `folder` of the trials that sweep folder ran (a trial not
-    finished yet is one row with its state)."""
+    finished yet, or failed with its worker, is one row with its state). A retry of a dead worker's trial
+    names that trial in `retry_of`."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
-        if folder is not None and trial.user_attrs.get("sweep_folder") != str(folder.resolve()):
+        if folder is not None and claimed_folder(trial) != str(folder.resolve()):
             continue
-        records = trial.user_attrs.get("runs") or [{"run": f"t{trial.number:04d}", "params": trial.params,
+        records = trial.user_attrs.get("runs") or [{"run": run_prefix(trial), "params": trial.params,
                                                     "seed": "", "run_dir": "", "status": trial.state.name.lower()}]
         for record in records:
             row = {"trial": trial.number, **_row(record, spec)}
             row["trial_state"] = trial.state.name.lower()
+            row["retry_of"] = original_number(trial) if is_retry(trial) else ""
             complete = trial.state.name == "COMPLETE"  # a pruned trial's value is its last intermediate one
             row["trial_value"] = trial.value if complete else ""
             row["feasible"] = _feasible(trial)
@@ -84,7 +87,7 @@ def write_results(folder: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 BOOKKEEPING = {"run", "status", "seed", "run_dir", "checkpoint", "epoch", "trial", "trial_state",
-               "trial_value", "feasible", "error"}
+               "trial_value", "feasible", "error", "retry_of"}
 
 
 def summarize(rows: list[dict[str, Any]], spec: SweepSpec) -> str:

@@ -7,15 +7,15 @@ storage, for a shared file system). Every worker of every command pointed at the
 for the next trial, so trials never run twice. Workers count the study's trials and ask under one lock,
 so they never start more than --trials: the sweep folder's file lock, and on PostgreSQL an advisory lock
 on the server, which machines that share only the storage see too (`study_lock`). A trial whose worker
-died (its lock free, its state still RUNNING) is taken over by the next worker of the same sweep folder and
-resumed from its runs' last.pt files."""
+died is failed and retried (trainer/sweep/liveness.py): at once by a worker of its sweep folder, after the
+heartbeats' grace period by any worker; workers of a study with heartbeats stay until no trial of the
+study is left running."""
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import math
 import random
-import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 from trainer.sweep.folder import FileLock, run_lock
 from trainer.sweep.grid import folder_name
+from trainer.sweep.liveness import (RETRY, Heartbeat, asking_with_heartbeats, claim, fail_dead_trials,
+                                    heartbeat_interval, is_retry, run_prefix)
 from trainer.sweep.run import execute, metric_value, read_result
 from trainer.sweep.spec import SweepSpec
 from utils.errors import ConfigError
@@ -34,10 +36,8 @@ SAMPLERS = {"tpe": ("TPESampler", None), "random": ("RandomSampler", None), "cma
             "qmc": ("QMCSampler", "scipy"), "gp": ("GPSampler", "scipy")}
 CONSTRAINED = ("tpe", "gp")  # the samplers that take constraints
 INFEASIBLE = 1e9  # the constraint violation recorded for a pruned or failed trial
-
-
-def trial_name(number: int) -> str:
-    return f"t{number:04d}"
+HEARTBEAT_INTERVAL = 60  # seconds between a running trial's heartbeats (RDB storages), by default
+POLL_SECONDS = 5  # at most this long between a waiting worker's looks at the study
 
 
 def check_sampler(name: str, constrained: bool) -> None:
@@ -51,9 +51,22 @@ def check_sampler(name: str, constrained: bool) -> None:
                           f"not --sampler {name}")
 
 
-def open_storage(url: str | None, folder: Path | None):
-    """The study storage: `url` (an RDB URL or journal:PATH), else study.db in `folder`. An unreachable
-    storage is a ConfigError."""
+def check_heartbeat(url: str | None, heartbeat: int | None, grace: int | None) -> None:
+    """--heartbeat-interval and --grace-period: whole seconds, the grace longer than the interval, and a
+    storage that keeps heartbeats."""
+    if (heartbeat or grace) and url is not None and url.startswith("journal:"):
+        raise ConfigError(f"--storage {url} keeps no heartbeats: --heartbeat-interval and --grace-period need an "
+                          f"RDB storage (sqlite:///, postgresql://, mysql://)")
+    interval = HEARTBEAT_INTERVAL if heartbeat is None else heartbeat
+    if interval < 1 or grace is not None and grace <= interval:
+        raise ConfigError(f"--heartbeat-interval must be >= 1 s and --grace-period longer than it, got {interval} "
+                          f"and {grace}: a live trial would be failed between two heartbeats")
+
+
+def open_storage(url: str | None, folder: Path | None, heartbeat: int | None = None, grace: int | None = None):
+    """The study storage: `url` (an RDB URL or journal:PATH), else study.db in `folder`. An RDB storage keeps
+    heartbeats every `heartbeat` seconds (default HEARTBEAT_INTERVAL) and fails a trial without one for `grace`
+    seconds (default twice that); a journal file keeps none. An unreachable storage is a ConfigError."""
     import optuna
 
     if url is None:
@@ -66,7 +79,7 @@ def open_storage(url: str | None, folder: Path | None):
             if not path.parent.is_dir():
                 raise FileNotFoundError(f"no folder {path.parent}")
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        return _rdb_storage(url)
+        return _rdb_storage(url, heartbeat or HEARTBEAT_INTERVAL, grace)
     except ImportError as err:  # SQLAlchemy's default PostgreSQL driver is psycopg (3), an optional install
         if url.startswith("postgresql"):
             raise ConfigError(f"--storage {url}: the PostgreSQL driver is not installed: pip install -r "
@@ -79,16 +92,19 @@ def open_storage(url: str | None, folder: Path | None):
                           f"give a reachable Optuna storage URL or journal:PATH") from None
 
 
-def _rdb_storage(url: str, attempts: int = 5):
-    """Optuna's RDBStorage on `url`. Commands started together on an empty database race to create its tables
-    (the loser gets an IntegrityError or a duplicate-table error): each retries after a short random pause, and
-    then finds the tables made."""
+def _rdb_storage(url: str, heartbeat: int, grace: int | None, attempts: int = 5):
+    """Optuna's RDBStorage on `url`, with heartbeats and RETRY for the trials that go stale. Commands started
+    together on an empty database race to create its tables (the loser gets an IntegrityError or a
+    duplicate-table error): each retries after a short random pause, and then finds the tables made."""
     import optuna
     from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     for attempt in range(attempts):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            with asking_with_heartbeats():
+                return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True},
+                                                  heartbeat_interval=heartbeat, grace_period=grace,
+                                                  heartbeat_stale_trial_callback=RETRY)
         except (IntegrityError, ProgrammingError):
             if attempt == attempts - 1:
                 raise
@@ -142,48 +158,58 @@ def open_study(spec: SweepSpec, storage, worker: int = 0):
 
 
 def _next_trial(study, spec: SweepSpec, folder: Path, storage):
-    """(trial, lock): a trial of this sweep folder whose worker died, else a new one while the study
-    has fewer than `spec.trials` (counted and asked under the folder's and the storage's locks); None when
-    there is nothing left to run."""
-    import optuna
+    """The next trial to run, asked under the folder's and the storage's locks: a retry of a dead worker's
+    trial, else a new one while fewer than `spec.trials` have started (retries not counted). With heartbeats,
+    waits while other workers' trials run (one may die and need a retry). None when nothing is left."""
     from optuna.trial import TrialState
 
-    here = str(folder.resolve())
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if frozen.user_attrs.get("sweep_folder") == here:
-            lock = run_lock(folder, trial_name(frozen.number))
-            if lock.acquire():
-                return optuna.trial.Trial(study, frozen._trial_id), lock
-    # count and ask as one step: no trial beyond `spec.trials`
-    with FileLock(folder / ".locks" / "ask"), study_lock(storage, study.study_name):
-        if len(study.get_trials(deepcopy=False)) >= spec.trials:
+    interval = heartbeat_interval(storage)
+    while True:
+        fail_dead_trials(study, storage, folder)
+        with FileLock(folder / ".locks" / "ask"), study_lock(storage, study.study_name):
+            trials = study.get_trials(deepcopy=False)
+            started = sum(not is_retry(trial) for trial in trials)
+            if started < spec.trials or any(trial.state == TrialState.WAITING and is_retry(trial)
+                                            for trial in trials):
+                with asking_with_heartbeats():
+                    trial = study.ask()  # a WAITING retry first
+                if interval is not None:
+                    storage.record_heartbeat(trial._trial_id)  # from now on, a dead worker is found
+                return trial
+        if interval is None or not any(trial.state == TrialState.RUNNING for trial in trials):
             return None
-        trial = study.ask()
-        lock = run_lock(folder, trial_name(trial.number))
-        lock.acquire(wait=True)  # before the folder is announced: nobody takes a trial that is starting
-        trial.set_user_attr("sweep_folder", here)
-        trial.set_user_attr("host", socket.gethostname())
-    return trial, lock
+        time.sleep(min(interval, POLL_SECONDS))
 
 
 def work_on_study(folder: Path, spec: SweepSpec, study, storage, announce: Callable[[dict], None]) -> None:
-    """Run trials until the study (in `storage`) holds `spec.trials` of them and none of this folder is
-    orphaned."""
-    while (claimed := _next_trial(study, spec, folder, storage)) is not None:
-        trial, lock = claimed
-        try:
-            _run_trial(trial, folder, spec, study, announce)
-        finally:
-            lock.release()
+    """Run trials until the study (in `storage`) holds `spec.trials` of them, none waiting to be retried and,
+    with heartbeats, none running."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
+    while (trial := _next_trial(study, spec, folder, storage)) is not None:
+        with Heartbeat(storage, trial):
+            prefix = run_prefix(storage.get_trial(trial._trial_id))
+            lock = run_lock(folder, prefix)
+            lock.acquire(wait=True)  # before the claim: nobody of this folder fails a trial that is starting
+            try:
+                claim(trial, folder)
+                _run_trial(trial, prefix, folder, spec, study, announce)
+            except UpdateFinishedTrialError:  # no heartbeat for the grace period (a stalled process)
+                print(f"[sweep] trial {trial.number} was failed by another worker after a missed heartbeat and "
+                      f"retried; its result here is dropped", flush=True)
+            finally:
+                lock.release()
 
 
-def _run_trial(trial, folder: Path, spec: SweepSpec, study, announce: Callable[[dict], None]) -> None:
+def _run_trial(trial, prefix: str, folder: Path, spec: SweepSpec, study, announce: Callable[[dict], None]) -> None:
+    """Run the trial's seeds in the run folders named `prefix`-seed=S (a finished one is read back), and tell
+    the study."""
     from optuna.trial import TrialState
 
     params = {param.key: param.suggest(trial) for param in spec.space}
     records = []
     for index, seed in enumerate(spec.seeds):
-        name = folder_name(trial_name(trial.number), {}, seed)
+        name = folder_name(prefix, {}, seed)
         record = read_result(folder / name)
         if record is None:
             watch = _pruning_callback(trial, spec) if spec.prune and index == 0 else None
@@ -198,7 +224,8 @@ def _run_trial(trial, folder: Path, spec: SweepSpec, study, announce: Callable[[
     if "failed" in statuses or "pruned" in statuses:
         for constraint in spec.constraints:
             trial.set_constraint(str(constraint), INFEASIBLE)
-        study.tell(trial, state=TrialState.FAIL if "failed" in statuses else TrialState.PRUNED)
+        study.tell(trial, state=TrialState.FAIL if "failed" in statuses else TrialState.PRUNED,
+                   skip_if_finished=True)
         return
     values = [metric_value(spec.objective.metric, record) for record in records]
     for constraint in spec.constraints:  # feasible when every seed's run meets it
@@ -207,9 +234,9 @@ def _run_trial(trial, folder: Path, spec: SweepSpec, study, announce: Callable[[
     value = sum(values) / len(values)
     if math.isnan(value):
         trial.set_user_attr("error", f"the runs did not report {spec.objective.metric!r}")
-        study.tell(trial, state=TrialState.FAIL)
+        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
     else:
-        study.tell(trial, value)
+        study.tell(trial, value, skip_if_finished=True)
 
 
 def _pruning_callback(trial, spec: SweepSpec) -> Callable[[int, dict[str, float]], bool]:
