@@ -1,6 +1,8 @@
-"""Every architecture's `visualize` figures read in a TensorBoard card: a title, axis labels, at least 480 px on
-the shorter side, legible fonts, nothing outside the figure, and heat maps of the learned graphs with one number
-per allowed edge and the forbidden edges marked. Set FIGURES_DIR to also save every figure there as PNG."""
+"""Every architecture's `visualize` figures read in a TensorBoard card: landscape, in the card's proportions, every
+text at least MIN_CARD_PX tall on the card, PNG files at least MIN_PNG_SIDE_PX on the shorter side, a title (with
+room for the split and epoch the FigureWriter appends), axis labels, nothing outside the figure, and heat maps of
+the learned graphs with one number per allowed edge and the forbidden edges marked. Set FIGURES_DIR to also save
+every figure there as PNG."""
 from __future__ import annotations
 
 import math
@@ -15,17 +17,30 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.text import Text
 
+from model.figures import CARD_HEIGHT_PX, CARD_WIDTH_PX
+from model.graph.figures import adjacency_figure
 from model.graph.gates import EdgeGates
 from model.graph.graph_vae import GraphLSTMVAE, GraphVAE
 from model.graph.recurrent import RecurrentGraphVAE
 from model.svae.gmm import SVAEGMM
 from model.svae.lds import SVAELDS
+from model.svae.slds import SVAESLDS
 from model.vae import VAE
-from model.figures import MIN_SIDE_PX
-from model.graph.figures import adjacency_figure
 
-MIN_LABEL_PT = 12  # titles, axis and tick labels, legends
-MIN_CELL_PT = 10  # the numbers in the cells of a small heat map
+MIN_CARD_PX = 9  # every text's height on the card: titles, labels, ticks, legends, colour bars, cell numbers
+MIN_PNG_SIDE_PX = 480  # the PNG files in a run's figures/ stay full size
+SPLIT_AND_EPOCH = " (test, epoch 1000)"  # what logger.figures.FigureWriter appends to a figure's title
+
+
+def card_scale(fig: Figure) -> float:
+    """How much the card (CARD_HEIGHT_PX x CARD_WIDTH_PX) shrinks the figure's pixels."""
+    width, height = fig.get_size_inches() * fig.dpi
+    return min(CARD_HEIGHT_PX / height, CARD_WIDTH_PX / width)
+
+
+def card_px(text: Text, fig: Figure) -> float:
+    """The height of a text on the card: its font size in pixels of the figure, times the card's scale."""
+    return text.get_fontsize() / 72 * fig.dpi * card_scale(fig)
 
 
 class RecordingWriter:
@@ -44,8 +59,10 @@ def visualize(model, batch: dict[str, torch.Tensor], name: str) -> dict[str, Fig
     model.eval()
     model.visualize(writer, batch, 7, "val")
     for tag, fig in writer.figures.items():
-        check_figure(tag, fig)
-        save(fig, name, tag)
+        try:
+            check_figure(tag, fig)
+        finally:  # a figure that fails is saved too, to be looked at
+            save(fig, name, tag)
     return writer.figures
 
 
@@ -58,15 +75,15 @@ def save(fig: Figure, name: str, tag: str) -> None:
 
 def check_figure(tag: str, fig: Figure) -> None:
     width, height = fig.get_size_inches() * fig.dpi
-    assert min(width, height) >= MIN_SIDE_PX, (tag, width, height)
+    assert height >= MIN_PNG_SIDE_PX, (tag, width, height)
+    assert height <= width <= height * CARD_WIDTH_PX / CARD_HEIGHT_PX + 1, f"{tag}: {width} x {height} px"
+    assert fig.get_suptitle(), f"{tag}: no title"
+    fig.suptitle(fig.get_suptitle() + SPLIT_AND_EPOCH)
     canvas = FigureCanvasAgg(fig)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. "constrained_layout not applied"
         canvas.draw()
     axes = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
-    titles = [fig._suptitle.get_text() if fig._suptitle else ""] + [ax.get_title(loc) for ax in axes
-                                                                   for loc in ("left", "center")]
-    assert any(titles), f"{tag}: no title"
     assert any(ax.get_xlabel() for ax in axes), f"{tag}: no x label"
     assert any(ax.get_ylabel() or any(t.get_text() for t in ax.get_yticklabels()) for ax in axes), \
         f"{tag}: no y label"
@@ -77,19 +94,22 @@ def check_figure(tag: str, fig: Figure) -> None:
         return extent.x0 >= box.x0 - 1 and extent.x1 <= box.x1 + 1 and extent.y0 >= box.y0 - 1 and \
             extent.y1 <= box.y1 + 1
 
-    cells = {id(t) for ax in axes for t in ax.texts}
     tick_labels = {id(t) for ax in fig.axes for axis in (ax.xaxis, ax.yaxis)
                    for tick in axis.get_major_ticks() + axis.get_minor_ticks() for t in (tick.label1, tick.label2)}
+    title = fig._suptitle.get_window_extent(renderer)
     for text in fig.findobj(Text):
         if not text.get_visible() or not text.get_text().strip() or not text.get_window_extent(renderer).width:
             continue
-        least = MIN_CELL_PT if id(text) in cells else MIN_LABEL_PT
-        assert text.get_fontsize() >= least, (tag, text.get_text(), text.get_fontsize())
-        if id(text) not in tick_labels:  # ticks outside the view are not drawn; the axes' box holds the rest
-            assert inside(text.get_window_extent(renderer)), f"{tag}: {text.get_text()!r} is clipped"
+        assert card_px(text, fig) >= MIN_CARD_PX, (tag, text.get_text(), round(card_px(text, fig), 2))
+        if id(text) in tick_labels:  # ticks outside the view are not drawn; the axes' box holds the rest
+            continue
+        assert inside(text.get_window_extent(renderer)), f"{tag}: {text.get_text()!r} is clipped"
+        if text is not fig._suptitle:
+            assert not title.overlaps(text.get_window_extent(renderer)), f"{tag}: {text.get_text()!r} on the title"
     for ax in fig.axes:
         if ax.get_visible():
             assert inside(ax.get_tightbbox(renderer)), f"{tag}: an axes reaches outside the figure"
+            assert not title.overlaps(ax.get_tightbbox(renderer)), f"{tag}: an axes on the title"
 
 
 def check_heat_map(fig: Figure, mask: torch.Tensor, values: torch.Tensor, binary: bool) -> None:
@@ -157,7 +177,7 @@ def test_vae_scatter():
     torch.manual_seed(0)
     figures = visualize(VAE((2,), latent_dim=2, hidden_dims=[8]), {"x": torch.randn(200, 2)}, "vae2d")
     assert set(figures) == {"val/data_vs_samples"}
-    assert figures["val/data_vs_samples"].axes[0].get_legend() is not None
+    assert figures["val/data_vs_samples"].legends
 
 
 @pytest.mark.parametrize("cls", [GraphVAE, GraphLSTMVAE])
@@ -179,17 +199,22 @@ def test_adjacency_with_every_edge_on(edges):
     save(fig, f"all_on_{edges}", "adjacency")
     check_heat_map(fig, gates.mask, gates.hard(), binary=True)
     allowed = int(gates.mask.sum())
-    assert f"{allowed} of {allowed} allowed on" in fig.axes[0].get_title()
+    assert f"{allowed} of {allowed} allowed on" in fig.get_suptitle()
 
 
-def recurrent(likelihood: str, T: int, P: int, prefix_len: int, horizon: int) -> RecurrentGraphVAE:
+def recurrent(likelihood: str, T: int, P: int, prefix_len: int, horizon: int, samples: int = 2) -> RecurrentGraphVAE:
     torch.manual_seed(0)
     model = RecurrentGraphVAE((T, P), num_nodes=4, node_dim=2, state_dim=8, feature_dims=[6], encoder_dim=7,
                               head_hidden_dims=[5], decoder_hidden_dims=[6], likelihood=likelihood,
-                              prefix_len=prefix_len, horizon=horizon, figure_samples=2)
+                              prefix_len=prefix_len, horizon=horizon, figure_samples=samples)
     set_logits(model.gates, 2)
     set_logits(model.prev_gates, 3)
     return model
+
+
+def panel_names(fig: Figure) -> list[str]:
+    """The names of a sequence figure's panels, top to bottom."""
+    return [ax.get_ylabel() for ax in fig.axes if ax.get_label() != "<colorbar>"]
 
 
 def test_recurrent_graph_vae_sequences_and_graphs():
@@ -203,20 +228,21 @@ def test_recurrent_graph_vae_sequences_and_graphs():
     for kind, gates in (("same_step", model.gates), ("previous_step", model.prev_gates)):
         check_heat_map(figures[f"val/{kind}/edge_probs"], gates.mask, gates.probs().detach(), binary=False)
         check_heat_map(figures[f"val/{kind}/adjacency"], gates.mask, gates.hard(), binary=True)
-    panels = [ax.get_title(loc="left") for ax in figures["val/sequences_0"].axes if ax.get_title(loc="left")]
-    assert panels == ["data", "reconstruction", "continuation 1", "continuation 2"]
+    assert panel_names(figures["val/sequences_0"]) == ["data", "reconstruction", "continuation 1", "continuation 2"]
     legend = [t.get_text() for t in figures["val/sequences_1"].legends[0].get_texts()]
     assert any("prefix" in t for t in legend) and any("end of the sequence" in t for t in legend)
 
 
-def test_recurrent_graph_vae_pen_strokes():
-    model = recurrent("stroke", 16, 3, 8, 8)
+@pytest.mark.parametrize("samples", [2, 3])
+def test_recurrent_graph_vae_pen_strokes(samples):
+    """Four panels in a row, or five in two rows."""
+    model = recurrent("stroke", 16, 3, 8, 8, samples)
     gen = torch.Generator().manual_seed(0)
     x = torch.cat([(torch.rand(3, 16, 1, generator=gen) < 0.15).float(), torch.randn(3, 16, 2, generator=gen)], -1)
-    figures = visualize(model, {"x": x}, "strokes")
+    figures = visualize(model, {"x": x}, f"strokes{samples}")
     assert {f"val/sequences_{i}" for i in range(3)} <= set(figures)
-    assert [ax.get_title() for ax in figures["val/sequences_0"].axes] == \
-        ["data", "reconstruction", "continuation 1", "continuation 2"]
+    assert [ax.get_title() for ax in figures["val/sequences_0"].axes if ax.get_visible()] == \
+        ["data", "reconstruction"] + [f"continuation {i + 1}" for i in range(samples)]
 
 
 def test_svae_lds_predictions():
@@ -225,7 +251,7 @@ def test_svae_lds_predictions():
     figures = visualize(model, {"x": dot_video(3, 45, 20)}, "svae_lds")
     assert set(figures) == {f"val/predictions_{i}" for i in range(3)}
     fig = figures["val/predictions_0"]
-    assert [ax.get_title(loc="left") for ax in fig.axes if ax.get_title(loc="left")] == \
+    assert panel_names(fig) == \
         ["data", "predicted mean", "sample 1", "sample 2", "sample 3"]
     assert any(a.get_label() == "<colorbar>" for a in fig.axes) and fig.legends
 
@@ -238,4 +264,39 @@ def test_svae_gmm_clusters():
     figures = visualize(model, {"x": y}, "svae_gmm")
     assert set(figures) == {"val/clusters_latent", "val/clusters_data"}
     for fig in figures.values():
-        assert fig.legends and any("weight" in t.get_text() for t in fig.legends[0].get_texts())
+        assert fig.legends and "weight" in fig.legends[0].get_title().get_text()
+
+
+MOCAP_STATES = ("JumpJack", "Jog", "Squat", "KneeRaise", "ArmCircle", "Twist", "SideReach", "Box", "UpDown",
+                "ToeTouchOneHand", "SideBend", "ToeTouchTwoHands")
+MOCAP_CHANNELS = ("root.ty", "lowerback.rx", "lowerback.ry", "upperneck.ry", "rhumerus.rz", "rradius.rx",
+                  "lhumerus.rz", "lradius.rx", "rtibia.rx", "rfoot.rx", "ltibia.rx", "lfoot.rx")
+
+
+@pytest.mark.parametrize("channels", [12, 20])
+def test_svae_slds_segmentations(channels):
+    """Motion capture's long state and channel names (12 channels: traces), or 20 channels (a heat map); one
+    sequence shorter than the others, with unlabelled frames."""
+    torch.manual_seed(0)
+    T, K = 120, 12
+    model = SVAESLDS((T, channels), 8, num_states=K, latent_dim=2, hidden_dims=[8], prefix_len=20, horizon=10,
+                     figure_samples=3, likelihood="gaussian", label_names=MOCAP_STATES,
+                     channel_names=MOCAP_CHANNELS if channels == 12 else None, sequence_names=("13_29", "14_06"),
+                     frame_rate=10.0, figure_sequences=2)
+    labels = (torch.arange(T) // 10 % K).expand(2, T).clone()
+    labels[0, :7] = -1
+    mask = torch.ones(2, T, dtype=torch.bool)
+    mask[1, 90:] = False
+    batch = {"x": torch.randn(2, T, channels), "labels": labels, "mask": mask, "sequence": torch.tensor([0, 1])}
+    figures = visualize(model, batch, f"svae_slds_{channels}")
+    assert set(figures) == {f"val/{kind}_{b}" for kind in ("segmentation", "predictions") for b in range(2)} | \
+        {f"val/segmentation_{b}_data" for b in range(2)}
+    bars = [t.get_text() for ax in figures["val/segmentation_0"].axes for t in ax.get_yticklabels()]
+    assert bars == ["inferred (matched)", "annotated"]
+    legend = {t.get_text() for t in figures["val/segmentation_0"].legends[0].get_texts()}
+    assert "unlabelled" in legend and legend - {"unlabelled"} <= set(MOCAP_STATES)
+    data = figures["val/segmentation_1_data"]
+    if channels == 12:
+        assert [t.get_text() for t in data.axes[0].get_yticklabels()] == list(MOCAP_CHANNELS)
+    else:
+        assert any(a.get_label() == "<colorbar>" for a in data.axes)

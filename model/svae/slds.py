@@ -14,12 +14,11 @@ from base.metric import Metric, PerExample
 from model.expfam import dirichlet
 from model.expfam.mniw import MNIWNatural
 from model.expfam.niw import NIWNatural
-from model.figures import log_figure
 from model.metrics import adjusted_rand_index, match_labels, matched_accuracy, normalized_mutual_info
 from model.registry import ARCHITECTURES
 from model.svae.chain import dynamics_prior, dynamics_statistics, initial_state_prior, initial_state_statistics, \
     point_dynamics, simulate_dynamics
-from model.svae.figures import segmentation_figure
+from model.svae.figures import log_segmentation
 from model.svae.graphical_model import DIRICHLET, MNIW, NIW, GraphicalModel
 from model.svae.hmm import hmm_log_normalizer
 from model.svae.kalman import METHODS, chain_extent, expected_lds_potentials, initial_log_potential
@@ -340,8 +339,8 @@ class SVAESLDS(SequenceSVAE):
     def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
         """Per sequence (the first `figure_sequences`, whole: inference sees every real frame),
         `{tag}/segmentation_{i}`: the most likely state per frame, relabelled by the one match of states to
-        labels over these sequences' frames (`match_labels`), above the labels and the channel traces; then
-        SequenceSVAE's prediction figures."""
+        labels over these sequences' frames (`match_labels`), above the labels; `{tag}/segmentation_{i}_data`:
+        the channel traces; then SequenceSVAE's prediction figures."""
         count = self.visualization_size
         y = self.observations(batch)[:count]
         mask = self.observed_nodes(batch)
@@ -362,7 +361,7 @@ class SVAESLDS(SequenceSVAE):
             length = int(mask[b].sum()) if mask is not None else y.shape[1]
             index = int(batch["sequence"][b]) if "sequence" in batch else b
             name = self.sequence_names[index] if self.sequence_names else str(index)
-            fig = segmentation_figure({key: bar[b, :length] for key, bar in states.items()}, y[b, :length],
-                                      f"Segmentation, sequence {name}", names, self.channel_names, self.frame_rate)
-            log_figure(writer, f"{tag}/segmentation_{b}", fig, step)
+            log_segmentation(writer, f"{tag}/segmentation_{b}", step,
+                             {key: bar[b, :length] for key, bar in states.items()}, y[b, :length], name, names,
+                             self.channel_names, self.frame_rate)
         super().visualize(writer, batch, step, tag)
