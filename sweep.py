@@ -6,7 +6,7 @@
     python sweep.py -c CFG --search SPACE.yaml ... --storage postgresql://HOST/DB   # the same command on many machines
 
 Every run trains as train.py does and is evaluated as test.py does. The sweep folder
-saved/<name>/sweeps/<YYYYMMDD-HHMMSS>-<hex>/ holds the runs, results.csv and summary.md; starting the
+saved/<name>/sweeps/<MMDD-HHMMSS>/ holds the runs, results.csv and summary.md; starting the
 same command again continues it (finished runs are skipped, interrupted ones resume from last.pt).
 """
 from __future__ import annotations

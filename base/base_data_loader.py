@@ -107,7 +107,9 @@ class BaseDataLoader:
     "x") and `is_image`, then call `split_validation()`. Loaders of labelled data set
     `label_names` (names of the values of "y" or "labels"); loaders of sequences may set `channel_names`,
     `sequence_names` and `frame_rate` (frames per second) for figures and per-sequence results. Loaders of
-    files add their own lines to `describe()` (what `train.py --dry-run` prints).
+    files add their own lines to `describe()` (what `train.py --dry-run` prints). Loaders of generated data
+    may set `val_set` from their generator instead of splitting it off (`generated_validation`), with a
+    `val_source` that says how.
 
     Args:
         batch_size: global batch size (divided among ranks under torchrun).
@@ -119,6 +121,7 @@ class BaseDataLoader:
 
     train_set: TensorDictDataset
     val_set: TensorDictDataset | None = None
+    val_source: str | None = None  # where val_set comes from, for describe()
     test_set: TensorDictDataset
     data_shape: tuple[int, ...]
     is_image: bool = False
@@ -145,6 +148,26 @@ class BaseDataLoader:
         if len(held_out):
             self.val_set = self.train_set.subset(held_out)
             self.train_set = self.train_set.subset(kept)
+            self.val_source = (f"held out of the training set (validation_split {self.validation_split}, "
+                               f"split_seed {self.split_seed})")
+
+    def generated_validation(self, size_key: str, size: int, val_seed: int, data_seed: int, test_seed: int) -> bool:
+        """Whether a loader of generated data draws its validation set from its generator (`size_key` > 0, with
+        `val_seed`); the training set then keeps every example. It replaces `validation_split`: asking for both,
+        a negative size or a `val_seed` equal to `data_seed` or `test_seed` is a config error."""
+        if size < 0:
+            raise ConfigError(f"config key 'data_loader.args.{size_key}' must be >= 0, got {size}")
+        if size == 0:
+            return False
+        if self.validation_split:
+            raise ConfigError(f"config keys 'data_loader.args.{size_key}' ({size}) and "
+                              f"'data_loader.args.validation_split' ({self.validation_split}) both ask for a "
+                              "validation set: set one of them to 0")
+        for key, seed in (("data_seed", data_seed), ("test_seed", test_seed)):
+            if val_seed == seed:
+                raise ConfigError(f"config key 'data_loader.args.val_seed' ({val_seed}) equals '{key}': the "
+                                  f"validation set needs a seed of its own")
+        return True
 
     def validation_indices(self, n: int, what: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Sorted (kept, held-out) indices of n training `what` (examples, sequences): `validation_split` of them
@@ -172,10 +195,12 @@ class BaseDataLoader:
         return float(self.data_shape[0]) if mask is None else float(mask.sum()) / len(mask)
 
     def describe(self) -> list[str]:
-        """Lines that summarise the data: examples per split, the fields of a batch with their shapes,
-        the labels."""
+        """Lines that summarise the data: examples per split, where the validation set comes from, the fields
+        of a batch with their shapes, the labels."""
         splits = [("train", self.train_set), ("validation", self.val_set), ("test", self.test_set)]
         lines = ["examples: " + ", ".join(f"{name} {len(ds)}" for name, ds in splits if ds is not None)]
+        if self.val_set is not None and self.val_source is not None:
+            lines.append(f"validation: {len(self.val_set)} examples, {self.val_source}")
         one = self.train_set.__getitems__([0])
         lines.append("batch fields: " + ", ".join(
             f"{key} {tuple(value.shape[1:])} {str(value.dtype).removeprefix('torch.')}" for key, value in one.items()))

@@ -37,6 +37,9 @@ class BaseModel(nn.Module):
     metrics: tuple[Metric, ...] = ()
     #: how many validation (or test) examples `visualize` gets
     visualization_size: int = 64
+    #: outputs that are diagnostics, mostly constant (retry counts, edge counts): TensorBoard gets them only
+    #: when their value changes, so that they draw no flat line
+    diagnostics: tuple[str, ...] = ()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

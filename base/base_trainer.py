@@ -135,7 +135,8 @@ class BaseTrainer:
         if self.monitor_key not in log:
             raise ConfigError(
                 f"config key 'trainer.monitor' names {self.monitor_key!r}, which is not logged; "
-                f"available: {', '.join(sorted(log))} (val_* needs data_loader.args.validation_split > 0)"
+                f"available: {', '.join(sorted(log))} (val_* needs a validation set: data_loader.args.validation_split "
+                f"> 0, or the generated sets' val_points_per_class / num_val_sequences)"
             )
         value = log[self.monitor_key]
         if self.monitor_mode == "min":

@@ -36,13 +36,16 @@ class DotVideoDataLoader(BaseDataLoader):
 
     mode "video" (the authors' data): one video of `num_frames` frames at times linspace(0, duration) with
     speed `speed` and start `x0`, cut into non-overlapping chunks of `chunk_len` frames; the test set is
-    the continuation of the same video (the next `test_frames` frames, fresh noise).
+    the continuation of the same video (the next `test_frames` frames, fresh noise), the validation set
+    `num_val_sequences` chunks continuing it after the test frames (noise from `val_seed`).
     mode "sequences": `num_sequences` independent sequences of `chunk_len` frames with the same frame
     interval, starting positions x0 ~ U(-1, 1) and speeds ~ U(speed_range); `num_test_sequences` more
-    for the test set. With `flip_prob`, the dot reverses direction at each frame with this probability (a
-    random event the past does not predict, for latent-variable sequence models). With `min_len`, sequence
-    lengths are uniform on {min_len, ..., chunk_len}: frames after a sequence's end are zero and batches carry
-    {"mask": (B, T) bool}, True on its frames.
+    for the test set, `num_val_sequences` more (drawn with `val_seed`) for the validation set. With
+    `flip_prob`, the dot reverses direction at each frame with this probability (a random event the past does
+    not predict, for latent-variable sequence models). With `min_len`, sequence lengths are uniform on
+    {min_len, ..., chunk_len}: frames after a sequence's end are zero and batches carry {"mask": (B, T) bool},
+    True on its frames.
+    Either mode: a generated validation set (`num_val_sequences` > 0) replaces `validation_split`.
 
     Args:
         image_width, render_sigma, noise_sigma: pixels, width of the dot and pixel noise std.
@@ -53,6 +56,7 @@ class DotVideoDataLoader(BaseDataLoader):
         test_frames: frames of the held-out continuation (mode "video").
         num_sequences, num_test_sequences, speed_range, flip_prob, min_len: mode "sequences".
         data_seed, test_seed: seeds of the training and test noise (and random phases and speeds).
+        val_seed, num_val_sequences: seed and size of the validation set (both modes); 0 sequences: none drawn.
     """
 
     def __init__(self, batch_size: int = 16, shuffle: bool = True, validation_split: float = 0.0,
@@ -61,9 +65,9 @@ class DotVideoDataLoader(BaseDataLoader):
                  duration: float = 500.0, chunk_len: int = 50, speed: float = 0.75, x0: float = 0.0,
                  test_frames: int = 1000, num_sequences: int = 100, num_test_sequences: int = 20,
                  speed_range: list[float] = (0.5, 1.0), flip_prob: float = 0.0, min_len: int | None = None,
-                 data_seed: int = 0,
-                 test_seed: int = 1):
+                 data_seed: int = 0, test_seed: int = 1, val_seed: int = 2, num_val_sequences: int = 0):
         super().__init__(batch_size, shuffle, validation_split, num_workers, split_seed)
+        with_val = self.generated_validation("num_val_sequences", num_val_sequences, val_seed, data_seed, test_seed)
         if mode not in ("video", "sequences"):
             raise ConfigError(f"config key 'data_loader.args.mode' must be 'video' or 'sequences', got {mode!r}")
         if chunk_len < 2 or num_frames < chunk_len:
@@ -84,6 +88,13 @@ class DotVideoDataLoader(BaseDataLoader):
             test = render_dots((num_frames + torch.arange(test_frames, dtype=f64)) * dt, speed_, x0_, **render)
             train_clean = self._chunks(train, chunk_len)
             test_clean = self._chunks(test, chunk_len)
+            if with_val:  # the chunks after the test frames
+                first = num_frames + test_frames
+                val = render_dots((first + torch.arange(num_val_sequences * chunk_len, dtype=f64)) * dt, speed_, x0_,
+                                  **render)
+                val_clean = self._chunks(val, chunk_len)
+                val_source = (f"frames {first}-{first + len(val) - 1} of the video after the test frames, noise "
+                              f"drawn with val_seed {val_seed}")
         else:
             if len(speed_range) != 2 or not 0 < speed_range[0] <= speed_range[1]:
                 raise ConfigError(f"config key 'data_loader.args.speed_range' must be [low, high] with "
@@ -96,8 +107,13 @@ class DotVideoDataLoader(BaseDataLoader):
             shape = dict(chunk_len=chunk_len, dt=dt, speed_range=speed_range, flip_prob=flip_prob, render=render)
             train_clean = self._random_sequences(num_sequences, seed=data_seed, **shape)
             test_clean = self._random_sequences(num_test_sequences, seed=test_seed + 1000, **shape)
+            if with_val:
+                val_clean = self._random_sequences(num_val_sequences, seed=val_seed + 1000, **shape)
+                val_source = f"drawn from the generator with val_seed {val_seed}"
         self.train_set = self._dataset(train_clean, data_seed, min_len)
         self.test_set = self._dataset(test_clean, test_seed, min_len)
+        if with_val:
+            self.val_set, self.val_source = self._dataset(val_clean, val_seed, min_len), val_source
         self.split_validation()
 
     @staticmethod

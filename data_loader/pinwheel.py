@@ -38,13 +38,16 @@ def make_pinwheel(num_classes: int = 5, points_per_class: int = 100, radial_std:
 
 @DATA_LOADERS.register("Pinwheel")
 class PinwheelDataLoader(BaseDataLoader):
-    """Pinwheel points {"x": (B, 2), "y": (B,)}; the test set is drawn with `test_seed`.
+    """Pinwheel points {"x": (B, 2), "y": (B,)}; the test set is drawn with `test_seed`, the validation set
+    with `val_seed` (or, instead, `validation_split` of the training points is held out).
 
     Args:
         num_classes, points_per_class, radial_std, tangential_std, rate, scale: see `make_pinwheel`.
-        data_seed: seed of the training (and validation) points.
+        data_seed: seed of the training points.
         test_seed: seed of the held-out test points.
         test_points_per_class: size of the test set per arm.
+        val_seed: seed of the validation points.
+        val_points_per_class: size of the validation set per arm; 0: none drawn.
     """
 
     data_shape = (2,)
@@ -53,7 +56,7 @@ class PinwheelDataLoader(BaseDataLoader):
                  num_workers: int = 0, split_seed: int = 0, num_classes: int = 5,
                  points_per_class: int = 100, radial_std: float = 0.3, tangential_std: float = 0.05,
                  rate: float = 0.25, scale: float = 10.0, data_seed: int = 0, test_seed: int = 1,
-                 test_points_per_class: int = 100):
+                 test_points_per_class: int = 100, val_seed: int = 2, val_points_per_class: int = 0):
         super().__init__(batch_size, shuffle, validation_split, num_workers, split_seed)
         shape = dict(num_classes=num_classes, radial_std=radial_std, tangential_std=tangential_std,
                      rate=rate, scale=scale)
@@ -61,4 +64,8 @@ class PinwheelDataLoader(BaseDataLoader):
         self.train_set = TensorDictDataset({"x": x, "y": y})
         x, y = make_pinwheel(points_per_class=test_points_per_class, seed=test_seed, **shape)
         self.test_set = TensorDictDataset({"x": x, "y": y})
+        if self.generated_validation("val_points_per_class", val_points_per_class, val_seed, data_seed, test_seed):
+            x, y = make_pinwheel(points_per_class=val_points_per_class, seed=val_seed, **shape)
+            self.val_set = TensorDictDataset({"x": x, "y": y})
+            self.val_source = f"drawn from the generator with val_seed {val_seed}"
         self.split_validation()

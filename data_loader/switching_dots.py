@@ -28,7 +28,8 @@ class SwitchingDotsDataLoader(BaseDataLoader):
     The regime z_t follows a sticky Markov chain over len(speeds) regimes and sets the speed of the move from
     frame t to t+1: phase_t+1 = phase_t + speeds[z_t] * frame_interval, position = triangle_wave(phase) (period
     2, range [-1, 1]; the phase of frame 1 is uniform), rendered as in the bouncing-dot video, plus Gaussian
-    pixel noise. The test set is `num_test_sequences` fresh sequences.
+    pixel noise. The test set is `num_test_sequences` fresh sequences, the validation set `num_val_sequences`
+    more drawn with `val_seed` (or, instead, `validation_split` of the training sequences is held out).
 
     Args:
         image_width, render_sigma, noise_sigma: pixels, width of the dot and pixel noise std.
@@ -38,14 +39,17 @@ class SwitchingDotsDataLoader(BaseDataLoader):
         frame_interval: time between frames.
         num_sequences, num_test_sequences: training and test sequences.
         data_seed, test_seed: seeds of the training and test sequences and noise.
+        val_seed, num_val_sequences: seed and size of the validation set; 0 sequences: none drawn.
     """
 
     def __init__(self, batch_size: int = 16, shuffle: bool = True, validation_split: float = 0.0,
                  num_workers: int = 0, split_seed: int = 0, image_width: int = 20, render_sigma: float = 0.15,
                  noise_sigma: float = 0.1, chunk_len: int = 50, speeds: list[float] = (0.3, 1.0, 2.0),
                  stay_prob: float = 0.95, frame_interval: float = 0.1, num_sequences: int = 200,
-                 num_test_sequences: int = 50, data_seed: int = 0, test_seed: int = 1):
+                 num_test_sequences: int = 50, data_seed: int = 0, test_seed: int = 1, val_seed: int = 2,
+                 num_val_sequences: int = 0):
         super().__init__(batch_size, shuffle, validation_split, num_workers, split_seed)
+        with_val = self.generated_validation("num_val_sequences", num_val_sequences, val_seed, data_seed, test_seed)
         if chunk_len < 2:
             raise ConfigError(f"config key 'data_loader.args.chunk_len' must be >= 2, got {chunk_len}")
         if len(speeds) < 1 or any(v < 0 for v in speeds):
@@ -64,6 +68,9 @@ class SwitchingDotsDataLoader(BaseDataLoader):
                      noise_sigma=noise_sigma)
         self.train_set = self._dataset(num_sequences, seed=data_seed, **shape)
         self.test_set = self._dataset(num_test_sequences, seed=test_seed + 1000, **shape)
+        if with_val:
+            self.val_set = self._dataset(num_val_sequences, seed=val_seed + 1000, **shape)
+            self.val_source = f"drawn from the generator with val_seed {val_seed}"
         self.split_validation()
 
     @staticmethod

@@ -21,18 +21,22 @@ class FigureWriter:
         tensorboard: the SummaryWriter of the run the figures belong to.
         folder: where the PNG files go (created on first use); None: TensorBoard only.
         name: tag -> file name, e.g. 'val/clusters' -> 'val_clusters_epoch3.png'.
+        caption: appended to every figure's title in brackets (the split and epoch: "val, epoch 3"), so that
+            a figure says what it shows wherever it is seen.
     """
 
-    def __init__(self, tensorboard: Any, folder: Path | None, name: Callable[[str], str]):
-        self.tensorboard, self.folder, self.name = tensorboard, folder, name
+    def __init__(self, tensorboard: Any, folder: Path | None, name: Callable[[str], str], caption: str = ""):
+        self.tensorboard, self.folder, self.name, self.caption = tensorboard, folder, name, caption
 
     def add_figure(self, tag: str, figure: Any, global_step: int | None = None) -> None:
-        """Render the figure once and hand the pixels to both (TensorBoard would render it again)."""
+        """Caption the figure, render it once and hand the pixels to both (TensorBoard would render it again)."""
         import matplotlib.image
         import matplotlib.pyplot as plt
         import numpy as np
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+        if self.caption:
+            _caption(figure, self.caption)
         canvas = FigureCanvasAgg(figure)
         canvas.draw()
         pixels = np.asarray(canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3) uint8
@@ -41,3 +45,12 @@ class FigureWriter:
             self.folder.mkdir(parents=True, exist_ok=True)
             write_atomic(self.folder / self.name(tag), lambda tmp: matplotlib.image.imsave(tmp, pixels, format="png"))
         self.tensorboard.add_image(tag, pixels, global_step, dataformats="HWC")
+
+
+def _caption(figure: Any, caption: str) -> None:
+    """"Title (caption)", in the title's own font; the caption alone as the title of an untitled figure."""
+    title = figure._suptitle  # the suptitle's Text (matplotlib has a getter for its string only)
+    if title is None:
+        figure.suptitle(caption)
+    else:
+        title.set_text(f"{title.get_text()} ({caption})")

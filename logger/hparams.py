@@ -9,11 +9,11 @@ from utils.config import flatten
 
 
 def hparams_of(config: dict) -> dict[str, Any]:
-    """The HPARAMS columns every run shares: architecture, learning rate(s), batch size, seed, epochs, then
-    the flattened arch.args (lists as text)."""
+    """The HPARAMS columns every run shares: architecture, data (the loader), learning rate(s), batch size,
+    seed, epochs, then the flattened arch.args (lists as text)."""
     optimizers = config["optimizer"]
     groups = {"": optimizers} if "type" in optimizers else optimizers
-    columns: dict[str, Any] = {"architecture": config["arch"]["type"]}
+    columns: dict[str, Any] = {"architecture": config["arch"]["type"], "data": config["data_loader"]["type"]}
     for group, spec in groups.items():
         columns[f"lr/{group}" if group else "lr"] = spec["args"].get("lr")
     columns.update(batch_size=config["data_loader"]["args"].get("batch_size"), seed=config["seed"],

@@ -1,12 +1,15 @@
-"""TensorBoard writers of a run: tensorboard/train, tensorboard/val and tensorboard/test.
+"""TensorBoard writers of a run: one TensorBoard run per split inside the run folder, and the run folder itself.
 
-Epoch means go to train and val under the same tag ("epoch/<metric>"), so TensorBoard
-draws train and validation in one chart, on the global-step axis shared with the
-per-step scalars ("step/<metric>"); test.py writes its metrics and figures to test.
-The tensorboard/ folder itself is the run's HPARAMS session (`write_hparams`): its
-hyperparameters, and as metrics the last value of every scalar of its train, val and
-test runs. Disabled writers (tensorboard off, or not rank 0) accept the calls the framework
-makes and do nothing.
+    <run_dir>/           run-level data: the HPARAMS session, the config text, learning rates and schedules
+                         (when they change) and the best monitored value
+    <run_dir>/train/     per-epoch training means ("epoch/<metric>"; "step/<metric>" with trainer.log_steps)
+    <run_dir>/val/       the same tags on the validation split, and the figures
+    <run_dir>/test/      test.py: the same tags at the evaluated checkpoint's step, and its figures
+
+Train, validation and test share tags, so TensorBoard overlays them in one chart; the run names
+(<name>/<MMDD-HHMMSS>/<split>) end in the split. The HPARAMS session is the run folder, so its metrics are
+read from the split runs below it (groups "train", "val", "test"). Disabled writers (tensorboard off, or
+not rank 0) accept the calls the framework makes and do nothing.
 """
 from __future__ import annotations
 
@@ -82,31 +85,30 @@ class _GuardedWriter:
 
 
 class TensorboardWriter:
-    """SummaryWriters under <run_dir>/tensorboard/ for the `splits` asked for (attributes `train`,
-    `val`, `test`; the others are disabled)."""
+    """SummaryWriters of `run_dir` (attribute `run`) and of its split folders (`train`, `val`, `test`) for the
+    `splits` asked for; the others are disabled."""
 
     SPLITS = ("train", "val", "test")
 
-    def __init__(self, run_dir: Path | None, enabled: bool, splits: tuple[str, ...] = ("train", "val")):
-        self.folder = Path(run_dir) / "tensorboard" if enabled and run_dir is not None else None
-        for split in self.SPLITS:
+    def __init__(self, run_dir: Path | None, enabled: bool, splits: tuple[str, ...] = ("run", "train", "val")):
+        self.folder = Path(run_dir) if enabled and run_dir is not None else None
+        for split in ("run", *self.SPLITS):
             on = self.folder is not None and split in splits
-            setattr(self, split, _GuardedWriter(self.folder / split) if on else _NullWriter())
+            folder = self.folder if split == "run" else self.folder / split if self.folder else None
+            setattr(self, split, _GuardedWriter(folder) if on else _NullWriter())
 
     def write_hparams(self, hparams: dict[str, Any]) -> None:
-        """Record this run as one session of TensorBoard's HPARAMS table. Only the session is written,
-        never an experiment definition: TensorBoard then builds the table from every session under the
-        logdir (the union of their hyperparameters, those that differ first), whatever the architecture."""
+        """Record this run as one session of TensorBoard's HPARAMS table, in the run-level writer. Only the
+        session is written, never an experiment definition: TensorBoard then builds the table from every
+        session under the logdir (the union of their hyperparameters), whatever the architecture."""
         if self.folder is None:
             return
         from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
         _, session_start, session_end = hparams_summaries(hparams, {})
-        session = _GuardedWriter(self.folder)
         for summary in (session_start, session_end):
-            session._get_file_writer().add_summary(summary)
-        session.close()
+            self.run._get_file_writer().add_summary(summary)
 
     def close(self) -> None:
-        for split in self.SPLITS:
+        for split in ("run", *self.SPLITS):
             getattr(self, split).close()

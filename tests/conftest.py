@@ -87,16 +87,21 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         path.write_bytes(data)
 
 
-@pytest.fixture
-def mnist_root(tmp_path: Path) -> Path:
-    """A tiny MNIST in torchvision's raw layout: 60 train and 30 test images (gzipped test split)."""
-    raw = tmp_path / "mnist" / "MNIST" / "raw"
+def make_mnist(folder: Path) -> Path:
+    """A tiny MNIST in torchvision's raw layout under `folder`: 60 train and 30 test images (gzipped test
+    split). Returns `folder`, the data loader's root."""
+    raw = folder / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for prefix, n, gz in (("train", 60, ""), ("t10k", 30, ".gz")):
         write_idx(raw / f"{prefix}-images-idx3-ubyte{gz}", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte{gz}", rng.integers(0, 10, n, dtype=np.uint8))
-    return tmp_path / "mnist"
+    return folder
+
+
+@pytest.fixture
+def mnist_root(tmp_path: Path) -> Path:
+    return make_mnist(tmp_path / "mnist")
 
 
 @pytest.fixture
@@ -111,10 +116,11 @@ def mnist_config(tmp_path: Path, mnist_root: Path) -> dict:
 
 
 def event_tags(run_dir: Path, split: str) -> dict:
-    """The tags of the TensorBoard run `split` (train, val or test) of a run folder, every image kept."""
+    """The tags of the TensorBoard run `split` (train, val or test; "." the run folder's own) of a run folder,
+    every image kept."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    return EventAccumulator(str(run_dir / "tensorboard" / split), size_guidance={"images": 0}).Reload().Tags()
+    return EventAccumulator(str(run_dir / split), size_guidance={"images": 0}).Reload().Tags()
 
 
 def final_state(run_dir: Path) -> dict:

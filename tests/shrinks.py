@@ -19,12 +19,13 @@ SHRINKS: dict[str, tuple[str, dict, dict]] = {
     "VAE": ("vae_pinwheel.yaml", dict(hidden_dims=[16, 16], kl_warmup_epochs=2),
             dict(points_per_class=20, batch_size=10, validation_split=0.2)),
     "SVAE-GMM": ("svae_gmm.yaml", dict(num_components=5, hidden_dims=[8, 8], kl_warmup_epochs=1),
-                 dict(points_per_class=12, batch_size=10, test_points_per_class=8)),
+                 dict(points_per_class=12, batch_size=10, test_points_per_class=8, val_points_per_class=2)),
     "SVAE-LDS": ("svae_lds.yaml", dict(latent_dim=3, hidden_dims=[8], prefix_len=6, horizon=5, eval_samples=2),
-                 dict(num_frames=144, duration=14.3, chunk_len=12, test_frames=36, batch_size=4)),
+                 dict(num_frames=144, duration=14.3, chunk_len=12, test_frames=36, batch_size=4,
+                      num_val_sequences=1)),
     "SVAE-SLDS": ("svae_slds.yaml", dict(latent_dim=2, hidden_dims=[8], prefix_len=6, horizon=5, eval_samples=2,
                                          max_iter=5),
-                  dict(chunk_len=12, num_sequences=12, num_test_sequences=3, batch_size=4)),
+                  dict(chunk_len=12, num_sequences=12, num_test_sequences=3, batch_size=4, num_val_sequences=2)),
     "GraphVAE": ("graph_vae.yaml", dict(num_nodes=4, node_dim=3, hidden_dims=[32, 16], head_hidden_dims=[8]),
                  dict(download=False, batch_size=16, validation_split=12, num_workers=0)),
     "GraphLSTMVAE": ("graph_lstm_vae.yaml", dict(lstm_hidden=8, num_nodes=4, node_dim=3, hidden_dims=[32, 16],
@@ -44,7 +45,8 @@ SHRINKS: dict[str, tuple[str, dict, dict]] = {
 #: a 2-rank DDP run and one process (tests/test_distributed.py, tests/test_cuda.py): mean field run to
 #: convergence and a global batch of 10, so that the globals do not depend on how the batch is split.
 VARIANTS: dict[str, dict[str, tuple[dict, dict]]] = {
-    "regression": {"svae_gmm": (dict(likelihood="gaussian"), {}), "svae_lds": ({}, {})},
+    "regression": {"svae_gmm": (dict(likelihood="gaussian"), dict(val_points_per_class=0)),  # the pins: no val_*
+                   "svae_lds": ({}, dict(num_val_sequences=0))},
     "ddp": {
         "svae_gmm": (dict(num_components=4, hidden_dims=[8], max_iter=1000, tol=1e-12, rho=0.5),
                      dict(points_per_class=8, batch_size=10, test_points_per_class=2)),

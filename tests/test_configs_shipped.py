@@ -10,12 +10,13 @@ import yaml
 
 import train as train_script
 from data_loader.example_files import write_images, write_sequences, write_vectors
-from tests.conftest import ROOT, event_tags
+from tests.conftest import ROOT, event_tags, one_line_error
 from tests.test_strokes import make_drawings, save
 from trainer import jobs
 from trainer.components import build_data, build_model, load_and_check
 from trainer.jobs import train
 from trainer.optim import build_optimizers
+from utils.config import read_config_file
 
 SHIPPED = sorted(p.relative_to(ROOT) for p in (ROOT / "configs").rglob("*") if p.suffix in (".json", ".yaml")
                  and p.parent.name != "search")  # configs/search/: sweep.py search spaces (tests/test_sweep.py)
@@ -48,6 +49,28 @@ def test_shipped_config_builds_and_steps(path, mnist_root, tmp_path):
     for opt in optimizers.values():
         opt.step()
     assert torch.isfinite(loss)
+
+
+#: the shipped configs of generated data that write TensorBoard curves (configs/bench/: timings, no curves)
+GENERATED = [path for path in SHIPPED if (config := read_config_file(ROOT / path))["data_loader"]["type"] in
+             ("Pinwheel", "DotVideo", "SwitchingDots") and config["trainer"].get("tensorboard", True)]
+
+
+@pytest.mark.parametrize("path", GENERATED, ids=str)
+def test_shipped_configs_of_generated_data_have_a_small_validation_set(path):
+    """A validation curve in TensorBoard, evaluated every epoch: at most a quarter of the training size."""
+    data = build_data(load_and_check(ROOT / path))
+    assert data.val_set is not None and 0 < len(data.val_set) <= len(data.train_set) / 4
+    args = read_config_file(ROOT / path)["data_loader"]["args"]
+    if not args.get("validation_split"):  # drawn from the generator: the training set keeps every example
+        assert f"val_seed {args['val_seed']}" in data.val_source
+
+
+def test_validation_split_on_a_config_with_a_generated_validation_set_is_a_one_line_error(capsys):
+    argv = ["-c", "configs/svae_gmm.yaml", "--set", "data_loader.args.validation_split=0.1", "--dry-run"]
+    assert train_script.main(argv) == 2
+    err = one_line_error(capsys.readouterr().err)
+    assert "'data_loader.args.val_points_per_class' (20)" in err and "'data_loader.args.validation_split'" in err
 
 
 def test_short_flags_and_overrides_reach_the_run(tmp_path):

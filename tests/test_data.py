@@ -1,4 +1,5 @@
-"""Data loaders: pinwheel, MNIST (generated IDX files and the real test split), splits, seeding."""
+"""Data loaders: pinwheel, MNIST (generated IDX files and the real test split), splits, seeding, the validation
+sets of the generated data sets."""
 from __future__ import annotations
 
 import math
@@ -7,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from data_loader.dots import DotVideoDataLoader
 from data_loader.mnist import MnistDataLoader, load_mnist_split, read_idx
 from data_loader.pinwheel import PinwheelDataLoader, make_pinwheel
+from data_loader.switching_dots import SwitchingDotsDataLoader
 from tests.conftest import SHARED_MNIST, write_idx
-from utils.errors import DataError
+from utils.errors import ConfigError, DataError
 
 
 def test_pinwheel_matches_its_definition():
@@ -64,6 +67,68 @@ def test_shuffling_depends_on_seed_and_epoch_only():
     torch.manual_seed(999)
     assert torch.equal(order(0), first)
     assert not torch.equal(order(1), first)
+
+
+#: the generated data sets, small: id -> (loader, arguments, the key of the validation set's size, that size,
+#: the examples it makes)
+GENERATED = {
+    "pinwheel": (PinwheelDataLoader, dict(points_per_class=20, test_points_per_class=10),
+                 "val_points_per_class", 4, 20),
+    "video": (DotVideoDataLoader, dict(num_frames=200, duration=20.0, chunk_len=10, test_frames=40),
+              "num_val_sequences", 3, 3),
+    "sequences": (DotVideoDataLoader, dict(mode="sequences", num_sequences=30, num_test_sequences=7, chunk_len=12,
+                                           min_len=6, flip_prob=0.1), "num_val_sequences", 5, 5),
+    "switching": (SwitchingDotsDataLoader, dict(num_sequences=6, num_test_sequences=2, chunk_len=12),
+                  "num_val_sequences", 3, 3),
+}
+
+
+def rows(tensor: torch.Tensor) -> set[tuple]:
+    """The examples of `tensor` (N, ...) as a set of flat tuples."""
+    return {tuple(row.tolist()) for row in tensor.flatten(1)}
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_generated_validation_set_is_drawn_with_its_own_seed(name):
+    loader, args, size_key, size, examples = GENERATED[name]
+    data = loader(**args, **{size_key: size})
+    assert data.validation_split == 0 and len(data.val_set) == examples
+    val = data.val_set.tensors
+    assert val.keys() == data.train_set.tensors.keys()
+    assert not rows(val["x"]) & (rows(data.train_set.tensors["x"]) | rows(data.test_set.tensors["x"]))
+    again = loader(**args, **{size_key: size}).val_set.tensors
+    assert all(torch.equal(value, again[key]) for key, value in val.items()), "reproducible"
+    other = loader(**args, **{size_key: size}, val_seed=7).val_set.tensors
+    assert not torch.equal(val["x"], other["x"]), "drawn with val_seed"
+    assert f"validation: {examples} examples, " in "\n".join(data.describe())
+    assert "val_seed 2" in "\n".join(data.describe())
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_asking_for_a_validation_set_leaves_training_and_test_sets_unchanged(name):
+    loader, args, size_key, size, _ = GENERATED[name]
+    without, with_val = loader(**args), loader(**args, **{size_key: size})
+    assert without.val_set is None
+    for split in ("train_set", "test_set"):
+        before, after = getattr(without, split).tensors, getattr(with_val, split).tensors
+        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before), split
+
+
+@pytest.mark.parametrize("name", GENERATED)
+def test_validation_split_with_a_generated_validation_set_is_a_config_error(name):
+    loader, args, size_key, size, _ = GENERATED[name]
+    with pytest.raises(ConfigError) as info:
+        loader(**args, **{size_key: size}, validation_split=0.2)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and f"'data_loader.args.{size_key}' ({size})" in message
+    assert "'data_loader.args.validation_split' (0.2)" in message
+    for seed_key in ("data_seed", "test_seed"):
+        with pytest.raises(ConfigError, match=f"'data_loader.args.val_seed' \\(5\\) equals '{seed_key}'"):
+            loader(**args, **{size_key: size, "val_seed": 5, seed_key: 5})
+    with pytest.raises(ConfigError, match=f"'data_loader.args.{size_key}' must be >= 0"):
+        loader(**args, **{size_key: -1})
+    split = loader(**args, validation_split=2)  # without a generated set, validation_split works as before
+    assert len(split.val_set) == 2 and "held out of the training set (validation_split 2" in "\n".join(split.describe())
 
 
 def test_read_idx_plain_and_gzip(tmp_path):

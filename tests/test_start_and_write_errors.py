@@ -212,7 +212,7 @@ def test_a_full_disk_while_writing_events_stops_with_one_line(pinwheel_config, t
     proc = run_cli("-c", fill_disk_after_20_event_writes)
     assert proc.returncode == 2, proc.stderr
     err = one_line_error(proc.stderr)
-    assert "/tensorboard/" in err and "No space left on device; training stopped in epoch" in err
+    assert "/vae_pinwheel/" in err and "No space left on device; training stopped in epoch" in err
 
 
 @pytest.fixture

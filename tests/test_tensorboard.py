@@ -37,9 +37,9 @@ def test_figures_are_files_at_the_first_periodic_and_last_epochs(regression_conf
                              "trainer.tensorboard=true"))
     assert figure_files(run.run_dir) == [f"val_probe_epoch{e}.png" for e in (1, 2, 4, 5)]
     assert all(min(readable_png(run.run_dir / "figures" / name)) >= MIN_SIDE for name in figure_files(run.run_dir))
-    val = EventAccumulator(str(run.run_dir / "tensorboard" / "val")).Reload()
+    val = EventAccumulator(str(run.run_dir / "val")).Reload()
     assert val.Tags()["images"] == ["val/probe"] and len(val.Images("val/probe")) == 4
-    assert EventAccumulator(str(run.run_dir / "tensorboard" / "train")).Reload().Tags()["images"] == []
+    assert EventAccumulator(str(run.run_dir / "train")).Reload().Tags()["images"] == []
 
 
 def test_early_stopping_still_draws_the_last_epoch(regression_config):
@@ -65,15 +65,18 @@ def svae_gmm_run(tmp_path_factory):
 
 def test_the_test_run_holds_test_metrics_and_figures_and_no_bookkeeping(svae_gmm_run):
     run_dir, results = svae_gmm_run
-    test_events = EventAccumulator(str(run_dir / "tensorboard" / "test")).Reload()
+    test_events = EventAccumulator(str(run_dir / "test")).Reload()
     metrics = {"elbo", "elbo_median", "elbo_worst", "iw_nll", "ari", "nmi", "components_in_use"}
-    assert set(test_events.Tags()["scalars"]) == {f"test/{name}" for name in metrics}
+    assert set(test_events.Tags()["scalars"]) == {f"epoch/{name}" for name in metrics}  # the curves' tags
+    train_events = EventAccumulator(str(run_dir / "train")).Reload()
+    [tested] = test_events.Scalars("epoch/elbo")  # on the training curve, at the evaluated checkpoint's step
+    assert tested.step == train_events.Scalars("epoch/elbo")[-1].step and tested.value == pytest.approx(results["elbo"])
     assert {"epoch", "num_examples", "iw_samples"} <= results.keys()  # bookkeeping: in the JSON and the text tab
     images = test_events.Tags()["images"]
     assert images and all(tag.startswith("test/clusters") for tag in images)
     assert any(tag.startswith("test_metrics") for tag in test_events.Tags()["tensors"])
     for split in ("train", "val"):
-        other = EventAccumulator(str(run_dir / "tensorboard" / split)).Reload().Tags()["images"]
+        other = EventAccumulator(str(run_dir / split)).Reload().Tags()["images"]
         assert not any(tag.startswith("test/") for tag in other)
     for tag in images:  # every figure also as figures/test_<name>.png
         assert min(readable_png(run_dir / "figures" / f"{tag.replace('/', '_')}.png")) >= MIN_SIDE
@@ -81,9 +84,14 @@ def test_the_test_run_holds_test_metrics_and_figures_and_no_bookkeeping(svae_gmm
 
 def test_schedules_are_logged_once_per_epoch(svae_gmm_run):
     run_dir, _ = svae_gmm_run
-    train_events = EventAccumulator(str(run_dir / "tensorboard" / "train")).Reload()
-    assert [e.value for e in train_events.Scalars("schedule/kl_weight")] == [0.0, 0.5, 1.0]
-    assert not any(tag.startswith(("hparam/", "epoch/tau", "epoch/kl_weight"))
+    train_events = EventAccumulator(str(run_dir / "train")).Reload()
+    run_events = EventAccumulator(str(run_dir)).Reload()  # schedules and learning rates: run-level data
+    assert [e.value for e in run_events.Scalars("schedule/kl_weight")] == [0.0, 0.5, 1.0]
+    assert len(run_events.Scalars("lr/all")) == 1  # constant: written once, no flat line
+    # a diagnostic is written when its value changes: no two equal points in a row
+    retries = [e.value for e in train_events.Scalars("epoch/jitter_retries")]
+    assert retries and all(a != b for a, b in zip(retries, retries[1:])), retries
+    assert not any(tag.startswith(("hparam/", "epoch/tau", "epoch/kl_weight", "schedule/", "lr/"))
                    for tag in train_events.Tags()["scalars"])
 
 
@@ -114,9 +122,32 @@ def test_one_hparams_table_spans_architectures(svae_gmm_run, regression_config):
     train(probe_config(regression_config, "trainer.epochs=2", "data_loader.args.validation_split=0.25"))
     experiment = hparams_experiment(logdir)
     columns = {info.name: info for info in experiment.hparam_infos}
-    assert {"architecture", "lr", "batch_size", "seed", "epochs", "arch.num_components", "arch.tau"} <= set(columns)
+    assert {"architecture", "data", "lr", "batch_size", "seed", "epochs", "arch.num_components", "arch.tau"} <= set(columns)
     assert set(columns["architecture"].domain_discrete) == {"SVAE-GMM", "HookProbe"}
-    assert [info.name for info in experiment.hparam_infos][:3] == ["architecture", "batch_size", "epochs"]  # differ
+    assert [info.name for info in experiment.hparam_infos][:3] == ["architecture", "batch_size", "data"]  # differ
     metrics = {(info.name.group, info.name.tag) for info in experiment.metric_infos}
-    assert {("test", "test/elbo"), ("test", "test/ari"), ("val", "epoch/loss"), ("train", "epoch/loss")} <= metrics
+    assert {("test", "epoch/elbo"), ("test", "epoch/ari"), ("val", "epoch/loss"), ("train", "epoch/loss")} <= metrics
     assert not any(tag.startswith("hparam/") for _, tag in metrics)
+
+
+@pytest.mark.parametrize("title", ["Latent means", None])
+def test_every_figure_is_titled_with_its_split_and_epoch(tmp_path, title):
+    """FigureWriter appends "(val, epoch 3)" to a figure's title, in the title's own font (the caption alone
+    titles an untitled figure), in TensorBoard and in the PNG alike."""
+    from matplotlib.figure import Figure
+
+    from logger.figures import FigureWriter
+
+    class Recorder:
+        def add_image(self, tag, pixels, step, dataformats):
+            self.shape = pixels.shape
+
+    fig = Figure(figsize=(4, 3))
+    fig.subplots()
+    if title:
+        fig.suptitle(title, fontsize=17)
+    recorder = Recorder()
+    FigureWriter(recorder, tmp_path, lambda tag: "f.png", caption="val, epoch 3").add_figure("val/f", fig, 30)
+    assert fig.get_suptitle() == (f"{title} (val, epoch 3)" if title else "val, epoch 3")
+    assert fig._suptitle.get_fontsize() == (17 if title else 12.0)
+    assert readable_png(tmp_path / "f.png") == recorder.shape[:2]

@@ -86,7 +86,7 @@ def test_len_epoch_runs_exactly_that_many_steps(regression_config):
 
 
 def test_monitor_of_a_metric_that_is_not_logged(regression_config):
-    with pytest.raises(Exception, match="val_\\* needs data_loader.args.validation_split"):
+    with pytest.raises(Exception, match="val_\\* needs a validation set: data_loader.args.validation_split"):
         _run(regression_config, "trainer.monitor=min val_loss")
 
 
@@ -271,9 +271,13 @@ def test_amp_on_cpu_warns_and_trains_in_full_precision(regression_config):
 
 
 def test_run_folders_never_collide(tmp_path):
-    paths = {new_run_dir(tmp_path, "x") for _ in range(50)}
-    assert len(paths) == 50
-    assert all(p.parent == tmp_path / "x" and len(p.name.split("-")) == 3 for p in paths)
+    """Run ids are MMDD-HHMMSS; runs started in the same second get -2, -3, ..."""
+    paths = [new_run_dir(tmp_path, "x") for _ in range(50)]
+    assert len(set(paths)) == 50 and all(p.parent == tmp_path / "x" for p in paths)
+    first = paths[0].name
+    assert len(first) == len("1207-103452") and first[4] == "-" and first.replace("-", "").isdigit()
+    same_second = [p.name for p in paths if p.name.startswith(first)]
+    assert same_second[:3] == [first, f"{first}-2", f"{first}-3"][:len(same_second[:3])]
 
 
 def test_run_folder_contents(regression_config):
@@ -289,17 +293,31 @@ def test_tensorboard_tags(pinwheel_config):
 
     pinwheel_config["trainer"].update(tensorboard=True, log_every=1, visualize_every=1)
     run = _run(pinwheel_config, "trainer.epochs=2")
-    tb = run.run_dir / "tensorboard"
-    train_events = EventAccumulator(str(tb / "train")).Reload()
-    val_events = EventAccumulator(str(tb / "val")).Reload()
+    train_events = EventAccumulator(str(run.run_dir / "train")).Reload()
+    val_events = EventAccumulator(str(run.run_dir / "val")).Reload()
+    run_events = EventAccumulator(str(run.run_dir)).Reload()  # the run folder itself: run-level data
     scalars = set(train_events.Tags()["scalars"])
-    assert {"step/loss", "step/elbo", "epoch/loss", "epoch/kl", "lr/all"} <= scalars
+    assert {"epoch/loss", "epoch/kl"} <= scalars and not any(tag.startswith("step/") for tag in scalars)
     assert {"epoch/loss", "epoch/elbo"} <= set(val_events.Tags()["scalars"])
     assert "val/data_vs_samples" in val_events.Tags()["images"]  # a matplotlib figure for 2-D data, val run
-    assert any(tag.startswith("config") for tag in train_events.Tags()["tensors"])
+    assert any(tag.startswith("config") for tag in run_events.Tags()["tensors"])
     steps = [e.step for e in train_events.Scalars("epoch/loss")]
     assert steps == [e.step for e in val_events.Scalars("epoch/loss")] == [8, 16]  # shared global-step axis
-    assert "schedule/kl_weight" in scalars and not any(tag.startswith("hparam") for tag in scalars)
+    run_scalars = set(run_events.Tags()["scalars"])
+    assert {"lr/all", "schedule/kl_weight", "best/val_loss"} <= run_scalars
+    lr = pinwheel_config["optimizer"]["args"]["lr"]
+    assert [e.value for e in run_events.Scalars("lr/all")] == pytest.approx([0.7 * lr, 0.49 * lr])  # StepLR, stepped
+    assert [e.value for e in run_events.Scalars("schedule/kl_weight")] == [0.0, 0.5]  # warm-up over 2 epochs
+    assert not any(tag.startswith("hparam") for tag in scalars | run_scalars)
+
+
+def test_steps_are_logged_with_log_steps(pinwheel_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    pinwheel_config["trainer"].update(tensorboard=True, log_every=1, log_steps=True)
+    run = _run(pinwheel_config, "trainer.epochs=1")
+    steps = EventAccumulator(str(run.run_dir / "train")).Reload().Scalars("step/loss")
+    assert [e.step for e in steps] == list(range(1, 9))
 
 
 def test_reduce_lr_on_plateau_steps_on_the_monitored_metric(regression_config):
@@ -322,7 +340,7 @@ def test_parameter_histograms(regression_config, histograms):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run = _run(regression_config, "trainer.epochs=2", "trainer.tensorboard=true", f"trainer.histograms={histograms}")
-    events = EventAccumulator(str(run.run_dir / "tensorboard" / "train"), size_guidance={"histograms": 0}).Reload()
+    events = EventAccumulator(str(run.run_dir / "train"), size_guidance={"histograms": 0}).Reload()
     tags = set(events.Tags()["histograms"])
     if not histograms:
         assert tags == set()

@@ -162,11 +162,12 @@ def evaluate(checkpoint_path: str | Path, device: str = "auto", batch_size: int 
     write_atomic(run_dir / "test_metrics.json", lambda tmp: tmp.write_text(json.dumps(results, indent=2)))
     writer = TensorboardWriter(run_dir, enabled=config["trainer"]["tensorboard"], splits=("test",))
     step = checkpoint["global_step"]
-    for name, value in metric_values(results, metrics).items():
-        writer.test.add_scalar(f"test/{name}", value, step)
+    for name, value in metric_values(results, metrics).items():  # on the training curves' tags: they overlay
+        writer.test.add_scalar(f"epoch/{name}", value, step)
     writer.test.add_text("test_metrics", "\n".join("    " + line for line in format_table(results).splitlines()), step)
     vis = loader.dataset.__getitems__(list(range(min(model.visualization_size, len(loader.dataset)))))
-    figures = FigureWriter(writer.test, run_dir / "figures", lambda tag: f"{file_stem(tag)}.png")
+    figures = FigureWriter(writer.test, run_dir / "figures", lambda tag: f"{file_stem(tag)}.png",
+                           caption=f"test, epoch {checkpoint['epoch']}")
     with torch.no_grad():
         model.visualize(figures, move_to(vis, torch_device), step, "test")
     writer.close()

@@ -76,6 +76,8 @@ class Trainer(BaseTrainer):
         self.log_every = cfg["log_every"]
         self.visualize_every = cfg["visualize_every"]
         self.histograms = cfg["histograms"]
+        self.log_steps = cfg["log_steps"]
+        self.logged: dict[str, float] = {}  # run-level scalars and model diagnostics: the last value written
         self.show_progress = context.console and cfg["verbosity"] > 0 and dist_info.is_main and sys.stderr.isatty()
         self.tracker = MetricTracker()
         self.non_finite = NonFiniteWatch(device)
@@ -86,7 +88,7 @@ class Trainer(BaseTrainer):
         self.schedules: dict[str, float] = {}
         self.hparams = {**hparams_of(config), **context.hparams}  # HPARAMS columns; a sweep adds the keys it varies
         if dist_info.is_main:
-            self.writer.train.add_text("config", _as_markdown_code(yaml.safe_dump(config, sort_keys=False)), 0)
+            self.writer.run.add_text("config", _as_markdown_code(yaml.safe_dump(config, sort_keys=False)), 0)
 
     # ------------------------------------------------------------- epochs
     def _run_epoch(self, epoch: int) -> dict[str, float]:
@@ -131,27 +133,35 @@ class Trainer(BaseTrainer):
         return self.tracker.result()
 
     def _log_step(self, out: dict[str, torch.Tensor], bar: tqdm) -> None:
-        """The step's scalars to TensorBoard (`step/<key>`) and the progress bar: one host read."""
+        """The step's loss to the progress bar and, with trainer.log_steps, its scalars to TensorBoard
+        (`step/<key>`): one host read."""
         values = dict(zip(out, torch.stack([v.float() for v in out.values()]).tolist()))
         if not math.isfinite(values["loss"]):  # a skipped step
             return
-        for key, value in values.items():
-            self.writer.train.add_scalar(f"step/{key}", value, self.global_step)
+        if self.log_steps:
+            for key, value in values.items():
+                self.writer.train.add_scalar(f"step/{key}", value, self.global_step)
         bar.set_postfix(loss=f"{values['loss']:.4f}", refresh=False)
 
     @torch.no_grad()
     def valid_epoch(self) -> dict[str, float]:
-        """Means of the model's outputs over the validation split ({} without one)."""
+        """Means of the model's outputs over the validation split ({} without one). The model samples as it
+        does in training, from forked RNG streams: a validation set does not change what training draws."""
         if self.val_loader is None:
             return {}
         self.model_core.eval()
         self.tracker.reset()
-        for batch in tqdm(self.val_loader, desc="validation", leave=False, disable=not self.show_progress):
-            batch = move_to(batch, self.device, non_blocking=True)
-            with self._autocast():
-                out = self.model_core(batch)
-            self.tracker.update(out, len(batch["x"]))
+        with torch.random.fork_rng(devices=self._rng_devices()):
+            for batch in tqdm(self.val_loader, desc="validation", leave=False, disable=not self.show_progress):
+                batch = move_to(batch, self.device, non_blocking=True)
+                with self._autocast():
+                    out = self.model_core(batch)
+                self.tracker.update(out, len(batch["x"]))
         return self.tracker.result()
+
+    def _rng_devices(self) -> list[int]:
+        """The CUDA device whose RNG stream a fork must also save and restore (none on CPU)."""
+        return [self.device.index or 0] if self.device.type == "cuda" else []
 
     def _epoch_batches(self, epoch: int) -> Iterator[dict]:
         """`len_epoch` batches; each pass over the loader gets its own (seed, pass) order, so
@@ -283,32 +293,44 @@ class Trainer(BaseTrainer):
         parts = " | ".join(f"{k} {v:.4f}" for k, v in log.items())
         self.logger.info("epoch %d/%d | %s | %.1fs%s", epoch, self.epochs, parts, seconds, " *" if improved else "")
         step = self.global_step
+        diagnostics = self.model_core.diagnostics
         for key, value in log.items():
-            if key.startswith("val_"):
-                self.writer.val.add_scalar(f"epoch/{key[4:]}", value, step)
+            split, name = ("val", key[4:]) if key.startswith("val_") else ("train", key)
+            writer = getattr(self.writer, split)
+            if name in diagnostics:
+                self._log_if_changed(writer, f"epoch/{name}", value, step, memo=f"{split}/{name}")
             else:
-                self.writer.train.add_scalar(f"epoch/{key}", value, step)
+                writer.add_scalar(f"epoch/{name}", value, step)
         for name, opt in self.optimizers.items():
             for i, group in enumerate(opt.param_groups):
                 suffix = f"_{i}" if len(opt.param_groups) > 1 else ""
-                self.writer.train.add_scalar(f"lr/{name}{suffix}", group["lr"], step)
+                self._log_if_changed(self.writer.run, f"lr/{name}{suffix}", group["lr"], step)
+        for name, value in self.schedules.items():
+            self._log_if_changed(self.writer.run, f"schedule/{name}", value, step)
+        if improved:
+            self.writer.run.add_scalar(f"best/{self.monitor_key}", self.monitor_best, step)
         if self.skipped_steps:
             self.writer.train.add_scalar("epoch/skipped_steps", self.skipped_steps, step)
         if self.histograms:
             for name, param in self.model_core.named_parameters():
                 self.writer.train.add_histogram(f"params/{name}", param.detach().cpu(), step)
-        for name, value in self.schedules.items():
-            self.writer.train.add_scalar(f"schedule/{name}", value, step)
         if self.visualize_every and (epoch == 1 or epoch % self.visualize_every == 0):
             self._visualize(epoch)
+
+    def _log_if_changed(self, writer, tag: str, value: float, step: int, memo: str | None = None) -> None:
+        """A scalar that is mostly constant (a learning rate, a schedule, a model diagnostic): written the first
+        time and whenever its value changes, so that it draws no flat line."""
+        memo = memo or tag
+        if self.logged.get(memo) != value:
+            writer.add_scalar(tag, value, step)
+            self.logged[memo] = value
 
     def _visualize(self, epoch: int) -> None:
         """Model figures on a fixed validation batch, to the val run and to figures/val_<name>_epoch<N>.png,
         without disturbing the training RNG streams."""
         figures = FigureWriter(self.writer.val, self.run_dir / "figures" if self.run_dir is not None else None,
-                               lambda tag: f"{file_stem(tag)}_epoch{epoch}.png")
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices), torch.no_grad():
+                               lambda tag: f"{file_stem(tag)}_epoch{epoch}.png", caption=f"val, epoch {epoch}")
+        with torch.random.fork_rng(devices=self._rng_devices()), torch.no_grad():
             self.model_core.eval()
             self.model_core.visualize(figures, move_to(self.vis_batch, self.device), self.global_step, "val")
         self.drawn_epoch = epoch

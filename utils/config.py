@@ -64,6 +64,7 @@ SCHEMA: dict[str, Any] = {
         "nan_policy": _field(str, "stop", ("stop", "skip")),
         "visualize_every": _field(int, 1),
         "histograms": _field(bool, False),
+        "log_steps": _field(bool, False),
     },
 }
 

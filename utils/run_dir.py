@@ -1,11 +1,10 @@
-"""Run folders saved/<name>/<YYYYMMDD-HHMMSS>-<unique>/ and the environment record."""
+"""Run folders saved/<name>/<MMDD-HHMMSS>/ and the environment record."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import platform
-import secrets
 import shutil
 import subprocess
 import sys
@@ -39,24 +38,32 @@ def check_save_dir(save_dir: str | Path) -> None:
 
 
 def new_run_dir(save_dir: str | Path, name: str, path: Path | None = None) -> Path:
-    """Create a fresh run folder: `path` when given (it must not exist yet), else save_dir/<name>/<run_id>,
-    where the random suffix of the run id keeps runs started in the same second apart."""
+    """Create a fresh run folder: `path` when given (it must not exist yet), else save_dir/<name>/<run_id>."""
     if path is not None:
         try:
             (path / "checkpoints").mkdir(parents=True, exist_ok=False)
             return path
         except OSError as err:
             raise OutputWriteError(path, err) from None
-    while True:
-        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        path = Path(save_dir) / name / run_id
+    run_dir = new_folder(Path(save_dir) / name)
+    (run_dir / "checkpoints").mkdir()
+    return run_dir
+
+
+def new_folder(parent: Path) -> Path:
+    """Create parent/<MMDD-HHMMSS> (the local start time), with -2, -3, ... appended when another run or sweep
+    took that second: short ids, so that TensorBoard's run names fit its legend."""
+    stem = time.strftime("%m%d-%H%M%S")
+    for attempt in range(1, 1000):
+        path = parent / (stem if attempt == 1 else f"{stem}-{attempt}")
         try:
-            (path / "checkpoints").mkdir(parents=True, exist_ok=False)
+            path.mkdir(parents=True, exist_ok=False)
             return path
         except FileExistsError:
             continue
         except OSError as err:
             raise OutputWriteError(path, err) from None
+    raise OutputWriteError(parent, FileExistsError(f"999 folders named {stem}-N already exist"))
 
 
 @contextlib.contextmanager

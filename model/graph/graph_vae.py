@@ -63,6 +63,7 @@ class GraphVAE(GateSchedule, KLWarmup, BaseModel):
             (0: always 1); `elbo` is always the true bound.
     """
 
+    diagnostics = ("edges",)
     metrics = (
         Metric("elbo", mean_of("elbo"), "evidence lower bound on log p(x) with the hard gates, one posterior sample; "
                "nats per example"),

@@ -177,6 +177,7 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
         prediction_samples: sampled continuations per sequence for `pred_mse`; figure_samples: drawn in figures.
     """
 
+    diagnostics = ("edges",)
     metrics = (
         Metric("elbo", per_frame_and_sequence("elbo"), "evidence lower bound on log p(x_1:T) with the hard gates, "
                "one posterior sample; nats per frame, and per sequence as elbo_per_sequence"),

@@ -53,6 +53,7 @@ class StructuredVAE(KLWarmup, BaseModel):
         kl_warmup_epochs: the local KL's weight in the training loss rises from 0 to 1 over this many epochs.
     """
 
+    diagnostics = ("jitter_retries",)
     metrics = (
         Metric("elbo", ratio_with_spread("elbo", "frames"),
                "held-out ELBO, nats per data point (per frame for sequences), with q(theta)'s KL shared "

@@ -1,4 +1,4 @@
-"""The sweep folder saved/<name>/sweeps/<YYYYMMDD-HHMMSS>-<hex>/ and the locks that keep runs apart.
+"""The sweep folder saved/<name>/sweeps/<MMDD-HHMMSS>/ and the locks that keep runs apart.
 
 The folder holds sweep.json (the spec and its identity), one folder per run, results.csv, summary.md
 and, for a search without --storage, the study (study.db). The same command finds the same folder
@@ -10,14 +10,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets
-import time
 from pathlib import Path
 
 from trainer.sweep.spec import SweepSpec
 from utils.checkpoint import write_atomic
 from utils.errors import OutputWriteError
-from utils.run_dir import check_save_dir
+from utils.run_dir import check_save_dir, new_folder
 
 SPEC_FILE = "sweep.json"
 
@@ -70,15 +68,11 @@ def open_sweep_folder(spec: SweepSpec, fresh: bool = False) -> tuple[Path, bool]
         raise OutputWriteError(root, err) from None
     with FileLock(root / ".lock"):  # two commands started at once pick the same folder
         if not fresh:
-            for folder in sorted(root.iterdir(), reverse=True):
-                spec_file = folder / SPEC_FILE
-                if spec_file.is_file() and json.loads(spec_file.read_text()).get("identity") == identity:
-                    return folder, False
-        folder = root / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        try:
-            folder.mkdir()
-        except OSError as err:
-            raise OutputWriteError(folder, err) from None
+            same = [spec for spec in root.glob(f"*/{SPEC_FILE}")
+                    if json.loads(spec.read_text()).get("identity") == identity]
+            if same:  # the newest: sweep.json is written once, when its folder is made
+                return max(same, key=lambda spec: spec.stat().st_mtime_ns).parent, False
+        folder = new_folder(root)
         text = json.dumps({"identity": identity, "spec": spec.to_json()}, indent=2)
         write_atomic(folder / SPEC_FILE, lambda tmp: tmp.write_text(text))
         return folder, True
