@@ -40,6 +40,9 @@ class BaseModel(nn.Module):
     #: outputs that are diagnostics, mostly constant (retry counts, edge counts): TensorBoard gets them only
     #: when their value changes, so that they draw no flat line
     diagnostics: tuple[str, ...] = ()
+    #: what the per-example means average over: "point", "image" or "frame". TensorBoard's tags carry it
+    #: (epoch/elbo_per_point), so that a pinwheel's -6 and an MNIST image's -224 never share a chart
+    unit: str = "example"
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

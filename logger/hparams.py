@@ -10,7 +10,9 @@ from utils.config import flatten
 
 def hparams_of(config: dict) -> dict[str, Any]:
     """The HPARAMS columns every run shares: architecture, data (the loader), learning rate(s), batch size,
-    seed, epochs, then the flattened arch.args (lists as text)."""
+    seed, epochs, then the flattened arch.args as model.<key> (lists as text). TensorBoard orders the columns
+    by name, those whose values differ first, and shows the first five: architecture, batch_size, data,
+    epochs, lr (the arguments' prefix sorts after them); in a sweep, the swept keys, which differ, lead."""
     optimizers = config["optimizer"]
     groups = {"": optimizers} if "type" in optimizers else optimizers
     columns: dict[str, Any] = {"architecture": config["arch"]["type"], "data": config["data_loader"]["type"]}
@@ -18,7 +20,7 @@ def hparams_of(config: dict) -> dict[str, Any]:
         columns[f"lr/{group}" if group else "lr"] = spec["args"].get("lr")
     columns.update(batch_size=config["data_loader"]["args"].get("batch_size"), seed=config["seed"],
                    epochs=config["trainer"]["epochs"])
-    for key, value in flatten({"arch": config["arch"].get("args") or {}}).items():
+    for key, value in flatten({"model": config["arch"].get("args") or {}}).items():
         columns[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
     return {key: value for key, value in columns.items() if value is not None}
 

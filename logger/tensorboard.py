@@ -2,7 +2,8 @@
 
     <run_dir>/           run-level data: the HPARAMS session, the config text, learning rates and schedules
                          (when they change) and the best monitored value
-    <run_dir>/train/     per-epoch training means ("epoch/<metric>"; "step/<metric>" with trainer.log_steps)
+    <run_dir>/train/     per-epoch training means ("epoch/<metric>", "epoch/elbo_per_point" for a mean per point,
+                         image or frame; "step/<metric>" with trainer.log_steps)
     <run_dir>/val/       the same tags on the validation split, and the figures
     <run_dir>/test/      test.py: the same tags at the evaluated checkpoint's step, and its figures
 
@@ -13,11 +14,22 @@ not rank 0) accept the calls the framework makes and do nothing.
 """
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 from typing import Any
 
 from utils.errors import OutputWriteError
+
+
+#: the logged values that are means per point, image or frame (not rates, counts or per-sequence totals)
+PER_UNIT = re.compile(r"loss|elbo|elbo_median|elbo_worst|recon|iw_nll|kl(_\w+)?")
+
+
+def curve_tag(name: str, unit: str) -> str:
+    """The tag of a per-epoch (and test) value: epoch/<name>, with the model's unit where the value is a mean
+    per point, image or frame (epoch/elbo_per_point), so that only like values share a chart."""
+    return f"epoch/{name}_per_{unit}" if PER_UNIT.fullmatch(name) else f"epoch/{name}"
 
 
 class _NullWriter:

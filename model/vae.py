@@ -50,6 +50,7 @@ class VAE(KLWarmup, BaseModel):
         if likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {sorted(LIKELIHOODS)}, got {likelihood!r}")
         self.data_shape = tuple(data_shape)
+        self.unit = "image" if len(self.data_shape) == 3 else "point"
         self.latent_dim = latent_dim
         self.likelihood = LIKELIHOODS[likelihood]
         obs_dim = math.prod(self.data_shape)

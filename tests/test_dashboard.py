@@ -17,6 +17,7 @@ from trainer.components import load_and_check
 
 ARCHITECTURES = ("SVAE-GMM", "SVAE-SLDS", "GraphVAE", "RecurrentGraphVAE")
 SPLITS = ("train", "val", "test")
+UNITS = {"svae_gmm": "point", "svae_slds": "frame", "graph_vae": "image", "recurrent_graph_vae": "frame"}
 MAX_RUN_NAME = 30  # characters of a plain run's name, for a config name of at most 12 (TensorBoard's legend)
 
 
@@ -86,11 +87,12 @@ def test_test_values_land_on_the_training_curves_at_the_evaluated_step(provider)
         train = run[:-len("test")] + "train"
         assert all(tag.startswith("epoch/") for tag in scalars[run]), run
         shared = sorted(set(scalars[run]) & set(scalars[train]))
-        assert "epoch/elbo" in shared, (run, shared)
+        tag = f"epoch/elbo_per_{UNITS[run.split('/')[0]]}"  # the unit in the tag: like compared with like
+        assert tag in shared, (run, shared)
         points = data.read_scalars(ctx, experiment_id="", plugin_name="scalars", downsample=100,
-                                   run_tag_filter=_filter([run, train], ["epoch/elbo"]))
-        [test_point] = points[run]["epoch/elbo"]
-        assert test_point.step == points[train]["epoch/elbo"][-1].step  # last.pt was evaluated
+                                   run_tag_filter=_filter([run, train], [tag]))
+        [test_point] = points[run][tag]
+        assert test_point.step == points[train][tag][-1].step  # last.pt was evaluated
 
 
 def test_figures_land_in_the_val_and_test_runs_and_files(logdir):

@@ -224,7 +224,7 @@ def test_resume_restores_the_temperature_schedule_and_evaluate(graph_config):
     assert {"val/edge_probs", "val/adjacency", "val/reconstructions", "val/samples"} <= \
         set(event_tags(run_dir, "val")["images"])
     assert "test/adjacency" in event_tags(run_dir, "test")["images"]
-    assert {"epoch/kl_node0", "epoch/kl_node3"} <= set(event_tags(run_dir, "train")["scalars"])
+    assert {"epoch/kl_node0_per_image", "epoch/kl_node3_per_image"} <= set(event_tags(run_dir, "train")["scalars"])
     assert {"schedule/tau", "schedule/kl_weight"} <= set(event_tags(run_dir, ".")["scalars"])  # run level
 
 

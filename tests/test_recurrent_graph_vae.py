@@ -312,7 +312,7 @@ def test_train_resume_and_evaluate(recurrent_config):
     val, test = event_tags(run.run_dir, "val")["images"], event_tags(run.run_dir, "test")["images"]
     for kind in ("same_step", "previous_step"):
         assert {f"val/{kind}/edge_probs", f"val/{kind}/adjacency"} <= set(val) and f"test/{kind}/adjacency" in test
-    assert {"epoch/kl_node0", "epoch/kl_node2"} <= set(event_tags(run.run_dir, "train")["scalars"])
+    assert {"epoch/kl_node0_per_frame", "epoch/kl_node2_per_frame"} <= set(event_tags(run.run_dir, "train")["scalars"])
     assert {"val/sequences_0", "val/sequences_2"} <= set(val)
 
 

@@ -354,8 +354,8 @@ def test_train_resume_and_evaluate(gmm_config, tmp_path):
 
     assert {"val/clusters_latent", "val/clusters_data"} <= set(event_tags(run_dir, "val")["images"])
     assert "test/clusters_latent" in event_tags(run_dir, "test")["images"]
-    assert {"epoch/kl_local", "epoch/kl_global", "epoch/recon", "epoch/jitter_retries"} <= \
-        set(event_tags(run_dir, "train")["scalars"])
+    assert {"epoch/kl_local_per_point", "epoch/kl_global_per_point", "epoch/recon_per_point",
+            "epoch/jitter_retries"} <= set(event_tags(run_dir, "train")["scalars"])
 
 
 def test_training_fits_the_networks_and_the_mixture(gmm_config, tmp_path):

@@ -270,7 +270,7 @@ def test_train_resume_and_evaluate(lds_config):
 
     assert "val/predictions_0" in event_tags(run_dir, "val")["images"]
     assert "test/predictions_0" in event_tags(run_dir, "test")["images"]
-    assert {"epoch/kl_local", "epoch/kl_global", "epoch/recon", "epoch/elbo"} <= \
+    assert {"epoch/kl_local_per_frame", "epoch/kl_global_per_frame", "epoch/recon_per_frame", "epoch/elbo_per_frame"} <= \
         set(event_tags(run_dir, "train")["scalars"])
 
 

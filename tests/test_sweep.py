@@ -535,12 +535,13 @@ def test_runs_live_under_the_sweep_folder_with_their_hyperparameters(tmp_path):
         "002-rho=0.05-data_seed=0-seed=0", "003-rho=0.05-data_seed=1-seed=0"]
     experiment = hparams_experiment(folder)
     columns = {info.name: info for info in experiment.hparam_infos}
-    assert (columns["arch.rho"].domain_interval.min_value, columns["arch.rho"].domain_interval.max_value) == (0.01, 0.05)
+    assert (columns["model.rho"].domain_interval.min_value, columns["model.rho"].domain_interval.max_value) == \
+        (0.01, 0.05)
     assert columns["data_loader.args.data_seed"].domain_interval.max_value == 1
-    assert [info.name for info in experiment.hparam_infos][:2] == ["arch.rho", "data_loader.args.data_seed"]  # differ
+    assert [info.name for info in experiment.hparam_infos][:2] == ["data_loader.args.data_seed", "model.rho"]  # differ
     assert "arch.args.rho" not in columns  # shown once, as hparams_of names it
     metrics = {(info.name.group, info.name.tag) for info in experiment.metric_infos}
-    assert {("test", "epoch/elbo"), ("test", "epoch/ari"), ("train", "epoch/loss")} <= metrics
+    assert {("test", "epoch/elbo_per_point"), ("test", "epoch/ari"), ("train", "epoch/loss_per_point")} <= metrics
 
 
 @pytest.mark.integration

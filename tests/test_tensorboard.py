@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tests.conftest import ROOT
 from tests.test_svae_regression import SHRINKS
+from logger.tensorboard import curve_tag
 from trainer import jobs
 from trainer.components import load_and_check
 from trainer.jobs import train
@@ -67,10 +68,10 @@ def test_the_test_run_holds_test_metrics_and_figures_and_no_bookkeeping(svae_gmm
     run_dir, results = svae_gmm_run
     test_events = EventAccumulator(str(run_dir / "test")).Reload()
     metrics = {"elbo", "elbo_median", "elbo_worst", "iw_nll", "ari", "nmi", "components_in_use"}
-    assert set(test_events.Tags()["scalars"]) == {f"epoch/{name}" for name in metrics}  # the curves' tags
+    assert set(test_events.Tags()["scalars"]) == {curve_tag(name, "point") for name in metrics}  # the curves' tags
     train_events = EventAccumulator(str(run_dir / "train")).Reload()
-    [tested] = test_events.Scalars("epoch/elbo")  # on the training curve, at the evaluated checkpoint's step
-    assert tested.step == train_events.Scalars("epoch/elbo")[-1].step and tested.value == pytest.approx(results["elbo"])
+    [tested] = test_events.Scalars("epoch/elbo_per_point")  # on the training curve, at the evaluated checkpoint's step
+    assert tested.step == train_events.Scalars("epoch/elbo_per_point")[-1].step and tested.value == pytest.approx(results["elbo"])
     assert {"epoch", "num_examples", "iw_samples"} <= results.keys()  # bookkeeping: in the JSON and the text tab
     images = test_events.Tags()["images"]
     assert images and all(tag.startswith("test/clusters") for tag in images)
@@ -113,6 +114,15 @@ def hparams_experiment(logdir):
                                             backend.hparams_from_data_provider(request, "", None))
 
 
+def test_hparams_lead_with_architecture_data_and_the_training_settings(svae_gmm_run):
+    """A single run: TensorBoard sorts the columns by name (those that differ first) and shows five by default:
+    architecture, batch_size, data, epochs, lr; the model's arguments come after them."""
+    run_dir, _ = svae_gmm_run
+    names = [info.name for info in hparams_experiment(run_dir.parent).hparam_infos]
+    assert names[:5] == ["architecture", "batch_size", "data", "epochs", "lr"], names
+    assert all(name.startswith("model.") for name in names[5:-1]) and names[-1] == "seed"
+
+
 def test_one_hparams_table_spans_architectures(svae_gmm_run, regression_config):
     """A second run of another architecture under the same logdir: the table has both runs' columns and
     test.py's metrics, not the first run's definition alone."""
@@ -122,11 +132,12 @@ def test_one_hparams_table_spans_architectures(svae_gmm_run, regression_config):
     train(probe_config(regression_config, "trainer.epochs=2", "data_loader.args.validation_split=0.25"))
     experiment = hparams_experiment(logdir)
     columns = {info.name: info for info in experiment.hparam_infos}
-    assert {"architecture", "data", "lr", "batch_size", "seed", "epochs", "arch.num_components", "arch.tau"} <= set(columns)
+    assert {"architecture", "data", "lr", "batch_size", "seed", "epochs", "model.num_components", "model.tau"} <= set(columns)
     assert set(columns["architecture"].domain_discrete) == {"SVAE-GMM", "HookProbe"}
     assert [info.name for info in experiment.hparam_infos][:3] == ["architecture", "batch_size", "data"]  # differ
     metrics = {(info.name.group, info.name.tag) for info in experiment.metric_infos}
-    assert {("test", "epoch/elbo"), ("test", "epoch/ari"), ("val", "epoch/loss"), ("train", "epoch/loss")} <= metrics
+    assert {("test", "epoch/elbo_per_point"), ("test", "epoch/ari"), ("val", "epoch/loss_per_example"),
+            ("train", "epoch/loss_per_point")} <= metrics
     assert not any(tag.startswith("hparam/") for _, tag in metrics)
 
 

@@ -297,12 +297,12 @@ def test_tensorboard_tags(pinwheel_config):
     val_events = EventAccumulator(str(run.run_dir / "val")).Reload()
     run_events = EventAccumulator(str(run.run_dir)).Reload()  # the run folder itself: run-level data
     scalars = set(train_events.Tags()["scalars"])
-    assert {"epoch/loss", "epoch/kl"} <= scalars and not any(tag.startswith("step/") for tag in scalars)
-    assert {"epoch/loss", "epoch/elbo"} <= set(val_events.Tags()["scalars"])
+    assert {"epoch/loss_per_point", "epoch/kl_per_point"} <= scalars and not any(tag.startswith("step/") for tag in scalars)
+    assert {"epoch/loss_per_point", "epoch/elbo_per_point"} <= set(val_events.Tags()["scalars"])
     assert "val/data_vs_samples" in val_events.Tags()["images"]  # a matplotlib figure for 2-D data, val run
     assert any(tag.startswith("config") for tag in run_events.Tags()["tensors"])
-    steps = [e.step for e in train_events.Scalars("epoch/loss")]
-    assert steps == [e.step for e in val_events.Scalars("epoch/loss")] == [8, 16]  # shared global-step axis
+    steps = [e.step for e in train_events.Scalars("epoch/loss_per_point")]
+    assert steps == [e.step for e in val_events.Scalars("epoch/loss_per_point")] == [8, 16]  # shared global-step axis
     run_scalars = set(run_events.Tags()["scalars"])
     assert {"lr/all", "schedule/kl_weight", "best/val_loss"} <= run_scalars
     lr = pinwheel_config["optimizer"]["args"]["lr"]

@@ -21,6 +21,7 @@ from base.base_trainer import EpochCallback, TrainerContext
 from base.metric import DEFAULT_OPTIONS
 from logger import TensorboardWriter, setup_logging
 from logger.figures import FigureWriter, file_stem
+from logger.tensorboard import curve_tag
 from trainer.components import build_data, build_model, eval_metric_names, load_and_check
 from trainer.optim import build_optimizers
 from trainer.trainer import Trainer
@@ -163,7 +164,7 @@ def evaluate(checkpoint_path: str | Path, device: str = "auto", batch_size: int 
     writer = TensorboardWriter(run_dir, enabled=config["trainer"]["tensorboard"], splits=("test",))
     step = checkpoint["global_step"]
     for name, value in metric_values(results, metrics).items():  # on the training curves' tags: they overlay
-        writer.test.add_scalar(f"epoch/{name}", value, step)
+        writer.test.add_scalar(curve_tag(name, model.unit), value, step)
     writer.test.add_text("test_metrics", "\n".join("    " + line for line in format_table(results).splitlines()), step)
     vis = loader.dataset.__getitems__(list(range(min(model.visualization_size, len(loader.dataset)))))
     figures = FigureWriter(writer.test, run_dir / "figures", lambda tag: f"{file_stem(tag)}.png",

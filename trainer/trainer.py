@@ -25,7 +25,7 @@ from base.base_model import BaseModel
 from base.base_trainer import BaseTrainer, EpochCallback, TrainerContext
 from logger.figures import FigureWriter, file_stem
 from logger.hparams import hparams_of
-from logger.tensorboard import TensorboardWriter
+from logger.tensorboard import TensorboardWriter, curve_tag
 from trainer.metric_tracker import MetricTracker
 from trainer.non_finite import NonFiniteWatch
 from trainer.optim import skips_step_on_found_inf, step_with_found_inf
@@ -293,14 +293,14 @@ class Trainer(BaseTrainer):
         parts = " | ".join(f"{k} {v:.4f}" for k, v in log.items())
         self.logger.info("epoch %d/%d | %s | %.1fs%s", epoch, self.epochs, parts, seconds, " *" if improved else "")
         step = self.global_step
-        diagnostics = self.model_core.diagnostics
+        diagnostics, unit = self.model_core.diagnostics, self.model_core.unit
         for key, value in log.items():
             split, name = ("val", key[4:]) if key.startswith("val_") else ("train", key)
-            writer = getattr(self.writer, split)
+            writer, tag = getattr(self.writer, split), curve_tag(name, unit)
             if name in diagnostics:
-                self._log_if_changed(writer, f"epoch/{name}", value, step, memo=f"{split}/{name}")
+                self._log_if_changed(writer, tag, value, step, memo=f"{split}/{name}")
             else:
-                writer.add_scalar(f"epoch/{name}", value, step)
+                writer.add_scalar(tag, value, step)
         for name, opt in self.optimizers.items():
             for i, group in enumerate(opt.param_groups):
                 suffix = f"_{i}" if len(opt.param_groups) > 1 else ""

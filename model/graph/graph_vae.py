@@ -86,6 +86,7 @@ class GraphVAE(GateSchedule, KLWarmup, BaseModel):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.data_shape = tuple(data_shape)
+        self.unit = "image" if len(self.data_shape) == 3 else "point"
         self.num_nodes, self.node_dim = num_nodes, node_dim
         self.init_gate_schedule(gate_sampling, straight_through, tau_init, tau_decay, tau_min, fixed_gates_epoch)
         self.init_kl_warmup(kl_warmup_epochs)  # also counts the epochs for the temperature schedule

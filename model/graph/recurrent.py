@@ -178,6 +178,7 @@ class RecurrentGraphVAE(GateSchedule, KLWarmup, BaseModel):
     """
 
     diagnostics = ("edges",)
+    unit = "frame"
     metrics = (
         Metric("elbo", per_frame_and_sequence("elbo"), "evidence lower bound on log p(x_1:T) with the hard gates, "
                "one posterior sample; nats per frame, and per sequence as elbo_per_sequence"),

@@ -178,6 +178,7 @@ class SVAEGMM(StructuredVAE):
         super().__init__(pgm, encoder, decoder, num_train, frames_per_example=1, rho=rho, num_samples=num_samples,
                          eval_samples=eval_samples, kl_warmup_epochs=kl_warmup_epochs)
         self.data_shape = tuple(data_shape)
+        self.unit = "image" if len(self.data_shape) == 3 else "point"
         self.latent_dim = latent_dim
         shared = torch.nn.Parameter(torch.zeros(obs_dim)) if decoder_variance == "shared" else None
         self.register_parameter("decoder_log_variance", shared)

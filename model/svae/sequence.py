@@ -47,6 +47,7 @@ class SequenceSVAE(StructuredVAE):
         figure_samples: sampled continuations drawn in the figure.
         prediction_samples: sampled continuations whose decoded mean is the prediction.
     """
+    unit = "frame"
 
     metrics = StructuredVAE.metrics + (
         Metric("pred_mse", ratio_of_sums("pred_sq_error", "pred_values"),
