@@ -119,7 +119,7 @@ class Trainer(BaseTrainer):
                     self.tracker.update(out, len(batch["x"]), taken)
                     if self.global_step % self.log_every == 0:
                         self._check_non_finite(epoch)
-                        if self.dist.is_main:
+                        if self.dist.is_main and (self.log_steps or self.show_progress):
                             self._log_step(out, bar)
                 bar.update()
         except NonFiniteLossError:
@@ -134,7 +134,7 @@ class Trainer(BaseTrainer):
 
     def _log_step(self, out: dict[str, torch.Tensor], bar: tqdm) -> None:
         """The step's loss to the progress bar and, with trainer.log_steps, its scalars to TensorBoard
-        (`step/<key>`): one host read."""
+        (`step/<key>`): one host read, made only when one of them is shown."""
         values = dict(zip(out, torch.stack([v.float() for v in out.values()]).tolist()))
         if not math.isfinite(values["loss"]):  # a skipped step
             return
