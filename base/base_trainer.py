@@ -13,12 +13,13 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch.amp import GradScaler
 
 from base.base_model import BaseModel
+from logger.hparams import HparamsEntry
 from logger.tensorboard import TensorboardWriter
 from utils.checkpoint import FORMAT_VERSION, copy_atomic, load_model_weights, save_atomic
 from utils.distributed import DistInfo, gather_objects
@@ -39,7 +40,7 @@ class TrainerContext:
     dist: this process among the DDP ranks; logger: the run's logger.
     run_dir: the run folder (checkpoints/, figures/); None: nothing written.
     writer: the run's TensorBoard writers; None: TensorBoard off.
-    hparams: HPARAMS columns added to those of the config (e.g. the keys a sweep varies).
+    hparams: the run's entry in TensorBoard's HPARAMS table; None: none.
     console: progress bars allowed (then shown on a terminal, on rank 0, with trainer.verbosity > 0).
     """
 
@@ -49,7 +50,7 @@ class TrainerContext:
     dist: DistInfo = field(default_factory=DistInfo)
     device_ids: list[int] = field(default_factory=list)
     writer: TensorboardWriter | None = None
-    hparams: dict[str, Any] = field(default_factory=dict)
+    hparams: HparamsEntry | None = None
     console: bool = True
 
 

@@ -4,7 +4,7 @@ the SVAE config's K states, on the frames the config's loader gives the model (t
 test split), over seeds; mean +- sd (min-max) of state_ari, state_nmi, state_accuracy and the states in use.
 
     python benchmarks/mocap.py                                    # baselines, 5 seeds
-    python benchmarks/mocap.py --sweep saved/mocap_svae_slds/sweeps/<id>   # and the SVAE runs of a sweep
+    python benchmarks/mocap.py --sweep saved/mocap_slds/sweeps/<id>   # and the SVAE runs of a sweep
 
 The SVAE rows come from the sweep folder's runs (test.py's metrics of each seed, and its wall-clock seconds,
 training and evaluation). A baseline's seed draws its k-means++ start; the HMM starts from that seed's k-means.

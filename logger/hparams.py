@@ -1,36 +1,86 @@
-"""The columns of TensorBoard's HPARAMS table: what every run shows (`hparams_of`) and the config values a
-sweep varies (`extra_hparams`)."""
+"""One run's entry in TensorBoard's HPARAMS table: its columns (hyperparameters) and values, the metrics the
+table shows, and which columns lead.
+
+Columns: the keys a sweep varies, then architecture, data, lr (one per optimizer group: lr/<group>), batch_size,
+epochs, seed, then the model's arguments as model.<key>. Metrics: test.py's metrics on the test split's curve
+tags, then the best monitored validation value (best/<monitor>).
+
+TensorBoard orders the columns by (not `differs`, name) whatever order they are defined in, and ticks the first
+five; `differs` is therefore set on the columns that should lead: a sweep's varied keys, or, in a plain run,
+architecture, data and the learning rates, so that a plain run opens on architecture, data, lr, batch_size,
+epochs. Metrics keep their defined order. TensorBoard shows every number with five significant digits
+("12.000"), so integers are written as text."""
 from __future__ import annotations
 
-import re
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
 
 from utils.config import flatten
 
+#: the columns that lead a plain run (lr: one column per optimizer group)
+PLAIN_LEAD = ("architecture", "data", "lr")
 
-def hparams_of(config: dict) -> dict[str, Any]:
-    """The HPARAMS columns every run shares: architecture, data (the loader), learning rate(s), batch size,
-    seed, epochs, then the flattened arch.args as model.<key> (lists as text). TensorBoard orders the columns
-    by name, those whose values differ first, and shows the first five: architecture, batch_size, data,
-    epochs, lr (the arguments' prefix sorts after them); in a sweep, the swept keys, which differ, lead."""
+HparamValue = bool | float | str
+
+
+@dataclass(frozen=True)
+class HparamsEntry:
+    """columns: name -> value, in the order defined; lead: the columns TensorBoard lists (and ticks) first;
+    metrics: (run group, tag) pairs in order, the group relative to the run folder ("test" for the test run,
+    "" for the run folder itself)."""
+
+    columns: dict[str, HparamValue]
+    lead: tuple[str, ...]
+    metrics: tuple[tuple[str, str], ...] = field(default=())
+
+
+def column_of(key: str) -> str:
+    """The column of a config key path: seed, epochs, batch_size, lr (optimizer.args.lr), lr/<group>
+    (optimizer.<group>.args.lr), architecture, data, model.<arg> (arch.args.<arg>); any other key as itself."""
+    fixed = {"seed": "seed", "trainer.epochs": "epochs", "data_loader.args.batch_size": "batch_size",
+             "optimizer.args.lr": "lr", "arch.type": "architecture", "data_loader.type": "data"}
+    if key in fixed:
+        return fixed[key]
+    parts = key.split(".")
+    if parts[0] == "optimizer" and parts[2:] == ["args", "lr"]:
+        return f"lr/{parts[1]}"
+    if parts[:2] == ["arch", "args"] and len(parts) > 2:
+        return "model." + ".".join(parts[2:])
+    return key
+
+
+def as_hparam(value: Any) -> HparamValue:
+    """A config value as the table shows it: bools and floats as they are, integers and anything else as text."""
+    if isinstance(value, (bool, float)):
+        return value
+    return str(value)
+
+
+def hparams_entry(config: dict, test_metrics: Iterable[str], unit_tag: Callable[[str], str],
+                  swept: Iterable[str] = (), extra: dict[str, Any] | None = None) -> HparamsEntry:
+    """The entry of a run of `config`. `test_metrics`: what test.py reports; `unit_tag(name)`: the curve tag of
+    a metric (logger.tensorboard.curve_tag with the model's unit); `swept`: the config key paths a sweep varies;
+    `extra`: further columns by name (e.g. an Optuna trial's number)."""
+    standard: dict[str, Any] = {"architecture": config["arch"]["type"], "data": config["data_loader"]["type"]}
     optimizers = config["optimizer"]
-    groups = {"": optimizers} if "type" in optimizers else optimizers
-    columns: dict[str, Any] = {"architecture": config["arch"]["type"], "data": config["data_loader"]["type"]}
-    for group, spec in groups.items():
-        columns[f"lr/{group}" if group else "lr"] = spec["args"].get("lr")
-    columns.update(batch_size=config["data_loader"]["args"].get("batch_size"), seed=config["seed"],
-                   epochs=config["trainer"]["epochs"])
-    for key, value in flatten({"model": config["arch"].get("args") or {}}).items():
-        columns[key] = value if isinstance(value, (bool, int, float, str)) else str(value)
-    return {key: value for key, value in columns.items() if value is not None}
+    for group, spec in ({"": optimizers} if "type" in optimizers else optimizers).items():
+        lr = (spec.get("args") or {}).get("lr")
+        if lr is not None:
+            standard[f"lr/{group}" if group else "lr"] = float(lr)
+    standard.update(batch_size=config["data_loader"]["args"].get("batch_size"), epochs=config["trainer"]["epochs"],
+                    seed=config["seed"])
+    model_args = flatten({"model": config["arch"].get("args") or {}})
+    values = flatten(config)
+    swept_columns = {column_of(key): values.get(key) for key in swept}
+    columns = {**swept_columns, **standard, **(extra or {}), **model_args}
+    columns = {name: as_hparam(value) for name, value in columns.items() if value is not None}
+    lead = tuple(swept_columns) or tuple(name for name in columns if name.split("/")[0] in PLAIN_LEAD)
+    monitor = config["trainer"]["monitor"]
+    best = () if monitor == "off" else (("", f"best/{monitor.split()[1]}"),)
+    return HparamsEntry(columns, lead, (*(("test", unit_tag(name)) for name in test_metrics), *best))
 
 
-SHOWN_BY_HPARAMS = re.compile(r"arch\.args\..+|optimizer\.(\w+\.)?args\.lr|data_loader\.args\.batch_size|"
-                              r"trainer\.epochs|seed")
-
-
-def extra_hparams(values: dict[str, Any]) -> dict[str, Any]:
-    """HPARAMS columns for config values by key path (a sweep's parameters), without those `hparams_of`
-    already shows under its own names (arch.args.*, learning rates, batch size, epochs, seed)."""
-    return {key: value if isinstance(value, (bool, int, float, str)) else str(value)
-            for key, value in values.items() if not SHOWN_BY_HPARAMS.fullmatch(key)}
+def metric_display_name(group: str, tag: str) -> str:
+    """A metric's column title: "test elbo_per_point", "best val_loss" (the run group, then the tag's name)."""
+    name = tag.split("/", 1)[-1]
+    return f"{group or tag.split('/')[0]} {name}"

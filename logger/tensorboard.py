@@ -8,17 +8,20 @@
     <run_dir>/test/      test.py: the same tags at the evaluated checkpoint's step, and its figures
 
 Train, validation and test share tags, so TensorBoard overlays them in one chart; the run names
-(<name>/<MMDD-HHMMSS>/<split>) end in the split. The HPARAMS session is the run folder, so its metrics are
-read from the split runs below it (groups "train", "val", "test"). Disabled writers (tensorboard off, or
+(<name>/<MMDD-HHMMSS>/<split>) end in the split. The run folder also holds the run's HPARAMS entry (its session
+and the table's definition: logger.hparams), whose metrics are read from the test run below it (group "test")
+and from the run folder itself (best/<monitor>). Disabled writers (tensorboard off, or
 not rank 0) accept the calls the framework makes and do nothing.
 """
 from __future__ import annotations
 
 import re
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
+from logger.hparams import HparamsEntry, metric_display_name
 from utils.errors import OutputWriteError
 
 
@@ -30,6 +33,15 @@ def curve_tag(name: str, unit: str) -> str:
     """The tag of a per-epoch (and test) value: epoch/<name>, with the model's unit where the value is a mean
     per point, image or frame (epoch/elbo_per_point), so that only like values share a chart."""
     return f"epoch/{name}_per_{unit}" if PER_UNIT.fullmatch(name) else f"epoch/{name}"
+
+
+def _protobuf_value(value: bool | float | str):
+    """An HPARAMS value as the google.protobuf.Value a session records."""
+    from google.protobuf import struct_pb2
+
+    if isinstance(value, bool):
+        return struct_pb2.Value(bool_value=value)
+    return struct_pb2.Value(number_value=value) if isinstance(value, float) else struct_pb2.Value(string_value=value)
 
 
 class _NullWriter:
@@ -109,17 +121,35 @@ class TensorboardWriter:
             folder = self.folder if split == "run" else self.folder / split if self.folder else None
             setattr(self, split, _GuardedWriter(folder) if on else _NullWriter())
 
-    def write_hparams(self, hparams: dict[str, Any]) -> None:
-        """Record this run as one session of TensorBoard's HPARAMS table, in the run-level writer. Only the
-        session is written, never an experiment definition: TensorBoard then builds the table from every
-        session under the logdir (the union of their hyperparameters), whatever the architecture."""
+    def write_hparams(self, entry: HparamsEntry) -> None:
+        """Record this run in TensorBoard's HPARAMS table, in the run-level writer: the table's definition (its
+        columns and metrics, as logger.hparams describes) and this run's session. Runs of one config or one sweep
+        write the same definition, so it does not matter which one TensorBoard reads."""
         if self.folder is None:
             return
-        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+        from tensorboard.compat.proto import summary_pb2
+        from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
-        _, session_start, session_end = hparams_summaries(hparams, {})
-        for summary in (session_start, session_end):
-            self.run._get_file_writer().add_summary(summary)
+        types = {bool: api_pb2.DATA_TYPE_BOOL, float: api_pb2.DATA_TYPE_FLOAT64, str: api_pb2.DATA_TYPE_STRING}
+        experiment = api_pb2.Experiment(time_created_secs=time.time())
+        for name, value in entry.columns.items():
+            column = experiment.hparam_infos.add(name=name, type=types[type(value)], differs=name in entry.lead)
+            if isinstance(value, bool):
+                column.domain_discrete.extend([False, True])
+        for group, tag in entry.metrics:
+            experiment.metric_infos.add(name=api_pb2.MetricName(group=group, tag=tag),
+                                        display_name=metric_display_name(group, tag))
+        session = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+        for name, value in entry.columns.items():
+            session.hparams[name].CopyFrom(_protobuf_value(value))
+        writer = self.run._get_file_writer()
+        for tag, data in ((metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
+                          (metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=session)),
+                          (metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(
+                              session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS)))):
+            summary = summary_pb2.Summary()
+            summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(data), tensor=metadata.NULL_TENSOR)
+            writer.add_summary(summary)
 
     def close(self) -> None:
         for split in ("run", *self.SPLITS):

@@ -1,7 +1,7 @@
 """TensorBoard as a researcher opens it over `saved/`, read with TensorBoard's own data provider (the backend its
 dashboards query): short runs of SVAE-GMM, SVAE-SLDS, GraphVAE and RecurrentGraphVAE, each evaluated by test.py,
 and a 2-seed sweep. The runs: no empty one, short names ending in their split; the tags: no per-step charts by
-default, test values on the training curves' tags."""
+default, test values on the training curves' tags; the HPARAMS columns and metrics in the order asked for."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,16 +9,19 @@ from pathlib import Path
 import pytest
 
 import sweep
-from tests.conftest import make_mnist
+from tests.conftest import ROOT, make_mnist
 from tests.shrinks import tiny_config
 from tests.test_sweep import TINY
+from tests.test_tensorboard import hparams_experiment, hparams_session_groups
 from trainer import jobs
 from trainer.components import load_and_check
+from utils.config import read_config_file
 
 ARCHITECTURES = ("SVAE-GMM", "SVAE-SLDS", "GraphVAE", "RecurrentGraphVAE")
 SPLITS = ("train", "val", "test")
-UNITS = {"svae_gmm": "point", "svae_slds": "frame", "graph_vae": "image", "recurrent_graph_vae": "frame"}
-MAX_RUN_NAME = 30  # characters of a plain run's name, for a config name of at most 12 (TensorBoard's legend)
+UNITS = {"svae_gmm": "point", "svae_slds": "frame", "graph_vae": "image", "rgvae": "frame"}
+MAX_RUN_NAME = 30  # characters of a plain run's name <name>/<MMDD-HHMMSS>/<split> (TensorBoard's legend)
+MAX_CONFIG_NAME = MAX_RUN_NAME - len("/1207-103452/train")
 
 
 @pytest.fixture(scope="module")
@@ -58,15 +61,21 @@ def test_every_run_holds_data_and_plain_runs_have_short_names_ending_in_their_sp
         set(listed(provider, "tensors", "text"))
     assert runs and set(runs) <= holding, set(runs) - holding  # no run holds only HPARAMS data
     plain = [run for run in runs if "/sweeps/" not in run]
-    assert {run.split("/")[0] for run in plain} == {"svae_gmm", "svae_slds", "graph_vae", "recurrent_graph_vae"}
+    assert {run.split("/")[0] for run in plain} == {"svae_gmm", "svae_slds", "graph_vae", "rgvae"}
     for run in plain:
         name, run_id, *split = run.split("/")
         assert len(run_id) == len("1207-103452") and split in ([], ["train"], ["val"], ["test"]), run
-        if len(name) <= 12:
-            assert len(run) <= MAX_RUN_NAME, run
+        assert len(run) <= MAX_RUN_NAME, run
     assert "tensorboard" not in " ".join(runs)
     sweep_runs = [run for run in runs if "/sweeps/" in run]
     assert {run.rsplit("/", 1)[-1] for run in sweep_runs if run.count("/") == 4} <= set(SPLITS)
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "configs").rglob("*.*") if p.parent.name not in ("bench", "search")),
+                         ids=lambda p: str(p.relative_to(ROOT / "configs")))
+def test_shipped_configs_have_names_that_keep_run_names_short(path):
+    """A shipped config's runs are named <name>/<MMDD-HHMMSS>/<split>: at most 30 characters."""
+    assert len(read_config_file(path)["name"]) <= MAX_CONFIG_NAME, path
 
 
 def test_no_per_step_charts_and_run_level_data_outside_the_splits(provider):
@@ -93,6 +102,29 @@ def test_test_values_land_on_the_training_curves_at_the_evaluated_step(provider)
                                    run_tag_filter=_filter([run, train], [tag]))
         [test_point] = points[run][tag]
         assert test_point.step == points[train][tag][-1].step  # last.pt was evaluated
+
+
+def test_hparams_columns_lead_with_what_matters_and_metrics_with_the_test_split(logdir):
+    """Whichever run's definition TensorBoard reads over the whole logdir: the five columns it ticks are the
+    sweep's varied key or architecture, data and the learning rate(s) before batch size and epochs; integers are
+    text; the metrics are test.py's, then the best monitored value, each named once. Over the sweep folder alone,
+    seed (what it varies) leads."""
+    from tensorboard.plugins.hparams import api_pb2
+
+    experiment = hparams_experiment(logdir)
+    names = [info.name for info in experiment.hparam_infos]
+    assert names[:2] in (["architecture", "data"], ["seed", "architecture"]), names
+    types = {info.name: info.type for info in experiment.hparam_infos}
+    assert types["epochs"] == types["seed"] == types["batch_size"] == api_pb2.DATA_TYPE_STRING
+    metrics = [(info.name.group, info.name.tag.split("/")[0]) for info in experiment.metric_infos]
+    assert metrics[-1] == ("", "best") and set(metrics[:-1]) == {("test", "epoch")}, metrics
+    titles = [info.display_name for info in experiment.metric_infos]
+    assert len(set(titles)) == len(titles) and all(title.split()[0] in ("test", "best") for title in titles), titles
+    [sweep_folder] = [path for path in (logdir / "svae_gmm" / "sweeps").iterdir() if path.is_dir()]
+    names = [info.name for info in hparams_experiment(sweep_folder).hparam_infos]
+    assert names[:5] == ["seed", "architecture", "batch_size", "data", "epochs"], names
+    rows = hparams_session_groups(logdir, experiment)
+    assert len(rows) == len(ARCHITECTURES) + 2  # every training is a row, whichever definition is read
 
 
 def test_figures_land_in_the_val_and_test_runs_and_files(logdir):

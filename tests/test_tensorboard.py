@@ -96,8 +96,7 @@ def test_schedules_are_logged_once_per_epoch(svae_gmm_run):
                    for tag in train_events.Tags()["scalars"])
 
 
-def hparams_experiment(logdir):
-    """The HPARAMS table's experiment (columns and metrics) as TensorBoard's hparams backend builds it."""
+def _hparams_backend(logdir):
     from tensorboard import context
     from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
     from tensorboard.plugins import base_plugin
@@ -109,36 +108,81 @@ def hparams_experiment(logdir):
     provider = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
     backend = backend_context.Context(base_plugin.TBContext(logdir=str(logdir), multiplexer=multiplexer,
                                                             data_provider=provider))
-    request = context.RequestContext()
+    return backend, context.RequestContext()
+
+
+def hparams_experiment(logdir):
+    """The HPARAMS table's experiment (columns and metrics) as TensorBoard's hparams backend serves it to the
+    dashboard (which asks for up to 1000 columns)."""
+    backend, request = _hparams_backend(logdir)
     return backend.experiment_from_metadata(request, "", True, backend.hparams_metadata(request, ""),
-                                            backend.hparams_from_data_provider(request, "", None))
+                                            backend.hparams_from_data_provider(request, "", None), 1000)
 
 
 def test_hparams_lead_with_architecture_data_and_the_training_settings(svae_gmm_run):
-    """A single run: TensorBoard sorts the columns by name (those that differ first) and shows five by default:
-    architecture, batch_size, data, epochs, lr; the model's arguments come after them."""
+    """The definition the run writes, as TensorBoard's backend serves it: five columns ticked by default
+    (architecture, data, lr, batch_size, epochs), integers as text (TensorBoard shows numbers as "3.0000"),
+    test.py's metrics first and the best monitored value last, each named once."""
+    from tensorboard.plugins.hparams import api_pb2
+
     run_dir, _ = svae_gmm_run
-    names = [info.name for info in hparams_experiment(run_dir.parent).hparam_infos]
-    assert names[:5] == ["architecture", "batch_size", "data", "epochs", "lr"], names
-    assert all(name.startswith("model.") for name in names[5:-1]) and names[-1] == "seed"
+    experiment = hparams_experiment(run_dir.parent)
+    names = [info.name for info in experiment.hparam_infos]
+    assert names[:5] == ["architecture", "data", "lr", "batch_size", "epochs"], names
+    assert [info.differs for info in experiment.hparam_infos[:4]] == [True, True, True, False]  # what TB ticks first
+    assert names[-1] == "seed" and all(name.startswith("model.") for name in names[5:-1]), names
+    types = {info.name: info.type for info in experiment.hparam_infos}
+    assert types["lr"] == api_pb2.DATA_TYPE_FLOAT64 and types["architecture"] == api_pb2.DATA_TYPE_STRING
+    assert types["epochs"] == types["seed"] == types["batch_size"] == api_pb2.DATA_TYPE_STRING
+    metrics = [(info.name.group, info.name.tag, info.display_name) for info in experiment.metric_infos]
+    assert metrics == [("test", "epoch/elbo_per_point", "test elbo_per_point"),
+                       ("test", "epoch/iw_nll_per_point", "test iw_nll_per_point"), ("test", "epoch/ari", "test ari"),
+                       ("test", "epoch/nmi", "test nmi"), ("test", "epoch/components_in_use", "test components_in_use"),
+                       ("", "best/elbo", "best elbo")], metrics  # the fixture monitors max elbo
+    [group] = hparams_session_groups(run_dir.parent, experiment)
+    assert group.hparams["epochs"].string_value == "3" and group.hparams["lr"].number_value == pytest.approx(0.01)
+    values = {value.name.tag: value.value for value in group.metric_values}
+    assert values["epoch/elbo_per_point"] == pytest.approx(svae_gmm_run[1]["elbo"]) and "best/elbo" in values
 
 
-def test_one_hparams_table_spans_architectures(svae_gmm_run, regression_config):
-    """A second run of another architecture under the same logdir: the table has both runs' columns and
-    test.py's metrics, not the first run's definition alone."""
+def test_runs_of_one_config_define_one_table_and_other_architectures_keep_their_rows(svae_gmm_run, regression_config):
+    """TensorBoard reads one definition per logdir. Runs of one config write the same one, so the choice does
+    not matter; a run of another architecture in the same logdir keeps its row, with the shared columns."""
     run_dir, _ = svae_gmm_run
-    logdir = run_dir.parent.parent
-    regression_config["trainer"].update(save_dir=str(logdir), tensorboard=True)
-    train(probe_config(regression_config, "trainer.epochs=2", "data_loader.args.validation_split=0.25"))
+    logdir = run_dir.parent.parent / "mixed"
+    regression_config["trainer"].update(save_dir=str(logdir), tensorboard=True, epochs=1)
+    first = train(load_and_check(base=regression_config)).run_dir
+    second = train(load_and_check(base=regression_config, overrides=["seed=1"])).run_dir
+    assert definition_of(first) == definition_of(second)
+    train(probe_config(regression_config, "data_loader.args.validation_split=0.25"))
     experiment = hparams_experiment(logdir)
-    columns = {info.name: info for info in experiment.hparam_infos}
-    assert {"architecture", "data", "lr", "batch_size", "seed", "epochs", "model.num_components", "model.tau"} <= set(columns)
-    assert set(columns["architecture"].domain_discrete) == {"SVAE-GMM", "HookProbe"}
-    assert [info.name for info in experiment.hparam_infos][:3] == ["architecture", "batch_size", "data"]  # differ
-    metrics = {(info.name.group, info.name.tag) for info in experiment.metric_infos}
-    assert {("test", "epoch/elbo_per_point"), ("test", "epoch/ari"), ("val", "epoch/loss_per_example"),
-            ("train", "epoch/loss_per_point")} <= metrics
-    assert not any(tag.startswith("hparam/") for _, tag in metrics)
+    groups = hparams_session_groups(logdir, experiment)
+    assert len(groups) == 3 and {g.hparams["architecture"].string_value for g in groups} == {"LinearTest", "HookProbe"}
+    assert all({"data", "batch_size", "epochs", "seed"} <= set(g.hparams) for g in groups)
+
+
+def definition_of(run_dir):
+    """The HPARAMS definition a run folder holds, without its time stamp."""
+    from tensorboard.plugins.hparams import metadata
+
+    events = EventAccumulator(str(run_dir)).Reload()
+    [content] = [events.SummaryMetadata(tag).plugin_data.content for tag in events.Tags()["tensors"]
+                 if tag == metadata.EXPERIMENT_TAG]
+    experiment = metadata.parse_experiment_plugin_data(content)
+    experiment.ClearField("time_created_secs")
+    return experiment
+
+
+def hparams_session_groups(logdir, experiment):
+    """The HPARAMS table's rows, as TensorBoard's hparams backend lists them."""
+    from tensorboard.plugins.hparams import api_pb2, list_session_groups
+
+    backend, request = _hparams_backend(logdir)
+    columns = [api_pb2.ColParams(hparam=info.name) for info in experiment.hparam_infos] + \
+        [api_pb2.ColParams(metric=info.name) for info in experiment.metric_infos]
+    query = api_pb2.ListSessionGroupsRequest(col_params=columns, start_index=0, slice_size=100,
+                                             allowed_statuses=[api_pb2.STATUS_SUCCESS, api_pb2.STATUS_UNKNOWN])
+    return list(list_session_groups.Handler(request, backend, "", query).run().session_groups)
 
 
 @pytest.mark.parametrize("title", ["Latent means", None])

@@ -8,6 +8,7 @@ import logging
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from base.base_trainer import EpochCallback, TrainerContext
 from base.metric import DEFAULT_OPTIONS
 from logger import TensorboardWriter, setup_logging
 from logger.figures import FigureWriter, file_stem
+from logger.hparams import HparamsEntry, hparams_entry
 from logger.tensorboard import curve_tag
 from trainer.components import build_data, build_model, eval_metric_names, load_and_check
 from trainer.optim import build_optimizers
@@ -48,13 +50,15 @@ class RunOptions:
     run_dir: the new run's folder (made here; it must not exist) instead of save_dir/<name>/<run_id>.
     after_epoch: called as after_epoch(epoch, log) after each epoch, before its checkpoints are
         written; returning True ends training after that epoch's checkpoints (early stopping, pruning).
-    hparams: extra HPARAMS columns for TensorBoard (e.g. the swept config keys).
+    hparams: extra HPARAMS columns for TensorBoard by name (e.g. an Optuna trial's number).
+    swept: the config key paths a sweep varies: they lead the HPARAMS table.
     console: log to the console (off: the run's train.log only, no progress bars).
     """
 
     run_dir: Path | None = None
     after_epoch: EpochCallback | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
+    swept: tuple[str, ...] = ()
     console: bool = True
 
 
@@ -79,7 +83,7 @@ def _train(config: dict, checkpoint: dict | None, checkpoint_path: str | Path | 
         check_save_dir(options.run_dir.parent if options.run_dir is not None else config["trainer"]["save_dir"])
     data = build_data(config)  # a bad data path or model config fails before any run folder exists
     model = build_model(config, data)
-    eval_metric_names(config, model, data)  # so does a metric whose field the data lacks
+    test_metrics = eval_metric_names(config, model, data)  # so does a metric whose field the data lacks
     if new_run and dist_info.is_main:
         run_dir = new_run_dir(config["trainer"]["save_dir"], config["name"], options.run_dir)
     run_dir = broadcast_object(run_dir)
@@ -89,14 +93,16 @@ def _train(config: dict, checkpoint: dict | None, checkpoint_path: str | Path | 
         if dist_info.is_main:
             write_run_files(run_dir, config, keep_environment=resume)
             logger.info("%s run %s", "resuming" if resume else "starting", run_dir)
+        hparams = hparams_entry(config, test_metrics, partial(curve_tag, unit=model.unit), options.swept,
+                                options.hparams)
         trainer = _build_trainer(config, data, model, run_dir, dist_info, logger, checkpoint, checkpoint_path,
-                                 finetune, options)
+                                 finetune, options, hparams)
     return TrainResult(run_dir, trainer.fit())
 
 
 def _build_trainer(config: dict, data: BaseDataLoader, model: BaseModel, run_dir: Path, dist_info: DistInfo,
                    logger: logging.Logger, checkpoint: dict | None, checkpoint_path: str | Path | None,
-                   finetune: bool, options: RunOptions) -> Trainer:
+                   finetune: bool, options: RunOptions, hparams: HparamsEntry) -> Trainer:
     """Device, weights, optimizers, TensorBoard and the Trainer, resumed from `checkpoint` unless fine-tuning."""
     device, device_ids = prepare_device(config["n_gpu"], dist_info, logger)
     model.to(device)
@@ -106,7 +112,7 @@ def _build_trainer(config: dict, data: BaseDataLoader, model: BaseModel, run_dir
     logger.debug("%s", model)
     optimizers, schedulers = build_optimizers(model, config)
     writer = TensorboardWriter(run_dir, config["trainer"]["tensorboard"] and dist_info.is_main)
-    context = TrainerContext(device, logger, run_dir, dist_info, device_ids, writer, options.hparams,
+    context = TrainerContext(device, logger, run_dir, dist_info, device_ids, writer, hparams,
                              options.console)
     trainer = Trainer(model, optimizers, schedulers, data, config, context, options.after_epoch)
     if checkpoint is not None and not finetune:

@@ -24,7 +24,6 @@ from base.base_data_loader import BaseDataLoader
 from base.base_model import BaseModel
 from base.base_trainer import BaseTrainer, EpochCallback, TrainerContext
 from logger.figures import FigureWriter, file_stem
-from logger.hparams import hparams_of
 from logger.tensorboard import TensorboardWriter, curve_tag
 from trainer.metric_tracker import MetricTracker
 from trainer.non_finite import NonFiniteWatch
@@ -86,7 +85,7 @@ class Trainer(BaseTrainer):
         self.skipped_steps = 0
         self.drawn_epoch = 0
         self.schedules: dict[str, float] = {}
-        self.hparams = {**hparams_of(config), **context.hparams}  # HPARAMS columns; a sweep adds the keys it varies
+        self.hparams = context.hparams
         if dist_info.is_main:
             self.writer.run.add_text("config", _as_markdown_code(yaml.safe_dump(config, sort_keys=False)), 0)
 
@@ -336,7 +335,7 @@ class Trainer(BaseTrainer):
         self.drawn_epoch = epoch
 
     def _on_fit_start(self) -> None:
-        if self.dist.is_main:
+        if self.dist.is_main and self.hparams is not None:
             self.writer.write_hparams(self.hparams)
 
     def _on_fit_end(self, log: dict[str, float], epoch: int) -> None:

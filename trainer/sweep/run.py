@@ -12,7 +12,6 @@ from typing import Any
 import torch
 
 from base.base_trainer import EpochCallback
-from logger.hparams import extra_hparams
 from trainer import jobs
 from trainer.components import load_and_check, metric_names
 from trainer.sweep.spec import SweepSpec
@@ -71,8 +70,8 @@ def execute(folder: Path, run: str, spec: SweepSpec, params: dict[str, Any], see
             pruned.append(epoch)
         return bool(pruned)
 
-    options = jobs.RunOptions(after_epoch=_history_writer(run_dir, watch),
-                              hparams={**extra_hparams(params), **(hparams or {})}, console=False)
+    options = jobs.RunOptions(after_epoch=_history_writer(run_dir, watch), hparams=hparams or {},
+                              swept=tuple(spec.varied_keys), console=False)
     record: dict[str, Any] = {"run": run, "params": params, "seed": seed, "run_dir": run,
                               "threads": torch.get_num_threads()}
     started = time.perf_counter()

@@ -215,6 +215,12 @@ class SweepSpec:
     def is_search(self) -> bool:
         return bool(self.space)
 
+    @property
+    def varied_keys(self) -> list[str]:
+        """The config key paths the sweep varies: its grid or search space, and seed when it runs several."""
+        return [key for key, _ in self.grid] + [param.key for param in self.space] + \
+            (["seed"] if len(self.seeds) > 1 else [])
+
     def to_json(self) -> dict:
         data = asdict(self)
         data["objective"] = str(self.objective) if self.objective else None
