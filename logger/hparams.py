@@ -12,7 +12,7 @@ epochs. Metrics keep their defined order. TensorBoard shows every number with fi
 ("12.000"), so integers are written as text."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from utils.config import flatten
@@ -31,7 +31,7 @@ class HparamsEntry:
 
     columns: dict[str, HparamValue]
     lead: tuple[str, ...]
-    metrics: tuple[tuple[str, str], ...] = field(default=())
+    metrics: tuple[tuple[str, str], ...] = ()
 
 
 def column_of(key: str) -> str:

@@ -35,7 +35,7 @@ def curve_tag(name: str, unit: str) -> str:
     return f"epoch/{name}_per_{unit}" if PER_UNIT.fullmatch(name) else f"epoch/{name}"
 
 
-def _protobuf_value(value: bool | float | str):
+def _protobuf_value(value: bool | float | str) -> Any:
     """An HPARAMS value as the google.protobuf.Value a session records."""
     from google.protobuf import struct_pb2
 
@@ -142,13 +142,14 @@ class TensorboardWriter:
         session = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
         for name, value in entry.columns.items():
             session.hparams[name].CopyFrom(_protobuf_value(value))
+        records = {metadata.EXPERIMENT_TAG: plugin_data_pb2.HParamsPluginData(experiment=experiment),
+                   metadata.SESSION_START_INFO_TAG: plugin_data_pb2.HParamsPluginData(session_start_info=session),
+                   metadata.SESSION_END_INFO_TAG: plugin_data_pb2.HParamsPluginData(
+                       session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS))}
         writer = self.run._get_file_writer()
-        for tag, data in ((metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment)),
-                          (metadata.SESSION_START_INFO_TAG, plugin_data_pb2.HParamsPluginData(session_start_info=session)),
-                          (metadata.SESSION_END_INFO_TAG, plugin_data_pb2.HParamsPluginData(
-                              session_end_info=plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_SUCCESS)))):
+        for tag, record in records.items():
             summary = summary_pb2.Summary()
-            summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(data), tensor=metadata.NULL_TENSOR)
+            summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(record), tensor=metadata.NULL_TENSOR)
             writer.add_summary(summary)
 
     def close(self) -> None:

@@ -71,8 +71,10 @@ def test_every_run_holds_data_and_plain_runs_have_short_names_ending_in_their_sp
     assert {run.rsplit("/", 1)[-1] for run in sweep_runs if run.count("/") == 4} <= set(SPLITS)
 
 
-@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "configs").rglob("*.*") if p.parent.name not in ("bench", "search")),
-                         ids=lambda p: str(p.relative_to(ROOT / "configs")))
+SHIPPED_CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.*") if p.parent.name not in ("bench", "search"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_CONFIGS, ids=lambda p: str(p.relative_to(ROOT / "configs")))
 def test_shipped_configs_have_names_that_keep_run_names_short(path):
     """A shipped config's runs are named <name>/<MMDD-HHMMSS>/<split>: at most 30 characters."""
     assert len(read_config_file(path)["name"]) <= MAX_CONFIG_NAME, path
