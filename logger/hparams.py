@@ -12,7 +12,7 @@ epochs. Metrics keep their defined order. TensorBoard shows every number with fi
 ("12.000"), so integers are written as text."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from utils.config import flatten
@@ -27,11 +27,13 @@ HparamValue = bool | float | str
 class HparamsEntry:
     """columns: name -> value, in the order defined; lead: the columns TensorBoard lists (and ticks) first;
     metrics: (run group, tag) pairs in order, the group relative to the run folder ("test" for the test run,
-    "" for the run folder itself)."""
+    "" for the run folder itself); domains: every value a text column can take, where that is known (it gives
+    the column a filter; a partial list would hide rows)."""
 
     columns: dict[str, HparamValue]
     lead: tuple[str, ...]
     metrics: tuple[tuple[str, str], ...] = ()
+    domains: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def column_of(key: str) -> str:
@@ -57,10 +59,11 @@ def as_hparam(value: Any) -> HparamValue:
 
 
 def hparams_entry(config: dict, test_metrics: Iterable[str], unit_tag: Callable[[str], str],
-                  swept: Iterable[str] = (), extra: dict[str, Any] | None = None) -> HparamsEntry:
+                  swept: Iterable[str] = (), extra: dict[str, Any] | None = None,
+                  domains: dict[str, tuple[str, ...]] | None = None) -> HparamsEntry:
     """The entry of a run of `config`. `test_metrics`: what test.py reports; `unit_tag(name)`: the curve tag of
     a metric (logger.tensorboard.curve_tag with the model's unit); `swept`: the config key paths a sweep varies;
-    `extra`: further columns by name (e.g. an Optuna trial's number)."""
+    `extra`: further columns by name (e.g. an Optuna trial's number); `domains`: as HparamsEntry's."""
     standard: dict[str, Any] = {"architecture": config["arch"]["type"], "data": config["data_loader"]["type"]}
     optimizers = config["optimizer"]
     for group, spec in ({"": optimizers} if "type" in optimizers else optimizers).items():
@@ -77,7 +80,8 @@ def hparams_entry(config: dict, test_metrics: Iterable[str], unit_tag: Callable[
     lead = tuple(swept_columns) or tuple(name for name in columns if name.split("/")[0] in PLAIN_LEAD)
     monitor = config["trainer"]["monitor"]
     best = () if monitor == "off" else (("", f"best/{monitor.split()[1]}"),)
-    return HparamsEntry(columns, lead, (*(("test", unit_tag(name)) for name in test_metrics), *best))
+    metrics = (*(("test", unit_tag(name)) for name in test_metrics), *best)
+    return HparamsEntry(columns, lead, metrics, dict(domains or {}))
 
 
 def metric_display_name(group: str, tag: str) -> str:

@@ -136,6 +136,8 @@ class TensorboardWriter:
             column = experiment.hparam_infos.add(name=name, type=types[type(value)], differs=name in entry.lead)
             if isinstance(value, bool):
                 column.domain_discrete.extend([False, True])
+            elif name in entry.domains:
+                column.domain_discrete.extend(entry.domains[name])
         for group, tag in entry.metrics:
             experiment.metric_infos.add(name=api_pb2.MetricName(group=group, tag=tag),
                                         display_name=metric_display_name(group, tag))

@@ -7,6 +7,8 @@ import matplotlib.image
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from data_loader import DATA_LOADERS
+from model import ARCHITECTURES
 from tests.conftest import ROOT
 from tests.test_svae_regression import SHRINKS
 from logger.tensorboard import curve_tag
@@ -134,6 +136,9 @@ def test_hparams_lead_with_architecture_data_and_the_training_settings(svae_gmm_
     types = {info.name: info.type for info in experiment.hparam_infos}
     assert types["lr"] == api_pb2.DATA_TYPE_FLOAT64 and types["architecture"] == api_pb2.DATA_TYPE_STRING
     assert types["epochs"] == types["seed"] == types["batch_size"] == api_pb2.DATA_TYPE_STRING
+    domain = {info.name: set(info.domain_discrete) for info in experiment.hparam_infos}
+    assert domain["architecture"] == set(ARCHITECTURES.names()) and domain["data"] == set(DATA_LOADERS.names())
+    assert not domain["epochs"]  # a partial list would hide rows whose value it lacks
     metrics = [(info.name.group, info.name.tag, info.display_name) for info in experiment.metric_infos]
     assert metrics == [("test", "epoch/elbo_per_point", "test elbo_per_point"),
                        ("test", "epoch/iw_nll_per_point", "test iw_nll_per_point"), ("test", "epoch/ari", "test ari"),

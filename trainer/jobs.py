@@ -20,10 +20,12 @@ from base.base_data_loader import BaseDataLoader
 from base.base_model import BaseModel
 from base.base_trainer import EpochCallback, TrainerContext
 from base.metric import DEFAULT_OPTIONS
+from data_loader import DATA_LOADERS
 from logger import TensorboardWriter, setup_logging
 from logger.figures import FigureWriter, file_stem
 from logger.hparams import HparamsEntry, hparams_entry
 from logger.tensorboard import curve_tag
+from model import ARCHITECTURES
 from trainer.components import build_data, build_model, eval_metric_names, load_and_check
 from trainer.optim import build_optimizers
 from trainer.trainer import Trainer
@@ -94,10 +96,15 @@ def _train(config: dict, checkpoint: dict | None, checkpoint_path: str | Path | 
             write_run_files(run_dir, config, keep_environment=resume)
             logger.info("%s run %s", "resuming" if resume else "starting", run_dir)
         hparams = hparams_entry(config, test_metrics, partial(curve_tag, unit=model.unit), options.swept,
-                                options.hparams)
+                                options.hparams, hparams_domains())
         trainer = _build_trainer(config, data, model, run_dir, dist_info, logger, checkpoint, checkpoint_path,
                                  finetune, options, hparams)
     return TrainResult(run_dir, trainer.fit())
+
+
+def hparams_domains() -> dict[str, tuple[str, ...]]:
+    """The HPARAMS text columns whose every value is known: the registered architectures and data loaders."""
+    return {"architecture": tuple(ARCHITECTURES.names()), "data": tuple(DATA_LOADERS.names())}
 
 
 def _build_trainer(config: dict, data: BaseDataLoader, model: BaseModel, run_dir: Path, dist_info: DistInfo,
