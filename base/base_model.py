@@ -12,6 +12,8 @@ changes no state.
 Optional hooks the Trainer calls (the defaults do nothing):
   parameter_groups()       named groups, each can get its own optimizer
   after_optimizer_step(statistics, taken)   e.g. the SVAE natural-gradient step of globals
+  begin_epoch(epoch, training_set)   before every training epoch, with the whole training set in a fixed
+                           order and without labels: a staged start (SVAE-SLDS's AR-HMM start)
   set_epochs_done(epochs)  after every epoch: schedules move on (KL warm-up, temperature annealing)
   schedule_state() / load_schedule_state(state)   saved in checkpoints
   schedule_values()        logged once per epoch as schedule/<name> (KL weight, temperature)
@@ -22,12 +24,16 @@ Evaluation (test.py): the class lists its `metrics` (base/metric.py);
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
 from base.metric import Metric, PerExample
+
+
+#: batch fields that carry labels: never handed to `begin_epoch` (unsupervised starts read no labels)
+LABEL_FIELDS = ("y", "labels")
 
 
 class BaseModel(nn.Module):
@@ -70,6 +76,13 @@ class BaseModel(nn.Module):
         `out["statistics"]` summed over replicas and ranks (None when forward returned none). `taken`: a 0-d
         bool tensor, False when the step's loss was not finite and the optimizers skipped it on the device;
         the hook must then change nothing, decided on the device too (no host read). None: taken."""
+
+    def begin_epoch(self, epoch: int, training_set: Callable[[], Iterable[dict[str, torch.Tensor]]]) -> str | None:
+        """Called before training epoch `epoch` (1-based) on every rank. `training_set()` yields the whole
+        training split in batches on the model's device, in a fixed order, without label fields (`LABEL_FIELDS`),
+        so that what a model computes from it is the same on every rank and after a resume. Returns a line for
+        the run's log when the model changed, else None."""
+        return None
 
     def set_epochs_done(self, epochs: int) -> None:
         """Called once at the end of every training epoch with the number of epochs trained (the 1-based

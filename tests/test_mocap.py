@@ -6,6 +6,7 @@ the Gaussian HMM on the real recordings."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmarks.mocap import baselines, gaussian_hmm, kmeans
+from benchmarks.mocap import ar_hmm, baselines, decode, gaussian_hmm
+from model.kmeans import kmeans
 from model.metrics import adjusted_rand_index
 from tests.conftest import ROOT, event_tags, one_line_error, run_cli
+from tests.test_ar_hmm import STAY, TRUE_A, TRUE_Q_CHOL, sample_ar_hmm
 from trainer import jobs
 from trainer.components import build_data, build_model, eval_metric_names, load_and_check
 from trainer.jobs import train
@@ -148,18 +151,54 @@ def test_benchmark_gaussian_hmm_recovers_a_known_segmentation():
     frames, states = hmm_sequences()
     mask = torch.ones(states.shape, dtype=torch.bool)
     mask[1, 45:] = False  # padding leaves the real frames' posterior alone
-    found, iterations = gaussian_hmm(frames, mask, 3, torch.Generator().manual_seed(0))
-    assert adjusted_rand_index(states[mask], found[mask]) > 0.95 and iterations > 1
+    hmm = gaussian_hmm(frames, mask, 3, torch.Generator().manual_seed(0))
+    found, nll = decode(hmm, frames, mask)
+    assert adjusted_rand_index(states[mask], found[mask]) > 0.95 and hmm.iterations > 1
+    true_nll = 1.5 * math.log(2 * math.pi) + 1.5  # 3 unit-variance dims; the states add < 0.5 nats per frame
+    assert true_nll - 0.2 < nll < true_nll + 0.5, nll
     assignments, centres = kmeans(frames[mask], 3, torch.Generator().manual_seed(0))
     assert adjusted_rand_index(states[mask], assignments) > 0.8 and centres.shape == (3, 3)
+
+
+def test_benchmark_ar_hmm_recovers_a_known_segmentation_and_scores_held_out_frames():
+    """The AR(1)-HMM baseline on sequences of the 3-state AR-HMM of tests/test_ar_hmm.py: fitted on some
+    sequences, it segments others and its held-out NLL per frame is near the true model's (computed here from
+    the true dynamics with the forward algorithm of an independent dense sum over states)."""
+    x, z = sample_ar_hmm(B=24, T=80, seed=1)
+    mask = torch.ones(z.shape, dtype=torch.bool)
+    hmm = ar_hmm(x[:16], mask[:16], 3, torch.Generator().manual_seed(0))
+    found, nll = decode(hmm, x[16:], mask[16:])
+    assert adjusted_rand_index(z[16:, :-1].flatten(), found[:, :-1].flatten()) > 0.85
+    steps = torch.distributions.MultivariateNormal(torch.zeros(3, 2, dtype=torch.float64), scale_tril=TRUE_Q_CHOL)
+    step_log_p = steps.log_prob(x[16:, 1:, None] - torch.einsum("kij,btj->btki", TRUE_A, x[16:, :-1]))
+    true_log_z = true_ar_hmm_log_likelihood(step_log_p)  # the steps' log-density, states summed out
+    true_nll = -float(true_log_z.sum() + hmm.node(x[16:], mask[16:])[1].sum()) / mask[16:].sum()
+    assert true_nll - 0.05 < nll < true_nll + 0.15, (nll, true_nll)
+
+
+def true_ar_hmm_log_likelihood(step_log_p: torch.Tensor) -> torch.Tensor:
+    """log sum_z p(z) prod_t p_{z_t}(x_t+1 | x_t) under the true chain of tests/test_ar_hmm.py (uniform z_1,
+    stay STAY), by a plain forward recursion in probability space rescaled per step: (B,)."""
+    K = step_log_p.shape[-1]
+    P = torch.full((K, K), (1 - STAY) / (K - 1), dtype=torch.float64).fill_diagonal_(STAY)
+    log_z = torch.zeros(len(step_log_p), dtype=torch.float64)
+    alpha = torch.full((len(step_log_p), K), 1.0 / K, dtype=torch.float64)
+    for t in range(step_log_p.shape[1]):
+        shift = step_log_p[:, t].max(-1, keepdim=True).values
+        alpha = alpha * (step_log_p[:, t] - shift).exp()
+        total = alpha.sum(-1, keepdim=True)
+        log_z += (total.log() + shift).squeeze(-1)
+        alpha = (alpha / total) @ P
+    return log_z
 
 
 def test_benchmark_baselines_run_on_the_configs_data(stand_in):
     config = load_and_check(ROOT / "configs" / "mocap" / "svae_slds.yaml", [f"data_loader.args.path={stand_in}"])
     rows = baselines(config, [0])
-    for method in ("k-means of the frames", "Gaussian HMM (EM)"):
+    for method in ("k-means of the frames", "Gaussian HMM (EM)", "AR(1)-HMM (EM)"):
         (row,) = rows[method]
         assert 0 < row["state_ari"] <= 1 and 1 <= row["states_in_use"] <= 12
+    assert all(math.isfinite(rows[method][0]["nll"]) for method in ("Gaussian HMM (EM)", "AR(1)-HMM (EM)"))
 
 
 @pytest.mark.slow

@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from base.base_data_loader import BaseDataLoader
-from base.base_model import BaseModel
+from base.base_model import LABEL_FIELDS, BaseModel
 from base.base_trainer import BaseTrainer, EpochCallback, TrainerContext
 from logger.figures import FigureWriter, file_stem
 from logger.tensorboard import TensorboardWriter, curve_tag
@@ -91,6 +91,9 @@ class Trainer(BaseTrainer):
 
     # ------------------------------------------------------------- epochs
     def _run_epoch(self, epoch: int) -> dict[str, float]:
+        change = self.model_core.begin_epoch(epoch, self._training_set)
+        if change is not None and self.dist.is_main:
+            self.logger.info("epoch %d: %s", epoch, change)
         self.schedules = self.model_core.schedule_values()  # the values this epoch trains with
         log = self.train_epoch(epoch)
         log.update({f"val_{k}": v for k, v in self.valid_epoch().items()})
@@ -157,6 +160,14 @@ class Trainer(BaseTrainer):
                     out = self.model_core(batch)
                 self.tracker.update(out, len(batch["x"]))
         return self.tracker.result()
+
+    def _training_set(self) -> Iterator[dict]:
+        """The whole training split in order, in batches of the loader's size on the device, without label
+        fields (`BaseModel.begin_epoch`)."""
+        dataset, size = self.train_loader.dataset, self.train_loader.batch_size
+        for first in range(0, len(dataset), size):
+            batch = dataset.__getitems__(list(range(first, min(first + size, len(dataset)))))
+            yield move_to({k: v for k, v in batch.items() if k not in LABEL_FIELDS}, self.device)
 
     def _rng_devices(self) -> list[int]:
         """The CUDA device whose RNG stream a fork must also save and restore (none on CPU)."""

@@ -111,10 +111,10 @@ class GraphicalModel(nn.Module):
         return self.families[name].pack(self._buffers_of(name, prior))
 
     @torch.no_grad()
-    def set_natural(self, name: str, value: Any) -> None:
-        """Overwrite q of factor `name` (in place) with natural parameters of its structure."""
-        for q, new in zip(self._buffers_of(name), self.families[name].unpack(value)):
-            q.copy_(new)
+    def set_natural(self, name: str, value: Any, prior: bool = False) -> None:
+        """Overwrite q (or the prior) of factor `name` (in place) with natural parameters of its structure."""
+        for buffer, new in zip(self._buffers_of(name, prior), self.families[name].unpack(value)):
+            buffer.copy_(new)
 
     def global_stats(self, point: bool = False) -> dict[str, Any]:
         """Per factor: E_q[t(theta)], or with `point` t(theta-bar) at the point estimate."""

@@ -5,7 +5,7 @@ per-frame diagonal-Gaussian decoder (SVAE.md section 6). Local inference (struct
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, Iterable, Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from model.expfam.mniw import MNIWNatural
 from model.expfam.niw import NIWNatural
 from model.metrics import adjusted_rand_index, match_labels, matched_accuracy, normalized_mutual_info
 from model.registry import ARCHITECTURES
+from model.svae.ar_hmm import ARHMMFit, ARHMMPrior, StepMoments, fit_ar_hmm, pooled_dynamics_prior, step_features
 from model.svae.chain import dynamics_prior, dynamics_statistics, initial_state_prior, initial_state_statistics, \
     point_dynamics, simulate_dynamics
 from model.svae.figures import log_segmentation
@@ -66,6 +67,11 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
     inference: `switching_meanfield`. After each SVI step, the least used state, if its share of the frames
     (averaged over batches, buffer `usage`) is under `revive_below`, restarts fitted to the batch's
     worst-explained steps (`revive_unused_state`; 0 turns it off).
+
+    `tied` (set by the architecture's schedule): the K states share one dynamics, so the model is an LDS. Local
+    inference runs with one state and no discrete log-potentials (q(z) plays no part, its KL is 0); the SVI step
+    moves every state's q(A_k, Q_k) to the same target and leaves q(pi0), q(Pi) at their prior. The first stage
+    of the AR-HMM start (`start_from_ar_hmm`).
     """
 
     Statistics = SwitchingStatistics
@@ -98,6 +104,7 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         init_M = torch.eye(n, dtype=f64) + init_dynamics_scale * torch.randn(K, n, n, dtype=f64) / math.sqrt(n)
         self.add_global_factor("mniw", MNIW, prior, dynamics_prior(n, K, M=init_M))
         self.revive_below = revive_below
+        self.tied = False
         self.register_buffer("revivals", torch.zeros((), dtype=torch.long))
         self.register_buffer("usage", torch.full((K,), 1.0 / K, dtype=f64))
         self._register_load_state_dict_pre_hook(_usage_of_old_checkpoints, with_module=True)
@@ -108,7 +115,7 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         """The SVI step of every factor, then `revive_unused_state` (none where `taken` is False: a skipped
         step changes nothing)."""
         super().natural_gradient_step(statistics, num_train, rho, taken)
-        if self.revive_below > 0:
+        if self.revive_below > 0 and not self.tied:
             batch_usage = statistics.mniw.nu / statistics.mniw.nu.sum()
             usage = (1 - rho) * self.usage + rho * batch_usage
             self.usage.copy_(usage if taken is None else torch.where(taken, usage, self.usage))
@@ -145,6 +152,25 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         self.usage[k] = torch.where(revive, 1.0 / len(self.usage), self.usage[k])
         self.revivals += revive.long()
 
+    @torch.no_grad()
+    def start_from_ar_hmm(self, mean: torch.Tensor, moments: StepMoments, steps: torch.Tensor, restarts: int,
+                          max_iter: int, generator: torch.Generator) -> ARHMMFit:
+        """Empirical Bayes, then an AR(1)-HMM. The dynamics' prior becomes one AR fit to every step of the latent
+        trajectories q(x) of the whole training set (`pooled_dynamics_prior`, as MoSeq centres its prior: a
+        state with few steps falls back to the data's typical dynamics and noise, not to the latents' prior
+        scale); then q(pi0), q(Pi) and every q(A_k, Q_k) are set to prior + the expected counts of an AR(1)-HMM
+        fitted by variational EM (`fit_ar_hmm`, started from the k-means of the steps of the means): the fixed
+        point of SVI with those q(z). Trajectories: means (N, T, n), their step moments and the real steps
+        (N, T-1). Usage restarts at the fitted shares. Returns the fit."""
+        self.set_natural("mniw", pooled_dynamics_prior(moments, steps, self.num_states), prior=True)
+        prior = ARHMMPrior(*(self.natural(name, prior=True) for name in ("initial_state", "transitions", "mniw")))
+        fit = fit_ar_hmm(moments, step_features(mean), prior, steps, restarts, max_iter, generator=generator)
+        self.set_natural("initial_state", prior.initial_state + fit.initial_state)
+        self.set_natural("transitions", prior.transitions + fit.transitions)
+        self.set_natural("mniw", MNIWNatural(*(p + c for p, c in zip(prior.dynamics, fit.dynamics))))
+        self.usage.copy_(fit.dynamics.nu / fit.dynamics.nu.sum())
+        return fit
+
     def potentials(self, stats: dict[str, Any]) -> SwitchingPotentials:
         return SwitchingPotentials(stats["initial_state"], stats["transitions"],
                                    expected_lds_potentials(stats["niw"], stats["mniw"]))
@@ -152,6 +178,8 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
     def infer(self, potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
               num_samples: int, mask: torch.Tensor | None = None) -> SwitchingPosterior:
         within = chains_cut(mask)
+        if self.tied:
+            potentials = one_state(potentials)
         return switching_meanfield(potentials, node_J, node_h, num_samples, self.max_iter, self.tol, self.inference,
                                    within)
 
@@ -160,10 +188,16 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         sum_b,t q(z_t = k) (E x_t x_t^T, E x_t x_t+1^T, E x_t+1 x_t+1^T, 1); over the steps inside each chain."""
         marginals, pairs = post.states.marginals.detach(), post.states.pair_marginals.detach()
         steps = post.x.step_weights()
+        initial = initial_state_statistics(post.x)
+        if self.tied:  # one state: its dynamics statistics for every state, no counts for q(pi0), q(Pi)
+            K = self.num_states
+            dynamics = MNIWNatural(*(value.expand(K, *value.shape[1:]) for value in dynamics_statistics(
+                post.x, marginals[:, :-1] if steps is None else marginals[:, :-1] * steps[..., None])))
+            return SwitchingStatistics(marginals.new_zeros(K), marginals.new_zeros(K, K), initial, dynamics,
+                                       initial.kappa, None)
         if steps is not None:
             marginals = torch.cat([marginals[:, :-1] * steps[..., None], marginals[:, -1:]], 1)
             pairs = pairs * steps[..., None, None]
-        initial = initial_state_statistics(post.x)
         revive = None
         if self.revive_below > 0:
             worst = self.worst_steps(post, steps)[..., None]  # (B, T-1, 1)
@@ -215,6 +249,17 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         return alpha / alpha.sum(-1, keepdim=True)
 
 
+INITS = ("random", "ar_hmm")
+
+
+def one_state(potentials: SwitchingPotentials) -> SwitchingPotentials:
+    """The first state's dynamics alone, with zero discrete log-potentials: the tied model's (an LDS)."""
+    return SwitchingPotentials(torch.zeros_like(potentials.log_init[:1]),
+                               torch.zeros_like(potentials.log_trans[:1, :1]),
+                               potentials.states._replace(**{field: getattr(potentials.states, field)[:1] for field in
+                                                             ("J11", "J12", "J22", "pair_const")}))
+
+
 def _segmentation(score: Callable[[torch.Tensor, torch.Tensor], float]) -> Callable[[PerExample], float]:
     """Reduction: `score`(true labels, most likely states) over every labelled real frame of the split."""
 
@@ -243,6 +288,11 @@ class SVAESLDS(SequenceSVAE):
         revive_below: after the SVI step, the least used state restarts fitted to the batch's worst-explained
             steps if its share of the frames, averaged over batches, is below this (0: never).
         kl_warmup_epochs: the local KL's weight in the training loss rises from 0 to 1 over this many epochs.
+        init: how the discrete layer starts. "random": q(theta) at the prior, the dynamics means spread by
+            init_dynamics_scale. "ar_hmm" (SVAE.md section 8): the first `init_epochs` epochs train with the
+            states tied (an LDS); then, before the next epoch, an AR(1)-HMM fitted by variational EM to the
+            training set's q(x) (`init_restarts` starts of at most `init_iters` EM steps, the highest bound
+            kept) sets q(pi0), q(Pi) and every q(A_k, Q_k); then joint SVI.
         figure_sequences: sequences drawn in the segmentation figures.
         label_names, channel_names, sequence_names, frame_rate: what the data loader knows (set by the
             framework), for the figures and the per-sequence results.
@@ -268,13 +318,22 @@ class SVAESLDS(SequenceSVAE):
                  init_dynamics_scale: float = 0.5, revive_below: float = 0.02, prediction_samples: int = 100,
                  kl_warmup_epochs: int = 0,
                  likelihood: Literal["gaussian", "sigmoid_gaussian", "bernoulli"] = "sigmoid_gaussian",
-                 figure_sequences: int = 3, frames_per_example: float | None = None,
+                 init: Literal["random", "ar_hmm"] = "random", init_epochs: int = 10, init_restarts: int = 5,
+                 init_iters: int = 50, figure_sequences: int = 3, frames_per_example: float | None = None,
                  label_names: tuple[str, ...] | None = None, channel_names: tuple[str, ...] | None = None,
                  sequence_names: tuple[str, ...] | None = None, frame_rate: float | None = None):
         def make_pgm() -> SwitchingLinearDynamicalSystem:
             return SwitchingLinearDynamicalSystem(num_states, latent_dim, max_iter, tol, prior_alpha, stickiness,
                                                   init_dynamics_scale, revive_below, inference)
 
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        for name, value in [("init_epochs", init_epochs), ("init_restarts", init_restarts),
+                            ("init_iters", init_iters)]:
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        self.init, self.init_epochs = init, init_epochs
+        self.init_restarts, self.init_iters = init_restarts, init_iters
         super().__init__(make_pgm, data_shape, num_train, latent_dim, hidden_dims, activation, init_scale, rho,
                          num_samples, eval_samples, prefix_len, horizon, figure_samples, kl_warmup_epochs, likelihood,
                          frames_per_example, prediction_samples)
@@ -283,6 +342,39 @@ class SVAESLDS(SequenceSVAE):
         self.visualization_size = figure_sequences
         self.label_names, self.channel_names, self.sequence_names = label_names, channel_names, sequence_names
         self.frame_rate = frame_rate
+        if init == "ar_hmm":  # tied from the start; the AR-HMM's k-means draws saved with the model
+            self.pgm.set_natural("mniw", self.pgm.natural("mniw", prior=True))
+            self.register_buffer("init_seed", torch.randint(2 ** 62, ()))
+        self.update_schedule()
+
+    def update_schedule(self) -> None:
+        """Besides the KL warm-up: the states are tied during the first stage of the AR-HMM start."""
+        super().update_schedule()
+        self.pgm.tied = self.init == "ar_hmm" and self.epochs_done < self.init_epochs
+
+    def begin_epoch(self, epoch: int, training_set: Callable[[], Iterable[dict[str, torch.Tensor]]]) -> str | None:
+        """Before the epoch after the tied stage of the AR-HMM start: q(x) of every training example under the
+        tied model (an LDS), then `start_from_ar_hmm` on their moments."""
+        if self.init != "ar_hmm" or epoch != self.init_epochs + 1:
+            return None
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            potentials = one_state(self.expected_globals().potentials)
+            parts = []
+            for batch in training_set():
+                x = self.infer(self.observations(batch), potentials, 0, self.observed_nodes(batch)).x
+                steps = x.step_weights()
+                parts.append((x.mean, *StepMoments.of_chain(x), torch.ones_like(x.mean[:, 1:, 0]) if steps is None
+                              else steps))
+            mean, *moments, steps = (torch.cat(part) for part in zip(*parts))
+            generator = torch.Generator(mean.device).manual_seed(int(self.init_seed))
+            fit = self.pgm.start_from_ar_hmm(mean, StepMoments(*moments), steps, self.init_restarts, self.init_iters,
+                                             generator)
+        self.train(was_training)
+        shares = ", ".join(f"{float(share):.2f}" for share in self.pgm.usage)
+        return (f"AR-HMM start: {self.init_restarts} restarts on {len(mean)} training examples, best bound "
+                f"{fit.bound:.1f} nats after {fit.iterations} EM steps; state shares {shares}")
 
     def evaluate_more(self, batch: dict[str, torch.Tensor], y: torch.Tensor, post: SwitchingPosterior,
                       metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
