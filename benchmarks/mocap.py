@@ -104,10 +104,11 @@ def gaussian_hmm(frames: torch.Tensor, mask: torch.Tensor, k: int, generator: to
 def ar_hmm(frames: torch.Tensor, mask: torch.Tensor, k: int, generator: torch.Generator, prior_alpha: float = 1.0,
            stickiness: float = 10.0, max_iter: int = 200) -> HMM:
     """An AR(1)-HMM with an intercept, x_t+1 = A_{z_t} x_t + b_{z_t} + eps, eps ~ N(0, Q_{z_t}), fitted by EM
-    at the point estimate (`fit_ar_hmm`, variational=False) to frames (B, T, D) (real where mask (B, T)), under SVAE-SLDS's priors for D
-    dimensions (Dirichlet `prior_alpha` plus `stickiness` on the diagonal; MNIW at (A, b) = (I, 0),
-    V = I / (2D), Psi = 2 (D + 1) I, nu = D + 1), at its point estimate (E[pi0], E[Pi], (A, b) = M,
-    Q = Psi / nu); the first frame of a sequence is Gaussian with the real frames' mean and covariance."""
+    at the point estimate (`fit_ar_hmm`, variational=False) to frames (B, T, D) (real where mask (B, T)), from a
+    k-means of the poses x_t, under Dirichlet priors `prior_alpha` (plus `stickiness` on the diagonal of Pi)
+    and a dynamics prior centred on one AR fit to every step (`pooled_dynamics_prior`); returned at its point
+    estimate (E[pi0], E[Pi], (A, b) = M, Q = Psi / nu). The first frame of a sequence is Gaussian with the real
+    frames' mean and covariance."""
     dims, f64 = frames.shape[-1], frames.dtype
     x = torch.where(mask[..., None], frames, 0.0)
     moments, steps = StepMoments.of_points(x, intercept=True), mask[:, 1:].to(f64)
@@ -195,11 +196,13 @@ def sweep_rows(folder: Path) -> list[dict[str, float]]:
         if record.get("status") == "complete":
             metrics = record["metrics"]
             run_dir = path.parent
-            usage = json.loads((run_dir / "test_metrics.json").read_text()).get("state_usage", [])
+            usage = json.loads((run_dir / "test_metrics.json").read_text()).get("state_usage")
+            row = {**metrics, "seconds": record["seconds"], "seed": record["seed"]}
             if "iw_nll" in metrics:
-                metrics = {**metrics, "nll": metrics["iw_nll"]}
-            rows.append({**metrics, "states_in_use": float(sum(u >= IN_USE for u in usage)),
-                         "seconds": record["seconds"], "seed": record["seed"]})
+                row["nll"] = metrics["iw_nll"]
+            if usage is not None:
+                row["states_in_use"] = float(sum(u >= IN_USE for u in usage))
+            rows.append(row)
     if not rows:
         raise SystemExit(f"error: no finished runs in {folder}; run the sweep first (README, 'Motion capture')")
     return rows

@@ -290,9 +290,10 @@ class SVAESLDS(SequenceSVAE):
         kl_warmup_epochs: the local KL's weight in the training loss rises from 0 to 1 over this many epochs.
         init: how the discrete layer starts. "random": q(theta) at the prior, the dynamics means spread by
             init_dynamics_scale. "ar_hmm" (SVAE.md section 8): the first `init_epochs` epochs train with the
-            states tied (an LDS); then, before the next epoch, an AR(1)-HMM fitted by variational EM to the
-            training set's q(x) (`init_restarts` starts of at most `init_iters` EM steps, the highest bound
-            kept) sets q(pi0), q(Pi) and every q(A_k, Q_k); then joint SVI.
+            states tied (an LDS); then, before the next epoch, the dynamics' prior is centred on one AR fit to
+            the training set's q(x), and an AR(1)-HMM fitted to it by variational EM (`init_restarts` starts of
+            at most `init_iters` EM steps, the highest bound kept) sets q(pi0), q(Pi) and every q(A_k, Q_k);
+            then joint SVI (`SwitchingLinearDynamicalSystem.start_from_ar_hmm`).
         figure_sequences: sequences drawn in the segmentation figures.
         label_names, channel_names, sequence_names, frame_rate: what the data loader knows (set by the
             framework), for the figures and the per-sequence results.
@@ -351,6 +352,13 @@ class SVAESLDS(SequenceSVAE):
         """Besides the KL warm-up: the states are tied during the first stage of the AR-HMM start."""
         super().update_schedule()
         self.pgm.tied = self.init == "ar_hmm" and self.epochs_done < self.init_epochs
+
+    def schedule_values(self) -> dict[str, float]:
+        """Besides the KL weight, with the AR-HMM start: 1 while the states are tied, 0 after the fit."""
+        values = super().schedule_values()
+        if self.init == "ar_hmm":
+            values["states_tied"] = float(self.pgm.tied)
+        return values
 
     def begin_epoch(self, epoch: int, training_set: Callable[[], Iterable[dict[str, torch.Tensor]]]) -> str | None:
         """Before the epoch after the tied stage of the AR-HMM start: q(x) of every training example under the
