@@ -204,7 +204,8 @@ def sweep_rows(folder: Path) -> list[dict[str, float]]:
                 row["states_in_use"] = float(sum(u >= IN_USE for u in usage))
             rows.append(row)
     if not rows:
-        raise SystemExit(f"error: no finished runs in {folder}; run the sweep first (README, 'Motion capture')")
+        raise SystemExit(f"error: no finished runs in {folder}; run the sweep first "
+                         f"(docs/RESULTS.md, 'Motion capture')")
     return rows
 
 
@@ -212,7 +213,7 @@ def sweep_architecture(folder: Path) -> str:
     """The architecture of a sweep folder's runs (from the first run's config.yaml)."""
     for path in sorted(folder.glob("*/config.yaml")):
         return yaml.safe_load(path.read_text())["arch"]["type"]
-    raise SystemExit(f"error: no run folders in {folder}; run the sweep first (README, 'Motion capture')")
+    raise SystemExit(f"error: no run folders in {folder}; run the sweep first (docs/RESULTS.md, 'Motion capture')")
 
 
 def summary(values: list[float]) -> str:

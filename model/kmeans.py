@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 
-def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, max_iter: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+def kmeans(x: torch.Tensor, k: int, generator: torch.Generator,
+           max_iter: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows x (N, D) into k clusters: (assignments (N,), centres (k, D)). The k-means++ draws come from
     `generator` alone."""
     centres = x[torch.randint(len(x), (1,), generator=generator)]
