@@ -95,6 +95,8 @@ class BaseTrainer:
         epoch = self.start_epoch
         try:
             self._on_fit_start()
+            log = self._before_epochs()
+            epoch = self.start_epoch - 1 if log else epoch
             for epoch in range(self.start_epoch, self.epochs + 1):
                 started = time.perf_counter()
                 log = self._run_epoch(epoch)
@@ -124,6 +126,11 @@ class BaseTrainer:
 
     def _on_fit_start(self) -> None:
         """Called once before the first epoch of this process."""
+
+    def _before_epochs(self) -> dict[str, float]:
+        """Epochs trained before the main loop (the Trainer's restarts); returns the last one's log ({}: none).
+        It leaves `start_epoch` at the epoch the main loop begins with."""
+        return {}
 
     def _on_fit_end(self, log: dict[str, float], epoch: int) -> None:
         """Called once after the last epoch (`epoch`, the last one trained)."""
@@ -170,14 +177,16 @@ class BaseTrainer:
             "rng": gather_objects(rng_state()),
         }
 
-    def _save_checkpoints(self, epoch: int, improved: bool) -> None:
+    def _save_checkpoints(self, epoch: int, improved: bool, periodic: bool = True) -> None:
+        """last.pt; checkpoint-epoch<N>.pt every save_period epochs (unless not `periodic`: a restart's epochs,
+        whose numbers repeat); model_best.pt when the monitored value `improved`."""
         state = self.state_dict(epoch)  # every rank takes part (RNG states are gathered)
         if not self.dist.is_main or self.checkpoint_dir is None:
             return
         last = self.checkpoint_dir / "last.pt"
         save_atomic(state, last)
         self.saved_epoch = epoch
-        if epoch % self.save_period == 0:
+        if periodic and epoch % self.save_period == 0:
             copy_atomic(last, self.checkpoint_dir / f"checkpoint-epoch{epoch}.pt")
             self._prune_epoch_checkpoints()
         if improved:

@@ -253,17 +253,19 @@ def test_lds_posterior_per_step_gradients_sequential_parallel_and_dense_agree():
 
 
 # ---------------------------------------------------------------- 3. one sweep: the KL for any weights
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
 @pytest.mark.parametrize("method", ["sequential", "parallel"])
 @pytest.mark.parametrize("K,T,n", [(2, 3, 1), (3, 4, 2), (2, 4, 2)])
-def test_switching_sweep_kl_is_the_brute_force_kl_for_arbitrary_weights(K, T, n, method):
+def test_switching_sweep_kl_is_the_brute_force_kl_for_arbitrary_weights(K, T, n, method, temperature):
     """kl = E_q[log q(z)] + E_q[log q(x)] - E_q[log p(z, x)] by enumeration and a dense q(x), for weights that
-    are not a fixed point; q(x) and q(z) match their brute-force definitions."""
+    are not a fixed point; q(x) and q(z) match their brute-force definitions, q(z) tempered (every discrete
+    log-potential over the temperature) and its entropy the enumerated one."""
     gen = torch.Generator().manual_seed(1000 * K + 10 * T + n)
     B = 3
     pot = random_switching(K, n, gen)
     node_J, node_h = random_nodes(B, T, n, gen)
     weights = random_weights(B, T, K, gen)
-    post = switching_sweep(pot, node_J, node_h, weights, method=method)
+    post = switching_sweep(pot, node_J, node_h, weights, method=method, temperature=torch.tensor(temperature, dtype=DT))
 
     # q(x): the chain with the weighted pairs plus psi
     _, mean, cov = dense_q_x(pot, weights, node_J, node_h)
@@ -272,12 +274,14 @@ def test_switching_sweep_kl_is_the_brute_force_kl_for_arbitrary_weights(K, T, n,
     torch.testing.assert_close(post.x.smoothed.cov, c, **TOL)
     torch.testing.assert_close(post.x.smoothed.cross_cov, cc, **TOL)
 
-    # q(z) proportional to exp(log p(z) + sum_{t<T} l_t(z_t)), enumerated
+    # q(z) proportional to exp((log p(z) + sum_{t<T} l_t(z_t)) / temperature), enumerated
     pair = expected_pairs(pot, mean, cov, T, n)  # (B, T-1, K)
     node = torch.cat([pair, pair.new_zeros(B, 1, K)], 1)
-    _, marginals, pair_marginals, e_log_qz = enumerate_chain(pot.log_init, pot.log_trans, node)
+    _, marginals, pair_marginals, e_log_qz = enumerate_chain(pot.log_init / temperature, pot.log_trans / temperature,
+                                                             node / temperature)
     torch.testing.assert_close(post.states.marginals, marginals, **TOL)
     torch.testing.assert_close(post.states.pair_marginals, pair_marginals, **TOL)
+    torch.testing.assert_close(post.z_entropy, -e_log_qz, **TOL)
 
     # E_q[log q(x)] = minus the entropy of the dense Gaussian
     e_log_qx = -0.5 * T * n * (1 + math.log(2 * math.pi)) - 0.5 * torch.logdet(cov)

@@ -165,6 +165,44 @@ def test_forward_changes_no_state_and_the_statistics_count_frames():
     assert {"states_in_use", "meanfield_iters", "jitter_retries", "kl_local"} <= out.keys()
 
 
+@pytest.mark.parametrize("init, offset", [("random", 0), ("ar_hmm", 3)])
+def test_annealing_schedule_falls_linearly_to_one_over_the_untied_epochs(init, offset):
+    model = tiny_model(anneal_temperature=5.0, anneal_epochs=4, init=init, init_epochs=3)
+    temperatures = []
+    for done in [0, 1, 2, 3, 4, 5, 6, 9]:
+        model.set_epochs_done(done + offset)
+        temperatures.append(model.schedule_values()["z_temperature"])
+    assert temperatures == [5.0, 4.0, 3.0, 2.0, 1.0, 1.0, 1.0, 1.0]
+    assert "z_temperature" not in tiny_model().schedule_values(), "no annealing, no schedule to show"
+
+
+def test_annealed_loss_is_the_elbo_plus_the_weighted_entropy_and_the_elbo_at_temperature_one():
+    """At temperature tau the training loss is -(ELBO + (tau - 1) H(q(z)) per frame), q(z) tempered; at tau = 1 it is
+    bit for bit the loss of the model without annealing."""
+    batch = random_batch()
+    annealed, plain = tiny_model(anneal_temperature=3.0, anneal_epochs=2).train(), tiny_model().train()
+    plain.load_state_dict(annealed.state_dict())
+    torch.manual_seed(1)
+    hot = annealed(batch)
+    torch.manual_seed(1)
+    post = annealed.infer(batch["x"], annealed.expected_globals().potentials, 1)
+    frames = batch["x"].shape[1]
+    torch.testing.assert_close(hot["loss"], -hot["elbo"] - 2.0 * post.z_entropy.mean() / frames, atol=1e-10, rtol=0)
+    torch.manual_seed(1)
+    cold_plain = plain(batch)
+    assert not torch.equal(hot["loss"], cold_plain["loss"])
+    annealed.set_epochs_done(2)
+    torch.manual_seed(1)
+    cold = annealed(batch)
+    assert torch.equal(cold["loss"], cold_plain["loss"]) and torch.equal(cold["loss"], -cold["elbo"])
+    annealed.set_epochs_done(0)  # evaluation infers at temperature 1 whatever the schedule
+    elbos = []
+    for model in (annealed.eval(), plain.eval()):
+        torch.manual_seed(1)
+        elbos.append(model(batch)["elbo"])
+    assert torch.equal(*elbos)
+
+
 def test_extreme_encoder_outputs_stay_finite():
     x = random_batch()["x"]
     assert_finite_under_extreme_encoder(tiny_model(), [x, x * 1e6], 2)

@@ -27,6 +27,7 @@ from logger.figures import FigureWriter, file_stem
 from logger.tensorboard import TensorboardWriter, curve_tag
 from trainer.metric_tracker import MetricTracker
 from trainer.non_finite import NonFiniteWatch
+from trainer.restarts import RestartsMixin
 from trainer.optim import skips_step_on_found_inf, step_with_found_inf
 from utils.device import move_to
 from utils.distributed import all_reduce_sum, sum_statistics
@@ -35,7 +36,7 @@ from utils.errors import NonFiniteLossError
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class Trainer(BaseTrainer):
+class Trainer(RestartsMixin, BaseTrainer):
     """Trains any BaseModel on any BaseDataLoader as the config says."""
 
     def __init__(self, model: BaseModel, optimizers: dict, schedulers: dict, data: BaseDataLoader, config: dict,
@@ -88,6 +89,7 @@ class Trainer(BaseTrainer):
         self.hparams = context.hparams
         if dist_info.is_main:
             self.writer.run.add_text("config", _as_markdown_code(yaml.safe_dump(config, sort_keys=False)), 0)
+        self._init_restarts(data)
 
     # ------------------------------------------------------------- epochs
     def _run_epoch(self, epoch: int) -> dict[str, float]:
@@ -300,23 +302,13 @@ class Trainer(BaseTrainer):
     def _log_epoch(self, epoch: int, log: dict[str, float], seconds: float, improved: bool) -> None:
         if not self.dist.is_main:
             return
-        parts = " | ".join(f"{k} {v:.4f}" for k, v in log.items())
-        self.logger.info("epoch %d/%d | %s | %.1fs%s", epoch, self.epochs, parts, seconds, " *" if improved else "")
+        self._print_epoch(epoch, log, seconds, improved)
         step = self.global_step
-        diagnostics, unit = self.model_core.diagnostics, self.model_core.unit
-        for key, value in log.items():
-            split, name = ("val", key[4:]) if key.startswith("val_") else ("train", key)
-            writer, tag = getattr(self.writer, split), curve_tag(name, unit)
-            if name in diagnostics:
-                self._log_if_changed(writer, tag, value, step, memo=f"{split}/{name}")
-            else:
-                writer.add_scalar(tag, value, step)
+        self._write_epoch_scalars(log, self.schedules, step)
         for name, opt in self.optimizers.items():
             for i, group in enumerate(opt.param_groups):
                 suffix = f"_{i}" if len(opt.param_groups) > 1 else ""
                 self._log_if_changed(self.writer.run, f"lr/{name}{suffix}", group["lr"], step)
-        for name, value in self.schedules.items():
-            self._log_if_changed(self.writer.run, f"schedule/{name}", value, step)
         if improved:
             self.writer.run.add_scalar(f"best/{self.monitor_key}", self.monitor_best, step)
         if self.skipped_steps:
@@ -326,6 +318,26 @@ class Trainer(BaseTrainer):
                 self.writer.train.add_histogram(f"params/{name}", param.detach().cpu(), step)
         if self.visualize_every and (epoch == 1 or epoch % self.visualize_every == 0):
             self._visualize(epoch)
+
+    def _print_epoch(self, epoch: int, log: dict[str, float], seconds: float, improved: bool,
+                     prefix: str = "", epochs: int | None = None) -> None:
+        """The epoch's line in the run log (`prefix`, `epochs`: a restart's, e.g. "start 2/4, epoch 3/10")."""
+        parts = " | ".join(f"{k} {v:.4f}" for k, v in log.items())
+        self.logger.info("%sepoch %d/%d | %s | %.1fs%s", prefix, epoch, epochs or self.epochs, parts, seconds,
+                         " *" if improved else "")
+
+    def _write_epoch_scalars(self, log: dict[str, float], schedules: dict[str, float], step: int) -> None:
+        """An epoch's means (train and val_*) on their curves and the model's schedules, at global step `step`."""
+        diagnostics, unit = self.model_core.diagnostics, self.model_core.unit
+        for key, value in log.items():
+            split, name = ("val", key[4:]) if key.startswith("val_") else ("train", key)
+            writer, tag = getattr(self.writer, split), curve_tag(name, unit)
+            if name in diagnostics:
+                self._log_if_changed(writer, tag, value, step, memo=f"{split}/{name}")
+            else:
+                writer.add_scalar(tag, value, step)
+        for name, value in schedules.items():
+            self._log_if_changed(self.writer.run, f"schedule/{name}", value, step)
 
     def _log_if_changed(self, writer, tag: str, value: float, step: int, memo: str | None = None) -> None:
         """A scalar that is mostly constant (a learning rate, a schedule, a model diagnostic): written the first

@@ -65,6 +65,11 @@ SCHEMA: dict[str, Any] = {
         "visualize_every": _field(int, 1),
         "histograms": _field(bool, False),
         "log_steps": _field(bool, False),
+        "restarts": {  # trainer/restarts.py: short starts from different initial states, the best one continues
+            "starts": _field(int, 1),
+            "epochs": _field(int, 10),
+            "select": _field(str, "max elbo"),
+        },
     },
 }
 
@@ -211,8 +216,22 @@ def _check_ranges(config: dict) -> None:
             f"config key 'trainer.monitor' must be 'off' or 'min <metric>' / 'max <metric>', "
             f"got {trainer['monitor']!r}"
         )
+    _check_restarts(trainer)
     if config["n_gpu"] < 0:
         raise ConfigError(f"config key 'n_gpu' must be >= 0, got {config['n_gpu']}")
+
+
+def _check_restarts(trainer: dict) -> None:
+    restarts = trainer["restarts"]
+    if restarts["starts"] < 1:
+        raise ConfigError(f"config key 'trainer.restarts.starts' must be >= 1 (1: no restarts), got {restarts['starts']}")
+    if restarts["starts"] > 1 and not 1 <= restarts["epochs"] <= trainer["epochs"]:
+        raise ConfigError(f"config key 'trainer.restarts.epochs' must be between 1 and trainer.epochs "
+                          f"({trainer['epochs']}), got {restarts['epochs']}")
+    select = restarts["select"].split()
+    if len(select) != 2 or select[0] not in ("min", "max"):
+        raise ConfigError(f"config key 'trainer.restarts.select' must be 'min <metric>' or 'max <metric>' (a "
+                          f"model output such as elbo), got {restarts['select']!r}")
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")

@@ -65,3 +65,11 @@ def hmm_posterior(log_init: torch.Tensor, log_trans: torch.Tensor, node: torch.T
     after = (node[..., 1:, :] + log_beta[..., 1:, :]).unsqueeze(-2)  # (..., T-1, 1, K)
     log_pairs = log_alpha[..., :-1, :].unsqueeze(-1) + log_trans + after - log_z[..., None, None, None]
     return HMMPosterior(log_z, marginals, log_pairs.exp())
+
+
+def expected_chain_potential(post: HMMPosterior, log_init: torch.Tensor, log_trans: torch.Tensor,
+                             node: torch.Tensor) -> torch.Tensor:
+    """E_q[log_init[z_1] + sum_t log_trans[z_t, z_t+1] + sum_t node[t, z_t]] under any q(z) given by its marginals
+    and pair marginals (`post`), for potentials shaped as `hmm_posterior`'s: (...)."""
+    return ((post.marginals[..., 0, :] * log_init).sum(-1) + (post.pair_marginals * log_trans).sum((-3, -2, -1))
+            + (post.marginals * node).sum((-2, -1)))

@@ -68,6 +68,9 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
     (averaged over batches, buffer `usage`) is under `revive_below`, restarts fitted to the batch's
     worst-explained steps (`revive_unused_state`; 0 turns it off).
 
+    `temperature` (a 0-d buffer the architecture's schedule sets, >= 1): in training, q(z) is tempered
+    (`switching_sweep`); evaluation always infers at 1.
+
     `tied` (set by the architecture's schedule): the K states share one dynamics, so the model is an LDS. Local
     inference runs with one state and no discrete log-potentials (q(z) plays no part, its KL is 0); the SVI step
     moves every state's q(A_k, Q_k) to the same target and leaves q(pi0), q(Pi) at their prior. The first stage
@@ -105,6 +108,8 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         self.add_global_factor("mniw", MNIW, prior, dynamics_prior(n, K, M=init_M))
         self.revive_below = revive_below
         self.tied = False
+        #: the z-step's temperature in training (set by the architecture's schedule; 1 in eval)
+        self.register_buffer("temperature", torch.ones((), dtype=f64), persistent=False)
         self.register_buffer("revivals", torch.zeros((), dtype=torch.long))
         self.register_buffer("usage", torch.full((K,), 1.0 / K, dtype=f64))
         self._register_load_state_dict_pre_hook(_usage_of_old_checkpoints, with_module=True)
@@ -181,7 +186,7 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         if self.tied:
             potentials = one_state(potentials)
         return switching_meanfield(potentials, node_J, node_h, num_samples, self.max_iter, self.tol, self.inference,
-                                   within)
+                                   within, self.temperature if self.training else 1.0)
 
     def statistics(self, post: SwitchingPosterior) -> SwitchingStatistics:
         """Initial state: sum_b q(z_1); transitions: sum_b,t q(z_t, z_t+1); NIW as SVAE-LDS; MNIW_k:
@@ -294,6 +299,10 @@ class SVAESLDS(SequenceSVAE):
             the training set's q(x), and an AR(1)-HMM fitted to it by variational EM (`init_restarts` starts of
             at most `init_iters` EM steps, the highest bound kept) sets q(pi0), q(Pi) and every q(A_k, Q_k);
             then joint SVI (`SwitchingLinearDynamicalSystem.start_from_ar_hmm`).
+        anneal_temperature, anneal_epochs: q(z)'s temperature in training starts at anneal_temperature (>= 1)
+            and falls linearly to 1 over the first anneal_epochs epochs with untied states (after the AR-HMM
+            fit with init: ar_hmm); the loss is then -(ELBO + (temperature - 1) H(q(z))), the ELBO exactly at
+            1 (`slds_inference`). 1 or 0 epochs: no annealing.
         figure_sequences: sequences drawn in the segmentation figures.
         label_names, channel_names, sequence_names, frame_rate: what the data loader knows (set by the
             framework), for the figures and the per-sequence results.
@@ -320,7 +329,8 @@ class SVAESLDS(SequenceSVAE):
                  kl_warmup_epochs: int = 0,
                  likelihood: Literal["gaussian", "sigmoid_gaussian", "bernoulli"] = "sigmoid_gaussian",
                  init: Literal["random", "ar_hmm"] = "random", init_epochs: int = 10, init_restarts: int = 5,
-                 init_iters: int = 50, figure_sequences: int = 3, frames_per_example: float | None = None,
+                 init_iters: int = 50, anneal_temperature: float = 1.0, anneal_epochs: int = 0,
+                 figure_sequences: int = 3, frames_per_example: float | None = None,
                  label_names: tuple[str, ...] | None = None, channel_names: tuple[str, ...] | None = None,
                  sequence_names: tuple[str, ...] | None = None, frame_rate: float | None = None):
         def make_pgm() -> SwitchingLinearDynamicalSystem:
@@ -333,7 +343,11 @@ class SVAESLDS(SequenceSVAE):
                             ("init_iters", init_iters)]:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if anneal_temperature < 1 or anneal_epochs < 0:
+            raise ValueError(f"anneal_temperature must be >= 1 and anneal_epochs >= 0, got {anneal_temperature} "
+                             f"and {anneal_epochs}")
         self.init, self.init_epochs = init, init_epochs
+        self.anneal_temperature, self.anneal_epochs = anneal_temperature, anneal_epochs
         self.init_restarts, self.init_iters = init_restarts, init_iters
         super().__init__(make_pgm, data_shape, num_train, latent_dim, hidden_dims, activation, init_scale, rho,
                          num_samples, eval_samples, prefix_len, horizon, figure_samples, kl_warmup_epochs, likelihood,
@@ -349,16 +363,27 @@ class SVAESLDS(SequenceSVAE):
         self.update_schedule()
 
     def update_schedule(self) -> None:
-        """Besides the KL warm-up: the states are tied during the first stage of the AR-HMM start."""
+        """Besides the KL warm-up: the states are tied during the first stage of the AR-HMM start; q(z)'s
+        temperature falls from anneal_temperature to 1 over the first anneal_epochs untied epochs."""
         super().update_schedule()
         self.pgm.tied = self.init == "ar_hmm" and self.epochs_done < self.init_epochs
+        untied = self.epochs_done - (self.init_epochs if self.init == "ar_hmm" else 0)
+        done = 1.0 if self.anneal_epochs == 0 else min(1.0, max(0, untied) / self.anneal_epochs)
+        self.pgm.temperature.fill_(self.anneal_temperature + (1.0 - self.anneal_temperature) * done)
 
     def schedule_values(self) -> dict[str, float]:
-        """Besides the KL weight, with the AR-HMM start: 1 while the states are tied, 0 after the fit."""
+        """Besides the KL weight, with the AR-HMM start: 1 while the states are tied, 0 after the fit; with
+        annealing: q(z)'s temperature."""
         values = super().schedule_values()
         if self.init == "ar_hmm":
             values["states_tied"] = float(self.pgm.tied)
+        if self.anneal_temperature != 1 and self.anneal_epochs > 0:
+            values["z_temperature"] = self.pgm.temperature.item()
         return values
+
+    def training_kl(self, post: SwitchingPosterior) -> torch.Tensor:
+        """The tempered objective's KL term: KL - (temperature - 1) H(q(z)) (B,); KL itself at temperature 1."""
+        return post.kl - (self.pgm.temperature - 1) * post.z_entropy
 
     def begin_epoch(self, epoch: int, training_set: Callable[[], Iterable[dict[str, torch.Tensor]]]) -> str | None:
         """Before the epoch after the tied stage of the AR-HMM start: q(x) of every training example under the

@@ -10,6 +10,12 @@ The local KL of the pair is exact for any w (not only at the fixed point):
 since E_q[log q(z)] - E_q[log p(z)] = <q(z_t), l_t> - log Z_z and E_q[log q(x)] - E_q[log p(x | z)] =
 <w_t - q(z_t), l_t> + E[psi] - log Z_x.
 
+Annealing (SVAE.md section 8; SNLDS, RED-SDS): at a temperature tau >= 1 the z-step divides every discrete
+log-potential by tau, q(z) proportional to exp(U(z) / tau) with U(z) = log p(z) + sum_t l_t(z_t): the maximiser of
+E_q[U] + tau H(q(z)), the ELBO plus (tau - 1) H(q(z)). The KL stays the exact KL of that (flatter) q(z):
+E_q[log q(z)] = E_q[U] / tau - log Z_tau, so KL = sum_t <w_t, l_t> + E[psi] - log Z_x - log Z_tau
++ (1 / tau - 1) E_q[U]; at tau = 1 the added term is exactly 0.
+
 Variable lengths: with `within` (B, T) (`chain_extent` of a frame mask) every chain is cut after its last real
 frame (`truncate_chain`): x there is N(0, I) whatever the state, so l_t is that density for every state, and
 z there moves uniformly (log-potential -log K). Both integrate to exactly 1, so q, the KL and log Z of the
@@ -24,7 +30,7 @@ import torch
 
 from model.expfam.gaussian import LOG_2PI, expected_log_potential, mix_potentials
 from model.svae.chain import ChainPosterior, second_moments, smooth_chain
-from model.svae.hmm import HMMPosterior, hmm_posterior
+from model.svae.hmm import HMMPosterior, expected_chain_potential, hmm_posterior
 from model.svae.kalman import LDSPotentials, lds_posterior, truncate_chain
 from model.svae.meanfield import coordinate_ascent
 
@@ -76,13 +82,14 @@ class SwitchingPotentials(NamedTuple):
 class SwitchingPosterior(NamedTuple):
     """q(z_1:T) q(x_1:T) of a batch: the Gaussian chain q(x) (`x`, built from the previous q(z)'s weights; its
     `kl` the part against that chain's potentials), the HMM q(z) (`states`), the local KL of the pair (B,), the
-    jitter retries of all sweeps, the mean-field sweeps without gradient, and the states' expected pair
-    log-potentials l_t(k) (B, T-1, K) that built q(z)."""
+    jitter retries of all sweeps, the mean-field sweeps without gradient, the states' expected pair
+    log-potentials l_t(k) (B, T-1, K) that built q(z), and the entropy H(q(z)) (B,)."""
     x: ChainPosterior
     states: HMMPosterior
     kl: torch.Tensor
     retries: torch.Tensor
     pair: torch.Tensor
+    z_entropy: torch.Tensor
     iterations: torch.Tensor | int = 1  # sweeps without gradient: a 0-d long tensor from switching_meanfield
 
     samples = property(lambda self: self.x.samples, doc="q(x)'s reparameterised samples (S, B, T, n), or None.")
@@ -91,24 +98,29 @@ class SwitchingPosterior(NamedTuple):
 
 def switching_sweep(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
                     weights: torch.Tensor, num_samples: int = 0, method: str = "sequential",
-                    within: torch.Tensor | None = None) -> SwitchingPosterior:
+                    within: torch.Tensor | None = None,
+                    temperature: torch.Tensor | float = 1.0) -> SwitchingPosterior:
     """One block coordinate ascent sweep from the state weights w (B, T-1, K): q(x) given w, then q(z) given
-    q(x), and the local KL of the pair (module docstring); chains cut after the frames `within` (B, T)."""
+    q(x) at `temperature` (0-d or a number, >= 1), and the local KL of the pair (module docstring); chains cut
+    after the frames `within` (B, T)."""
     used = potentials.weighted_chain(weights, within)
     x = smooth_chain(lds_posterior(used, node_J, node_h, num_samples, method), used, node_J, node_h, within)
     pair = potentials.pair_log_potentials(*x.second_moments(), within)  # (B, T-1, K)
     node = torch.cat([pair, torch.zeros_like(pair[:, :1])], 1)  # z_T governs no step
-    states = hmm_posterior(potentials.log_init, potentials.transition_log_potentials(within), node)
-    kl = (weights * pair).sum((-2, -1)) + x.kl - states.log_z
-    return SwitchingPosterior(x, states, kl, x.retries, pair)
+    log_init, log_trans = potentials.log_init, potentials.transition_log_potentials(within)
+    states = hmm_posterior(log_init / temperature, log_trans / temperature, node / temperature)
+    expected = expected_chain_potential(states, log_init, log_trans, node)  # E_q[U]
+    kl = (weights * pair).sum((-2, -1)) + x.kl - states.log_z + (1 / temperature - 1) * expected
+    return SwitchingPosterior(x, states, kl, x.retries, pair, states.log_z - expected / temperature)
 
 
 def initial_state_weights(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
-                          method: str = "sequential",
-                          within: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                          method: str = "sequential", within: torch.Tensor | None = None,
+                          temperature: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The first q(z_t) (B, T-1, K) of mean field, from each state's own smoothing: q_k(x) is the chain under
     state k's dynamics at every step (K chains per sequence, batched), l_t(k) the expected pair log-potential
-    of state k under q_k(x), and q(z) the HMM posterior with those node potentials; and the jitter retries.
+    of state k under q_k(x), and q(z) the HMM posterior with those node potentials (at `temperature`); and the
+    jitter retries.
     A data-driven start: from uniform q(z) the first q(x) follows the average of the dynamics, and coordinate
     ascent stays in a worse optimum (held-out switching dots, trained models: local KL 127 and 107 nats per
     sequence against 83 and 89 from here, state ARI 0.37 and 0.42 against 0.85 and 0.73). Where the dynamics
@@ -124,22 +136,25 @@ def initial_state_weights(potentials: SwitchingPotentials, node_J: torch.Tensor,
     pair = own.diagonal(dim1=0, dim2=-1)  # (B, T-1, K): state k under its own q_k(x)
     node = torch.cat([pair, torch.zeros_like(pair[:, :1])], 1)
     log_trans = potentials.transition_log_potentials(within)
-    return hmm_posterior(potentials.log_init, log_trans, node).marginals[:, :-1], chains.retries
+    return (hmm_posterior(potentials.log_init / temperature, log_trans / temperature, node / temperature)
+            .marginals[:, :-1], chains.retries)
 
 
 def switching_meanfield(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
                         num_samples: int, max_iter: int, tol: float, method: str = "sequential",
-                        within: torch.Tensor | None = None) -> SwitchingPosterior:
+                        within: torch.Tensor | None = None,
+                        temperature: torch.Tensor | float = 1.0) -> SwitchingPosterior:
     """Structured mean field by `coordinate_ascent` from `initial_state_weights`, the last sweep with
-    `num_samples` samples of x; chains cut after the frames `within` (B, T) (None: all frames)."""
+    `num_samples` samples of x; chains cut after the frames `within` (B, T) (None: all frames); q(z) at
+    `temperature` (module docstring)."""
     detached = node_J.detach(), node_h.detach()
 
     def sweep(weights: torch.Tensor, differentiable: bool) -> tuple[SwitchingPosterior, torch.Tensor]:
         post = switching_sweep(potentials, *((node_J, node_h) if differentiable else detached), weights,
-                               num_samples if differentiable else 0, method, within)
+                               num_samples if differentiable else 0, method, within, temperature)
         return post, post.states.marginals[:, :-1]
 
     with torch.no_grad():
-        start, retried = initial_state_weights(potentials, *detached, method, within)
+        start, retried = initial_state_weights(potentials, *detached, method, within, temperature)
     post, retries, iterations = coordinate_ascent(sweep, start, max_iter, tol, retries=lambda p: p.retries)
     return post._replace(retries=retried + retries, iterations=iterations)

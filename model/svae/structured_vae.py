@@ -38,8 +38,8 @@ class StructuredVAE(KLWarmup, BaseModel):
 
         ELBO per frame = mean_batch[E_q log p(y | x) - KL_local] / F - KL(q(theta) || p(theta)) / (N F)
 
-    The training loss weighs KL_local by the KL warm-up weight. Encoder and decoder are trained by the
-    optimizer; the globals by `after_optimizer_step`, from the statistics `forward` returns.
+    The training loss weighs KL_local (`training_kl`: a tempered objective's) by the KL warm-up weight.
+    Encoder and decoder are trained by the optimizer; the globals by `after_optimizer_step`, from the statistics `forward` returns.
 
     Args:
         pgm: the graphical model (owns the global factors).
@@ -139,7 +139,10 @@ class StructuredVAE(KLWarmup, BaseModel):
         recon = log_likelihood / frames * weights
         kl_local = post.kl / frames * weights
         elbo = (recon - kl_local).mean() - kl_global
-        loss = -(recon - self.kl_weight * kl_local).mean() + kl_global if self.training else -elbo
+        if self.training:
+            loss = -(recon - self.kl_weight * self.training_kl(post) / frames * weights).mean() + kl_global
+        else:
+            loss = -elbo
         out = {
             "loss": loss,
             "elbo": elbo.detach(),
@@ -152,6 +155,10 @@ class StructuredVAE(KLWarmup, BaseModel):
         if self.training:
             out["statistics"] = map_tensors(lambda v: v.detach().unsqueeze(0), self.pgm.statistics(post))
         return out
+
+    def training_kl(self, post: LocalPosterior) -> torch.Tensor:
+        """The local KL term of the training loss (B,): KL(q || p) (a tempered model's objective: SVAE-SLDS)."""
+        return post.kl
 
     def after_optimizer_step(self, statistics: NamedTuple | None,
                              taken: torch.Tensor | None = None) -> None:
