@@ -224,7 +224,8 @@ def _check_ranges(config: dict) -> None:
 def _check_restarts(trainer: dict) -> None:
     restarts = trainer["restarts"]
     if restarts["starts"] < 1:
-        raise ConfigError(f"config key 'trainer.restarts.starts' must be >= 1 (1: no restarts), got {restarts['starts']}")
+        raise ConfigError(f"config key 'trainer.restarts.starts' must be >= 1 (1: no restarts), "
+                          f"got {restarts['starts']}")
     if restarts["starts"] > 1 and not 1 <= restarts["epochs"] <= trainer["epochs"]:
         raise ConfigError(f"config key 'trainer.restarts.epochs' must be between 1 and trainer.epochs "
                           f"({trainer['epochs']}), got {restarts['epochs']}")
