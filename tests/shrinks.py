@@ -26,6 +26,9 @@ SHRINKS: dict[str, tuple[str, dict, dict]] = {
     "SVAE-SLDS": ("svae_slds.yaml", dict(latent_dim=2, hidden_dims=[8], prefix_len=6, horizon=5, eval_samples=2,
                                          max_iter=5),
                   dict(chunk_len=12, num_sequences=12, num_test_sequences=3, batch_size=4, num_val_sequences=2)),
+    "SVAE-HMM": ("svae_hmm.yaml", dict(latent_dim=2, hidden_dims=[8], prefix_len=6, horizon=5, eval_samples=2,
+                                       max_iter=5),
+                 dict(chunk_len=12, num_sequences=12, num_test_sequences=3, batch_size=4, num_val_sequences=2)),
     "GraphVAE": ("graph_vae.yaml", dict(num_nodes=4, node_dim=3, hidden_dims=[32, 16], head_hidden_dims=[8]),
                  dict(download=False, batch_size=16, validation_split=12, num_workers=0)),
     "GraphLSTMVAE": ("graph_lstm_vae.yaml", dict(lstm_hidden=8, num_nodes=4, node_dim=3, hidden_dims=[32, 16],
@@ -53,6 +56,8 @@ VARIANTS: dict[str, dict[str, tuple[dict, dict]]] = {
         "svae_lds": (dict(rho=0.5), dict(num_frames=120, duration=12.0, test_frames=24, batch_size=10)),
         "svae_slds": (dict(rho=0.5, max_iter=1000, tol=1e-12), dict(num_sequences=10, num_test_sequences=2,
                                                                     batch_size=10)),
+        "svae_hmm": (dict(rho=0.5, max_iter=1000, tol=1e-12), dict(num_sequences=10, num_test_sequences=2,
+                                                                  batch_size=10)),
     },
 }
 
@@ -60,7 +65,7 @@ VARIANTS: dict[str, dict[str, tuple[dict, dict]]] = {
 REGRESSION_RUNS = {"svae_gmm": (6, ["elbo", "ari", "nmi", "components_in_use"]),
                    "svae_lds": (3, ["elbo", "pred_mse", "pred_mse_repeat_last"])}
 #: the DDP runs: config stem -> the number of SVI-updated buffers (`pgm.q_*`)
-DDP_UPDATED = {"svae_gmm": 5, "svae_lds": 8, "svae_slds": 10}
+DDP_UPDATED = {"svae_gmm": 5, "svae_lds": 8, "svae_slds": 10, "svae_hmm": 6}
 
 #: what every tiny run sets in its trainer section unless told otherwise: quiet, no TensorBoard, no figures
 QUIET = dict(verbosity=0, tensorboard=False, visualize_every=0)

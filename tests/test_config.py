@@ -116,3 +116,38 @@ def test_optimizer_per_parameter_group_config(regression_config):
     regression_config["lr_scheduler"] = {"type": "StepLR", "args": {"step_size": 1}}
     with pytest.raises(ConfigError, match="inside each group"):
         load_and_check(base=regression_config)
+
+
+def test_a_config_builds_on_its_base(tmp_path):
+    """`base:` names a file relative to the config; mappings merge key by key, anything else is replaced, and a
+    base may have a base."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("name: root\nseed: 3\nmetrics: [elbo, iw_nll]\n"
+                                        "arch: {type: VAE, args: {hidden_dims: [8, 8], kl_warmup_epochs: 2}}\n")
+    (tmp_path / "sub" / "middle.yaml").write_text("base: ../root.yaml\nname: middle\n"
+                                                  "arch: {args: {hidden_dims: [4]}}\n")
+    (tmp_path / "sub" / "leaf.json").write_text('{"base": "middle.yaml", "metrics": ["elbo"]}')
+    config = read_config_file(tmp_path / "sub" / "leaf.json")
+    assert config == {"name": "middle", "seed": 3, "metrics": ["elbo"],
+                      "arch": {"type": "VAE", "args": {"hidden_dims": [4], "kl_warmup_epochs": 2}}}
+
+
+def test_the_shipped_held_out_mocap_config_is_the_mocap_config_with_its_split_changed():
+    base = read_config_file(ROOT / "configs" / "mocap" / "svae_slds.yaml")
+    held_out = read_config_file(ROOT / "configs" / "mocap" / "svae_slds_heldout.yaml")
+    assert held_out["data_loader"]["args"]["test_sequences"] == [2]
+    assert held_out["arch"]["type"] == base["arch"]["type"] and held_out["trainer"] == base["trainer"]
+    assert {k: v for k, v in held_out["arch"]["args"].items() if k != "figure_sequences"} == \
+        {k: v for k, v in base["arch"]["args"].items() if k != "figure_sequences"}
+
+
+@pytest.mark.parametrize("base, message", [
+    ("missing.yaml", r"config key 'base' in .*a.yaml must name a config file relative to it, got 'missing.yaml'"),
+    ("[1, 2]", r"config key 'base' in .*a.yaml must name a config file relative to it, got \[1, 2\]"),
+    ("b.yaml", r"is its own base \(config key 'base'\)"),
+])
+def test_bad_bases_name_the_file(tmp_path, base, message):
+    (tmp_path / "a.yaml").write_text(f"base: {base}\nname: a\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\nname: b\n")
+    with pytest.raises(ConfigError, match=message):
+        read_config_file(tmp_path / "a.yaml")

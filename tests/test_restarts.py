@@ -107,7 +107,8 @@ def test_labels_never_choose(tmp_path, monkeypatch, val_points):
             for split in (data.train_set, data.val_set):
                 if split is not None:
                     labels = split.tensors["y"]
-                    split.tensors["y"] = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))] * 7 + 3
+                    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+                    split.tensors["y"] = labels[order] * 7 + 3
             return data
         monkeypatch.setattr(trainer.jobs, "build_data", data_with_scrambled_labels if scramble else build_data)
         return _last(train(_config(tmp_path, epochs=2, val_points_per_class=val_points)))["restarts"]["scores"]

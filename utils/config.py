@@ -95,9 +95,14 @@ def parse_value(text: str) -> Any:
         raise ConfigError(f"cannot parse override value {text!r}: {' '.join(str(err).split())}") from None
 
 
-def read_config_file(path: str | Path) -> dict:
-    """Read a JSON or YAML config file into a dict."""
+def read_config_file(path: str | Path, _inheriting: tuple[Path, ...] = ()) -> dict:
+    """Read a JSON or YAML config file into a dict. A file with a top-level `base: other.yaml` (a path relative
+    to the file) is that config with this file's keys merged over it: mappings key by key, anything else
+    (lists included) replaced; bases may have bases of their own."""
     path = Path(path)
+    if path.resolve() in _inheriting:
+        chain = " -> ".join(str(p) for p in (*_inheriting, path.resolve()))
+        raise ConfigError(f"config file {path} is its own base (config key 'base'): {chain}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -118,7 +123,22 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"invalid {path.suffix[1:].upper()} in {path}: {detail}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    return data
+    if "base" not in data:
+        return data
+    base = data.pop("base")
+    if not isinstance(base, str) or not (path.parent / base).is_file():
+        raise ConfigError(f"config key 'base' in {path} must name a config file relative to it, got {base!r}"
+                          + (f" ({path.parent / base} does not exist)" if isinstance(base, str) else ""))
+    return merged(read_config_file(path.parent / base, (*_inheriting, path.resolve())), data)
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """`base` with `changes` merged over it: mappings key by key, any other value replaced (new dict)."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        both = isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = merged(out[key], value) if both else copy.deepcopy(value)
+    return out
 
 
 def with_defaults(config: dict, schema: dict = SCHEMA, prefix: str = "") -> dict:
@@ -224,7 +244,8 @@ def _check_ranges(config: dict) -> None:
 def _check_restarts(trainer: dict) -> None:
     restarts = trainer["restarts"]
     if restarts["starts"] < 1:
-        raise ConfigError(f"config key 'trainer.restarts.starts' must be >= 1 (1: no restarts), got {restarts['starts']}")
+        raise ConfigError(f"config key 'trainer.restarts.starts' must be >= 1 (1: no restarts), "
+                          f"got {restarts['starts']}")
     if restarts["starts"] > 1 and not 1 <= restarts["epochs"] <= trainer["epochs"]:
         raise ConfigError(f"config key 'trainer.restarts.epochs' must be between 1 and trainer.epochs "
                           f"({trainer['epochs']}), got {restarts['epochs']}")

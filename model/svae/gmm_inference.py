@@ -58,34 +58,58 @@ def mixture_expectations(log_weights: torch.Tensor, components: niw.NIWExpectati
     return MixtureExpectations(log_weights, J, h, const)
 
 
-def meanfield_update(node_J: torch.Tensor, node_h: torch.Tensor, responsibilities: torch.Tensor,
-                     mix: MixtureExpectations) -> MeanFieldPosterior:
-    """One sweep: q(x) from the responsibilities (B, K), then q(z) from q(x), and the local KL.
-    node_J: (B, n) diagonal precisions, node_h: (B, n). Written with few, fused kernels: at these
-    sizes the cost is per operation, not per flop."""
-    J = mix_potentials(responsibilities, mix.J)  # symmetric: a combination of symmetric J_k
+class ComponentStep(NamedTuple):
+    """q(x) of each of B points (or frames) given its component weights w (B, K): the Gaussian q(x) (batch (B,)),
+    E[x] (B, n), E[x x^T] (B, n, n); g (B, K), g_k = -1/2 <E[Sigma_k^-1], E xx^T> + <E[Sigma_k^-1 mu_k], E x>
+    (E_q(x) E_theta[log N(x | mu_k, Sigma_k)] is g_k + const_k); and q(x)'s part of the local KL (B,),
+    <psi, E t(x)> - A(q(x)) + <w, g>, to which the discrete latents' part, -log Z_z, is added."""
+    gaussian: InfoGaussian
+    mean: torch.Tensor
+    second: torch.Tensor
+    g: torch.Tensor
+    kl: torch.Tensor
+
+
+def component_step(node_J: torch.Tensor, node_h: torch.Tensor, weights: torch.Tensor,
+                   mix: MixtureExpectations) -> ComponentStep:
+    """The x-step of mean field over any discrete latents with Gaussian components: q(x) from the node
+    potentials (B, n) and the weights (B, K) of the components. Written with few, fused kernels: at these sizes
+    the cost is per operation, not per flop."""
+    J = mix_potentials(weights, mix.J)  # symmetric: a combination of symmetric J_k
     J.diagonal(dim1=-2, dim2=-1).add_(node_J)
-    q_x = InfoGaussian.from_natural(J, torch.addmm(node_h, responsibilities, mix.h), symmetric=True)
+    q_x = InfoGaussian.from_natural(J, torch.addmm(node_h, weights, mix.h), symmetric=True)
     mean, cov = q_x.moments()
     second = torch.baddbmm(cov, mean.unsqueeze(-1), mean.unsqueeze(-2))
     g = expected_log_potential(mix.J, second, mix.h, mean)  # (B, K)
-    logits = g + (mix.log_weights + mix.const)
-    log_responsibilities = torch.log_softmax(logits, -1)
-    log_normalizer_z = logits[:, 0] - log_responsibilities[:, 0]
     gaussian_kl = ((node_h * mean).sum(-1) - 0.5 * (node_J * second.diagonal(dim1=-2, dim2=-1)).sum(-1)
                    - q_x.log_normalizer(mean))  # <psi, E t(x)> - A(q(x))
-    kl = gaussian_kl + (responsibilities * g).sum(-1) - log_normalizer_z
-    return MeanFieldPosterior(log_responsibilities.exp(), q_x, mean, second, kl, q_x.retried)
+    return ComponentStep(q_x, mean, second, g, gaussian_kl + (weights * g).sum(-1))
+
+
+def meanfield_update(node_J: torch.Tensor, node_h: torch.Tensor, responsibilities: torch.Tensor,
+                     mix: MixtureExpectations) -> MeanFieldPosterior:
+    """One sweep: q(x) from the responsibilities (B, K) (`component_step`), then q(z) from q(x), and the local
+    KL. node_J: (B, n) diagonal precisions, node_h: (B, n)."""
+    step = component_step(node_J, node_h, responsibilities, mix)
+    logits = step.g + (mix.log_weights + mix.const)
+    log_responsibilities = torch.log_softmax(logits, -1)
+    log_normalizer_z = logits[:, 0] - log_responsibilities[:, 0]
+    return MeanFieldPosterior(log_responsibilities.exp(), step.gaussian, step.mean, step.second,
+                              step.kl - log_normalizer_z, step.gaussian.retried)
+
+
+def collapsed_log_evidence(node_J: torch.Tensor, node_h: torch.Tensor, mix: MixtureExpectations) -> torch.Tensor:
+    """A(psi + (J_k, h_k)) (B, K): with const_k, the log of the integral over x of psi(x) exp(E[log N(x | mu_k,
+    Sigma_k)]), each component's evidence with x integrated out exactly. node_J, node_h (B, n)."""
+    J, h = add_potentials((torch.diag_embed(node_J)[:, None], node_h[:, None]), (mix.J, mix.h))  # (B, K, n, n)
+    return InfoGaussian.from_natural(J, h, symmetric=True).log_normalizer()
 
 
 def collapsed_responsibilities(node_J: torch.Tensor, node_h: torch.Tensor, mix: MixtureExpectations) -> torch.Tensor:
     """q(z) with x integrated out exactly under the expected potentials: r_k proportional to
-    exp(E[log pi_k] + const_k + A(psi + (J_k, h_k))), the integral over x of psi(x) exp(E[log pi_k
-    N(x | mu_k, Sigma_k)]) (for point globals, pi_k N(J^-1 h | mu_k, Sigma_k + J^-1)).
-    node_J, node_h (B, n) -> (B, K)."""
-    J, h = add_potentials((torch.diag_embed(node_J)[:, None], node_h[:, None]), (mix.J, mix.h))  # (B, K, n, n)
-    joint = InfoGaussian.from_natural(J, h, symmetric=True)
-    return torch.softmax(joint.log_normalizer() + mix.log_weights + mix.const, -1)
+    exp(E[log pi_k] + const_k + A(psi + (J_k, h_k))) (`collapsed_log_evidence`; for point globals,
+    pi_k N(J^-1 h | mu_k, Sigma_k + J^-1)). node_J, node_h (B, n) -> (B, K)."""
+    return torch.softmax(collapsed_log_evidence(node_J, node_h, mix) + mix.log_weights + mix.const, -1)
 
 
 def local_meanfield(node_J: torch.Tensor, node_h: torch.Tensor, mix: MixtureExpectations, max_iter: int = 100,

@@ -8,24 +8,18 @@ import math
 from typing import Any, Callable, Iterable, Literal, NamedTuple
 
 import torch
-from torch import nn
 
-from base.metric import Metric, PerExample
-from model.expfam import dirichlet
 from model.expfam.mniw import MNIWNatural
 from model.expfam.niw import NIWNatural
-from model.metrics import adjusted_rand_index, match_labels, matched_accuracy, normalized_mutual_info
 from model.registry import ARCHITECTURES
 from model.svae.ar_hmm import ARHMMFit, ARHMMPrior, StepMoments, fit_ar_hmm, pooled_dynamics_prior, step_features
 from model.svae.chain import dynamics_prior, dynamics_statistics, initial_state_prior, initial_state_statistics, \
     point_dynamics, simulate_dynamics
-from model.svae.figures import log_segmentation
-from model.svae.graphical_model import DIRICHLET, MNIW, NIW, GraphicalModel
+from model.svae.discrete_states import MarkovStates, SegmentingSVAE
+from model.svae.graphical_model import MNIW, NIW
 from model.svae.hmm import hmm_log_normalizer
 from model.svae.kalman import METHODS, chain_extent, expected_lds_potentials, initial_log_potential
-from model.svae.sequence import SequenceSVAE
 from model.svae.slds_inference import SwitchingPosterior, SwitchingPotentials, switching_meanfield
-from utils.errors import DataError
 
 
 def chains_cut(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -36,11 +30,6 @@ def chains_cut(mask: torch.Tensor | None) -> torch.Tensor | None:
     if mask is None or bool(mask[:, -1].all()):
         return None
     return chain_extent(mask)
-
-
-def _usage_of_old_checkpoints(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
-    """Checkpoints written before states were revived by their averaged usage have no `usage`: uniform."""
-    state_dict.setdefault(f"{prefix}usage", torch.full_like(module.usage, 1.0 / len(module.usage)))
 
 
 class SwitchingStatistics(NamedTuple):
@@ -55,18 +44,16 @@ class SwitchingStatistics(NamedTuple):
     revive: MNIWNatural | None = None
 
 
-class SwitchingLinearDynamicalSystem(GraphicalModel):
+class SwitchingLinearDynamicalSystem(MarkovStates):
     """z_1 ~ Cat(pi0), z_t+1 | z_t ~ Cat(Pi[z_t]); x_1 ~ N(mu0, Sigma0), x_t+1 = A_{z_t} x_t + eps,
     eps ~ N(0, Q_{z_t}): K discrete states and one n-dimensional latent per frame. Global factors
     "initial_state" (Dirichlet (K,)), "transitions" (Dirichlet, one per row (K, K)), "niw" (mu0, Sigma0) and
     "mniw" (A_k, Q_k, batch K).
 
-    Priors: Dirichlet alpha = prior_alpha, plus `stickiness` on the diagonal of the transitions; NIW and MNIW
-    as SVAE-LDS (`chain.py`). q(theta) starts at the prior except the dynamics means,
-    M_k = I + init_dynamics_scale * N(0, I / n) (distinct states, or every state stays the same). Local
-    inference: `switching_meanfield`. After each SVI step, the least used state, if its share of the frames
-    (averaged over batches, buffer `usage`) is under `revive_below`, restarts fitted to the batch's
-    worst-explained steps (`revive_unused_state`; 0 turns it off).
+    Priors: the discrete states' as `MarkovStates` (which also revives unused states, fitting their dynamics
+    to the worst-explained steps); NIW and MNIW as SVAE-LDS (`chain.py`). q(theta) starts at the prior except
+    the dynamics means, M_k = I + init_dynamics_scale * N(0, I / n) (distinct states, or every state stays the
+    same). Local inference: `switching_meanfield`.
 
     `temperature` (a 0-d buffer the architecture's schedule sets, >= 1): in training, q(z) is tempered
     (`switching_sweep`); evaluation always infers at 1.
@@ -78,6 +65,7 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
     """
 
     Statistics = SwitchingStatistics
+    emission = "mniw"
 
     def __init__(self, num_states: int, latent_dim: int, max_iter: int = 20, tol: float = 1e-2,
                  prior_alpha: float = 1.0, stickiness: float = 10.0, init_dynamics_scale: float = 0.5,
@@ -88,74 +76,22 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
         for name, value in [("num_states", num_states), ("latent_dim", latent_dim), ("max_iter", max_iter)]:
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        for name, value in [("prior_alpha", prior_alpha), ("tol", tol)]:
-            if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        if stickiness < 0:
-            raise ValueError(f"stickiness must be >= 0, got {stickiness}")
-        if not 0 <= revive_below < 1:
-            raise ValueError(f"revive_below must be in [0, 1), got {revive_below}")
-        self.num_states, self.latent_dim = num_states, latent_dim
+        if tol <= 0:
+            raise ValueError(f"tol must be > 0, got {tol}")
+        self.latent_dim = latent_dim
         self.max_iter, self.tol, self.inference = max_iter, tol, inference
         K, n, f64 = num_states, latent_dim, torch.float64
-        self.add_global_factor("initial_state", DIRICHLET, dirichlet.alpha_to_natural(
-            torch.full((K,), prior_alpha, dtype=f64)))
-        self.add_global_factor("transitions", DIRICHLET, dirichlet.alpha_to_natural(
-            prior_alpha + stickiness * torch.eye(K, dtype=f64)))
+        self.add_markov_states(num_states, prior_alpha, stickiness, revive_below)
         self.add_global_factor("niw", NIW, initial_state_prior(n))
         prior = dynamics_prior(n, K)
         init_M = torch.eye(n, dtype=f64) + init_dynamics_scale * torch.randn(K, n, n, dtype=f64) / math.sqrt(n)
         self.add_global_factor("mniw", MNIW, prior, dynamics_prior(n, K, M=init_M))
-        self.revive_below = revive_below
         self.tied = False
         #: the z-step's temperature in training (set by the architecture's schedule; 1 in eval)
         self.register_buffer("temperature", torch.ones((), dtype=f64), persistent=False)
-        self.register_buffer("revivals", torch.zeros((), dtype=torch.long))
-        self.register_buffer("usage", torch.full((K,), 1.0 / K, dtype=f64))
-        self._register_load_state_dict_pre_hook(_usage_of_old_checkpoints, with_module=True)
 
-    @torch.no_grad()
-    def natural_gradient_step(self, statistics: SwitchingStatistics, num_train: int, rho: float,
-                              taken: torch.Tensor | None = None) -> None:
-        """The SVI step of every factor, then `revive_unused_state` (none where `taken` is False: a skipped
-        step changes nothing)."""
-        super().natural_gradient_step(statistics, num_train, rho, taken)
-        if self.revive_below > 0 and not self.tied:
-            batch_usage = statistics.mniw.nu / statistics.mniw.nu.sum()
-            usage = (1 - rho) * self.usage + rho * batch_usage
-            self.usage.copy_(usage if taken is None else torch.where(taken, usage, self.usage))
-            self.revive_unused_state(statistics.revive, num_train / statistics.count, taken)
-
-    @torch.no_grad()
-    def revive_unused_state(self, worst: MNIWNatural, scale: torch.Tensor | float,
-                            taken: torch.Tensor | None = None) -> None:
-        """The least used state, if its `usage` (share of the frames, averaged over batches with the SVI step
-        size, (K,)) fell below revive_below, restarts with q(A, Q) fitted to the batch's worst-explained steps
-        (`worst`: the MNIW statistics of the 1/K of the steps with the lowest expected log-potential
-        E_q(z)[l_t], counted as that share of the data set: prior + scale * their statistics), its row and
-        column of q(transitions) those of a typical state (the mean self- and switch counts: otherwise the few
-        counts into a dead state keep every path out of it), and usage 1/K. Like k-means++
-        seeding a centre where the others fit worst: without it, the state that explains a batch best early
-        in training, before the latents mean anything, takes every frame for good, the others fall back to the
-        broad prior and never fit better; a state restarted as a perturbed copy of the best one fits no frame
-        better than it. One state per step; the usage average spares a state whose frames a batch happens to
-        lack. Masked: no host synchronisation."""
-        k = self.usage.argmin()
-        revive = self.usage[k] < self.revive_below
-        if taken is not None:
-            revive = revive & taken
-        prior, q = self.natural("mniw", prior=True), self.natural("mniw")
-        fitted = [prior_value[k] + scale * statistic for prior_value, statistic in zip(prior, worst)]
-        self.set_natural("mniw", MNIWNatural(*(value.index_put((k,), torch.where(revive, new, value[k]))
-                                              for value, new in zip(q, fitted))))
-        transitions = self.natural("transitions")  # a typical state's row and column: entering it costs no more
-        stay = torch.eye(len(transitions), dtype=torch.bool, device=transitions.device)
-        typical = torch.where(stay, transitions.diagonal().mean(), transitions[~stay].mean())
-        reset = (torch.arange(len(transitions), device=k.device) == k)
-        reset = reset[:, None] | reset[None, :]
-        self.set_natural("transitions", torch.where(revive & reset, typical, transitions))
-        self.usage[k] = torch.where(revive, 1.0 / len(self.usage), self.usage[k])
-        self.revivals += revive.long()
+    def state_counts(self, statistics: SwitchingStatistics) -> torch.Tensor:
+        return statistics.mniw.nu
 
     @torch.no_grad()
     def start_from_ar_hmm(self, mean: torch.Tensor, moments: StepMoments, steps: torch.Tensor, restarts: int,
@@ -213,12 +149,7 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
     def worst_steps(self, post: SwitchingPosterior, steps: torch.Tensor | None) -> torch.Tensor:
         """(B, T-1) weights: 1 on the 1/K of the steps inside the chains (`steps`, `step_weights`; None: all)
         with the lowest expected pair log-potential E_q(z)[l_t] (the steps the states explain worst), else 0."""
-        fit = (post.states.marginals[:, :-1] * post.pair.detach()).sum(-1)  # (B, T-1)
-        inside = torch.ones_like(fit) if steps is None else steps
-        fit = torch.where(inside > 0, fit, torch.inf).flatten()
-        worst = torch.zeros_like(fit)
-        worst[torch.topk(fit, max(1, fit.numel() // self.num_states), largest=False).indices] = 1.0
-        return worst.view_as(inside) * inside
+        return self.worst_frames((post.states.marginals[:, :-1] * post.pair.detach()).sum(-1), steps)
 
     def posterior_log_prob(self, post: SwitchingPosterior, x: torch.Tensor) -> torch.Tensor:
         return post.x.log_prob(x)
@@ -244,14 +175,8 @@ class SwitchingLinearDynamicalSystem(GraphicalModel):
                                  state, self.transition_matrix())
 
     def diagnostics(self, post: SwitchingPosterior) -> dict[str, torch.Tensor]:
-        usage = post.states.marginals.detach().mean((0, 1))
-        return {"states_in_use": (usage > 0.05).sum().double(),
+        return {"states_in_use": self.states_in_use(post.states.marginals),
                 "meanfield_iters": post.iterations.double()}
-
-    def transition_matrix(self) -> torch.Tensor:
-        """E[Pi] (K, K), rows summing to 1."""
-        alpha = dirichlet.natural_to_alpha(self.natural("transitions"))
-        return alpha / alpha.sum(-1, keepdim=True)
 
 
 INITS = ("random", "ar_hmm")
@@ -265,19 +190,8 @@ def one_state(potentials: SwitchingPotentials) -> SwitchingPotentials:
                                                              ("J11", "J12", "J22", "pair_const")}))
 
 
-def _segmentation(score: Callable[[torch.Tensor, torch.Tensor], float]) -> Callable[[PerExample], float]:
-    """Reduction: `score`(true labels, most likely states) over every labelled real frame of the split."""
-
-    def reduce(per_example: PerExample) -> float:
-        labels = per_example["frame_labels"]
-        keep = labels >= 0
-        return score(labels[keep], per_example["state_probs"].argmax(-1)[keep])
-
-    return reduce
-
-
 @ARCHITECTURES.register("SVAE-SLDS")
-class SVAESLDS(SequenceSVAE):
+class SVAESLDS(SegmentingSVAE):
     """Structured VAE whose latent sequence is a switching LDS (`SwitchingLinearDynamicalSystem`): K discrete
     states select the dynamics of the n-dimensional x_t; recognition, decoder and prediction as SVAE-LDS.
     Batches {"x": (B, T, D)}, with "mask" (B, T) for variable lengths, "clean" (B, T, D) for the prediction
@@ -307,18 +221,6 @@ class SVAESLDS(SequenceSVAE):
         label_names, channel_names, sequence_names, frame_rate: what the data loader knows (set by the
             framework), for the figures and the per-sequence results.
     """
-
-    metrics = SequenceSVAE.metrics + (
-        Metric("state_ari", _segmentation(adjusted_rand_index),
-               "adjusted Rand index of the most likely discrete state per frame against the frame labels",
-               needs=("labels",)),
-        Metric("state_nmi", _segmentation(normalized_mutual_info),
-               "normalised mutual information of the most likely state per frame and the frame labels",
-               needs=("labels",)),
-        Metric("state_accuracy", _segmentation(matched_accuracy),
-               "share of frames whose most likely state maps to their label, states matched one-to-one to "
-               "labels (Hungarian)", needs=("labels",)),
-    )
 
     def __init__(self, data_shape: tuple[int, int], num_train: int, num_states: int = 3, latent_dim: int = 4,
                  hidden_dims: list[int] = (50,), activation: str = "tanh", init_scale: float = 1e-2,
@@ -352,11 +254,7 @@ class SVAESLDS(SequenceSVAE):
         super().__init__(make_pgm, data_shape, num_train, latent_dim, hidden_dims, activation, init_scale, rho,
                          num_samples, eval_samples, prefix_len, horizon, figure_samples, kl_warmup_epochs, likelihood,
                          frames_per_example, prediction_samples)
-        if figure_sequences < 1:
-            raise ValueError(f"figure_sequences must be >= 1, got {figure_sequences}")
-        self.visualization_size = figure_sequences
-        self.label_names, self.channel_names, self.sequence_names = label_names, channel_names, sequence_names
-        self.frame_rate = frame_rate
+        self.init_segmentation(figure_sequences, label_names, channel_names, sequence_names, frame_rate)
         if init == "ar_hmm":  # tied from the start; the AR-HMM's k-means draws saved with the model
             self.pgm.set_natural("mniw", self.pgm.natural("mniw", prior=True))
             self.register_buffer("init_seed", torch.randint(2 ** 62, ()))
@@ -408,85 +306,3 @@ class SVAESLDS(SequenceSVAE):
         shares = ", ".join(f"{float(share):.2f}" for share in self.pgm.usage)
         return (f"AR-HMM start: {self.init_restarts} restarts on {len(mean)} training examples, best bound "
                 f"{fit.bound:.1f} nats after {fit.iterations} EM steps; state shares {shares}")
-
-    def evaluate_more(self, batch: dict[str, torch.Tensor], y: torch.Tensor, post: SwitchingPosterior,
-                      metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """Besides the prediction errors: q(z_t) (B, T, K) and, for the segmentation metrics, the frame labels
-        (B, T), -1 on frames outside the mask."""
-        out = super().evaluate_more(batch, y, post, metrics)
-        out["state_probs"] = post.states.marginals
-        if any(metric.name in metrics and "labels" in metric.needs for metric in self.metrics):
-            if "labels" not in batch:
-                raise DataError("metrics state_ari, state_nmi and state_accuracy need per-frame 'labels', but the "
-                                "data loader's batches have none; drop them from the config's `metrics`")
-            labels, mask = batch["labels"], self.observed_nodes(batch)
-            out["frame_labels"] = labels if mask is None else torch.where(mask, labels, -1)
-            if "sequence" in batch:
-                out["sequence"] = batch["sequence"]
-        return out
-
-    def model_summary(self, per_example: PerExample) -> dict[str, Any]:
-        """Besides the KL: E[Pi], and the share of frames whose most likely state is k, per state."""
-        summary = super().model_summary(per_example)
-        summary["transition_matrix"] = [[round(float(p), 4) for p in row] for row in self.pgm.transition_matrix()]
-        if "state_probs" in per_example:
-            K = self.pgm.num_states
-            frames = per_example["state_probs"].argmax(-1)
-            if "frame_labels" in per_example:
-                frames = frames[per_example["frame_labels"] >= 0]
-            share = torch.bincount(frames.flatten(), minlength=K).double()
-            summary["state_usage"] = [round(float(s), 4) for s in share / share.sum()]
-        if "sequence" in per_example:
-            summary["per_sequence"] = self.per_sequence_segmentation(per_example)
-        return summary
-
-    def per_sequence_segmentation(self, per_example: PerExample) -> dict[str, dict[str, float]]:
-        """Sequence name -> its labelled frames' count, state_ari, state_nmi and state_accuracy, from the
-        examples' "sequence" indices (B,) (windows of one sequence pool their frames). state_accuracy maps
-        states to labels by the one match over every frame of the split, so a state names the same label in
-        every sequence; ARI and NMI need no matching."""
-        labels, states = per_example["frame_labels"], per_example["state_probs"].argmax(-1)
-        keep = labels >= 0
-        num_labels = max(self.pgm.num_states, int(labels.max()) + 1)
-        permutation = match_labels(states[keep], labels[keep], num_labels)
-        sequence = per_example["sequence"][:, None].expand_as(labels)
-        out = {}
-        for index in sequence[keep].unique().tolist():
-            frames = keep & (sequence == index)
-            truth, found = labels[frames], states[frames]
-            name = self.sequence_names[index] if self.sequence_names else str(index)
-            out[name] = {"frames": int(frames.sum()), "state_ari": round(adjusted_rand_index(truth, found), 4),
-                         "state_nmi": round(normalized_mutual_info(truth, found), 4),
-                         "state_accuracy": round(float((permutation[found] == truth).double().mean()), 4)}
-        return out
-
-    @torch.no_grad()
-    def visualize(self, writer: Any, batch: dict[str, torch.Tensor], step: int, tag: str) -> None:
-        """Per sequence (the first `figure_sequences`, whole: inference sees every real frame),
-        `{tag}/segmentation_{i}`: the most likely state per frame, relabelled by the one match of states to
-        labels over these sequences' frames (`match_labels`), above the labels; `{tag}/segmentation_{i}_data`:
-        the channel traces; then SequenceSVAE's prediction figures."""
-        count = self.visualization_size
-        y = self.observations(batch)[:count]
-        mask = self.observed_nodes(batch)
-        mask = None if mask is None else mask[:count]
-        post = self.infer(y, self.expected_globals().potentials, 0, mask)
-        inferred = post.states.marginals.argmax(-1)
-        if mask is not None:
-            inferred = torch.where(mask, inferred, -1)
-        states, names = {"inferred state": inferred}, None
-        labels = batch.get("labels")
-        if labels is not None and bool((labels[:count] >= 0).any()):
-            truth = labels[:count]
-            both = (truth >= 0) & (inferred >= 0)
-            permutation = match_labels(inferred[both], truth[both], max(self.pgm.num_states, int(truth.max()) + 1))
-            matched = torch.where(inferred >= 0, permutation[inferred.clamp(min=0)], -1)
-            states, names = {"inferred (matched)": matched, "annotated": truth}, self.label_names
-        for b in range(len(y)):
-            length = int(mask[b].sum()) if mask is not None else y.shape[1]
-            index = int(batch["sequence"][b]) if "sequence" in batch else b
-            name = self.sequence_names[index] if self.sequence_names else str(index)
-            log_segmentation(writer, f"{tag}/segmentation_{b}", step,
-                             {key: bar[b, :length] for key, bar in states.items()}, y[b, :length], name, names,
-                             self.channel_names, self.frame_rate)
-        super().visualize(writer, batch, step, tag)

@@ -39,7 +39,8 @@ class StructuredVAE(KLWarmup, BaseModel):
         ELBO per frame = mean_batch[E_q log p(y | x) - KL_local] / F - KL(q(theta) || p(theta)) / (N F)
 
     The training loss weighs KL_local (`training_kl`: a tempered objective's) by the KL warm-up weight.
-    Encoder and decoder are trained by the optimizer; the globals by `after_optimizer_step`, from the statistics `forward` returns.
+    Encoder and decoder are trained by the optimizer; the globals by `after_optimizer_step`, from the
+    statistics `forward` returns.
 
     Args:
         pgm: the graphical model (owns the global factors).
