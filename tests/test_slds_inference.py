@@ -282,6 +282,10 @@ def test_switching_sweep_kl_is_the_brute_force_kl_for_arbitrary_weights(K, T, n,
     torch.testing.assert_close(post.states.marginals, marginals, **TOL)
     torch.testing.assert_close(post.states.pair_marginals, pair_marginals, **TOL)
     torch.testing.assert_close(post.z_entropy, -e_log_qz, **TOL)
+    if temperature == 1.0:  # untempered (no annealing): the same q and KL, without the entropy
+        plain = switching_sweep(pot, node_J, node_h, weights, method=method)
+        assert plain.z_entropy is None and torch.equal(plain.kl, post.kl)
+        assert torch.equal(plain.states.marginals, post.states.marginals)
 
     # E_q[log q(x)] = minus the entropy of the dense Gaussian
     e_log_qx = -0.5 * T * n * (1 + math.log(2 * math.pi)) - 0.5 * torch.logdet(cov)

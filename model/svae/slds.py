@@ -55,8 +55,8 @@ class SwitchingLinearDynamicalSystem(MarkovStates):
     the dynamics means, M_k = I + init_dynamics_scale * N(0, I / n) (distinct states, or every state stays the
     same). Local inference: `switching_meanfield`.
 
-    `temperature` (a 0-d buffer the architecture's schedule sets, >= 1): in training, q(z) is tempered
-    (`switching_sweep`); evaluation always infers at 1.
+    `temperature` (a 0-d buffer the architecture's schedule sets, >= 1): with `annealed`, q(z) is tempered in
+    training (`switching_sweep`), at 1 too once annealing ends (one compiled graph); evaluation never is.
 
     `tied` (set by the architecture's schedule): the K states share one dynamics, so the model is an LDS. Local
     inference runs with one state and no discrete log-potentials (q(z) plays no part, its KL is 0); the SVI step
@@ -87,8 +87,9 @@ class SwitchingLinearDynamicalSystem(MarkovStates):
         init_M = torch.eye(n, dtype=f64) + init_dynamics_scale * torch.randn(K, n, n, dtype=f64) / math.sqrt(n)
         self.add_global_factor("mniw", MNIW, prior, dynamics_prior(n, K, M=init_M))
         self.tied = False
-        #: the z-step's temperature in training (set by the architecture's schedule; 1 in eval)
+        #: the z-step's temperature in training when `annealed` (set by the architecture's schedule)
         self.register_buffer("temperature", torch.ones((), dtype=f64), persistent=False)
+        self.annealed = False
 
     def state_counts(self, statistics: SwitchingStatistics) -> torch.Tensor:
         return statistics.mniw.nu
@@ -122,7 +123,7 @@ class SwitchingLinearDynamicalSystem(MarkovStates):
         if self.tied:
             potentials = one_state(potentials)
         return switching_meanfield(potentials, node_J, node_h, num_samples, self.max_iter, self.tol, self.inference,
-                                   within, self.temperature if self.training else 1.0)
+                                   within, self.temperature if self.training and self.annealed else None)
 
     def statistics(self, post: SwitchingPosterior) -> SwitchingStatistics:
         """Initial state: sum_b q(z_1); transitions: sum_b,t q(z_t, z_t+1); NIW as SVAE-LDS; MNIW_k:
@@ -255,6 +256,7 @@ class SVAESLDS(SegmentingSVAE):
                          num_samples, eval_samples, prefix_len, horizon, figure_samples, kl_warmup_epochs, likelihood,
                          frames_per_example, prediction_samples)
         self.init_segmentation(figure_sequences, label_names, channel_names, sequence_names, frame_rate)
+        self.pgm.annealed = anneal_temperature != 1 and anneal_epochs > 0
         if init == "ar_hmm":  # tied from the start; the AR-HMM's k-means draws saved with the model
             self.pgm.set_natural("mniw", self.pgm.natural("mniw", prior=True))
             self.register_buffer("init_seed", torch.randint(2 ** 62, ()))
@@ -275,13 +277,14 @@ class SVAESLDS(SegmentingSVAE):
         values = super().schedule_values()
         if self.init == "ar_hmm":
             values["states_tied"] = float(self.pgm.tied)
-        if self.anneal_temperature != 1 and self.anneal_epochs > 0:
+        if self.pgm.annealed:
             values["z_temperature"] = self.pgm.temperature.item()
         return values
 
     def training_kl(self, post: SwitchingPosterior) -> torch.Tensor:
-        """The tempered objective's KL term: KL - (temperature - 1) H(q(z)) (B,); KL itself at temperature 1."""
-        return post.kl - (self.pgm.temperature - 1) * post.z_entropy
+        """The tempered objective's KL term: KL - (temperature - 1) H(q(z)) (B,); KL itself at temperature 1 and
+        without annealing."""
+        return post.kl if post.z_entropy is None else post.kl - (self.pgm.temperature - 1) * post.z_entropy
 
     def begin_epoch(self, epoch: int, training_set: Callable[[], Iterable[dict[str, torch.Tensor]]]) -> str | None:
         """Before the epoch after the tied stage of the AR-HMM start: q(x) of every training example under the

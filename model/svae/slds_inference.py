@@ -83,13 +83,14 @@ class SwitchingPosterior(NamedTuple):
     """q(z_1:T) q(x_1:T) of a batch: the Gaussian chain q(x) (`x`, built from the previous q(z)'s weights; its
     `kl` the part against that chain's potentials), the HMM q(z) (`states`), the local KL of the pair (B,), the
     jitter retries of all sweeps, the mean-field sweeps without gradient, the states' expected pair
-    log-potentials l_t(k) (B, T-1, K) that built q(z), and the entropy H(q(z)) (B,)."""
+    log-potentials l_t(k) (B, T-1, K) that built q(z), and, for a tempered q(z), its entropy H(q(z)) (B,)
+    (None at no temperature)."""
     x: ChainPosterior
     states: HMMPosterior
     kl: torch.Tensor
     retries: torch.Tensor
     pair: torch.Tensor
-    z_entropy: torch.Tensor
+    z_entropy: torch.Tensor | None
     iterations: torch.Tensor | int = 1  # sweeps without gradient: a 0-d long tensor from switching_meanfield
 
     samples = property(lambda self: self.x.samples, doc="q(x)'s reparameterised samples (S, B, T, n), or None.")
@@ -99,15 +100,19 @@ class SwitchingPosterior(NamedTuple):
 def switching_sweep(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
                     weights: torch.Tensor, num_samples: int = 0, method: str = "sequential",
                     within: torch.Tensor | None = None,
-                    temperature: torch.Tensor | float = 1.0) -> SwitchingPosterior:
+                    temperature: torch.Tensor | None = None) -> SwitchingPosterior:
     """One block coordinate ascent sweep from the state weights w (B, T-1, K): q(x) given w, then q(z) given
-    q(x) at `temperature` (0-d or a number, >= 1), and the local KL of the pair (module docstring); chains cut
-    after the frames `within` (B, T)."""
+    q(x) at `temperature` (0-d, >= 1; None: untempered, without the terms annealing needs), and the local KL
+    of the pair (module docstring); chains cut after the frames `within` (B, T)."""
     used = potentials.weighted_chain(weights, within)
     x = smooth_chain(lds_posterior(used, node_J, node_h, num_samples, method), used, node_J, node_h, within)
     pair = potentials.pair_log_potentials(*x.second_moments(), within)  # (B, T-1, K)
     node = torch.cat([pair, torch.zeros_like(pair[:, :1])], 1)  # z_T governs no step
     log_init, log_trans = potentials.log_init, potentials.transition_log_potentials(within)
+    if temperature is None:
+        states = hmm_posterior(log_init, log_trans, node)
+        kl = (weights * pair).sum((-2, -1)) + x.kl - states.log_z
+        return SwitchingPosterior(x, states, kl, x.retries, pair, None)
     states = hmm_posterior(log_init / temperature, log_trans / temperature, node / temperature)
     expected = expected_chain_potential(states, log_init, log_trans, node)  # E_q[U]
     kl = (weights * pair).sum((-2, -1)) + x.kl - states.log_z + (1 / temperature - 1) * expected
@@ -116,7 +121,7 @@ def switching_sweep(potentials: SwitchingPotentials, node_J: torch.Tensor, node_
 
 def initial_state_weights(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
                           method: str = "sequential", within: torch.Tensor | None = None,
-                          temperature: torch.Tensor | float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                          temperature: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first q(z_t) (B, T-1, K) of mean field, from each state's own smoothing: q_k(x) is the chain under
     state k's dynamics at every step (K chains per sequence, batched), l_t(k) the expected pair log-potential
     of state k under q_k(x), and q(z) the HMM posterior with those node potentials (at `temperature`); and the
@@ -135,15 +140,16 @@ def initial_state_weights(potentials: SwitchingPotentials, node_J: torch.Tensor,
     own = potentials.pair_log_potentials(*second_moments(chains), each_within).unflatten(0, (K, B))
     pair = own.diagonal(dim1=0, dim2=-1)  # (B, T-1, K): state k under its own q_k(x)
     node = torch.cat([pair, torch.zeros_like(pair[:, :1])], 1)
-    log_trans = potentials.transition_log_potentials(within)
-    return (hmm_posterior(potentials.log_init / temperature, log_trans / temperature, node / temperature)
-            .marginals[:, :-1], chains.retries)
+    log_init, log_trans = potentials.log_init, potentials.transition_log_potentials(within)
+    if temperature is not None:
+        log_init, log_trans, node = log_init / temperature, log_trans / temperature, node / temperature
+    return hmm_posterior(log_init, log_trans, node).marginals[:, :-1], chains.retries
 
 
 def switching_meanfield(potentials: SwitchingPotentials, node_J: torch.Tensor, node_h: torch.Tensor,
                         num_samples: int, max_iter: int, tol: float, method: str = "sequential",
                         within: torch.Tensor | None = None,
-                        temperature: torch.Tensor | float = 1.0) -> SwitchingPosterior:
+                        temperature: torch.Tensor | None = None) -> SwitchingPosterior:
     """Structured mean field by `coordinate_ascent` from `initial_state_weights`, the last sweep with
     `num_samples` samples of x; chains cut after the frames `within` (B, T) (None: all frames); q(z) at
     `temperature` (module docstring)."""
