@@ -178,3 +178,4 @@ def test_a_select_metric_the_model_does_not_output_is_named(tmp_path):
     config["trainer"]["restarts"]["select"] = "max state_ari"
     with pytest.raises(ConfigError, match="'trainer.restarts.select' names 'state_ari'"):
         train(config)
+    assert not (tmp_path / "saved").exists(), "stopped before any run folder"

@@ -28,6 +28,7 @@ from logger.tensorboard import curve_tag
 from model import ARCHITECTURES
 from trainer.components import build_data, build_model, eval_metric_names, load_and_check
 from trainer.optim import build_optimizers
+from trainer.restarts import check_select
 from trainer.trainer import Trainer
 from utils.checkpoint import load_checkpoint, load_model_weights, run_dir_of, write_atomic
 from utils.device import move_to, prepare_device
@@ -86,6 +87,7 @@ def _train(config: dict, checkpoint: dict | None, checkpoint_path: str | Path | 
     data = build_data(config)  # a bad data path or model config fails before any run folder exists
     model = build_model(config, data)
     test_metrics = eval_metric_names(config, model, data)  # so does a metric whose field the data lacks
+    check_select(config, model, data)  # and a restart score the model does not output
     if new_run and dist_info.is_main:
         run_dir = new_run_dir(config["trainer"]["save_dir"], config["name"], options.run_dir)
     run_dir = broadcast_object(run_dir)

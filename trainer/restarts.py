@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from base.base_data_loader import BaseDataLoader
+from base.base_model import LABEL_FIELDS, BaseModel
 from base.base_trainer import BaseTrainer
 from trainer.components import build_model
 from utils.errors import ConfigError
@@ -39,6 +40,24 @@ START_SEED_STRIDE = 100_003
 def start_seed(seed: int, start: int) -> int:
     """The seed that start `start` (0-based) of a run with seed `seed` builds its model under."""
     return seed + START_SEED_STRIDE * start
+
+
+def check_select(config: dict, model: BaseModel, data: BaseDataLoader) -> None:
+    """With restarts, stop before any run folder when `restarts.select` names no output of the model: one forward
+    in eval mode of two training examples without their labels, RNG forked (nothing of the run changes)."""
+    spec = config["trainer"]["restarts"]
+    if spec["starts"] == 1:
+        return
+    metric = spec["select"].split()[1]
+    examples = data.train_set.__getitems__(list(range(min(2, len(data.train_set)))))
+    batch = {key: value for key, value in examples.items() if key not in LABEL_FIELDS}
+    training = model.training
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        outputs = model.eval()(batch)
+    model.train(training)
+    if metric not in outputs:
+        raise ConfigError(f"config key 'trainer.restarts.select' names {metric!r}, which "
+                          f"{config['arch']['type']} does not output; available: {', '.join(sorted(outputs))}")
 
 
 @dataclass
@@ -187,17 +206,5 @@ class RestartsMixin:
     def _start_score(self) -> float:
         """The mean of the model output `restarts.select` names, in eval mode: over the validation split, or
         over the training split without its label fields when there is none."""
-        if self.val_loader is not None:
-            means = self.valid_epoch()
-        else:
-            self.model_core.eval()
-            self.tracker.reset()
-            with torch.random.fork_rng(devices=self._rng_devices()):
-                for batch in self._training_set():
-                    with self._autocast():
-                        self.tracker.update(self.model_core(batch), len(batch["x"]))
-            means = self.tracker.result()
-        if self.restart_metric not in means:
-            raise ConfigError(f"config key 'trainer.restarts.select' names {self.restart_metric!r}, which the "
-                              f"model does not output; available: {', '.join(sorted(means))}")
-        return means[self.restart_metric]
+        means = self.valid_epoch() if self.val_loader is not None else self.eval_means(self._training_set())
+        return means[self.restart_metric]  # an output of the model: `check_select` made sure

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 import yaml
@@ -153,11 +153,17 @@ class Trainer(RestartsMixin, BaseTrainer):
         does in training, from forked RNG streams: a validation set does not change what training draws."""
         if self.val_loader is None:
             return {}
+        batches = tqdm(self.val_loader, desc="validation", leave=False, disable=not self.show_progress)
+        return self.eval_means(move_to(batch, self.device, non_blocking=True) for batch in batches)
+
+    @torch.no_grad()
+    def eval_means(self, batches: Iterable[dict]) -> dict[str, float]:
+        """Means of the model's outputs in eval mode over `batches` (on the device), over all ranks, sampling
+        from forked RNG streams (what training draws does not change)."""
         self.model_core.eval()
         self.tracker.reset()
         with torch.random.fork_rng(devices=self._rng_devices()):
-            for batch in tqdm(self.val_loader, desc="validation", leave=False, disable=not self.show_progress):
-                batch = move_to(batch, self.device, non_blocking=True)
+            for batch in batches:
                 with self._autocast():
                     out = self.model_core(batch)
                 self.tracker.update(out, len(batch["x"]))

@@ -20,12 +20,11 @@ import torch
 from model.expfam import niw
 from model.expfam.niw import NIWNatural
 from model.registry import ARCHITECTURES
-from model.svae.discrete_states import MarkovStates, SegmentingSVAE
+from model.svae.discrete_states import MarkovStates, SegmentingSVAE, chains_cut
 from model.svae.gmm_inference import ComponentStep, MixtureExpectations, collapsed_log_evidence, component_step, \
     mixture_expectations
 from model.svae.graphical_model import NIW
 from model.svae.hmm import HMMPosterior, hmm_log_normalizer, hmm_posterior
-from model.svae.kalman import chain_extent
 from model.svae.meanfield import coordinate_ascent
 
 
@@ -134,7 +133,7 @@ class MarkovMixture(MarkovStates):
 
     def infer(self, potentials: MarkovMixturePotentials, node_J: torch.Tensor, node_h: torch.Tensor,
               num_samples: int, mask: torch.Tensor | None = None) -> MarkovMixturePosterior:
-        within = None if mask is None or bool(mask[:, -1].all()) else chain_extent(mask)
+        within = chains_cut(mask)
         post = markov_mixture_meanfield(potentials, node_J, node_h, self.max_iter, self.tol, within)
         samples = post.frames.gaussian.sample(num_samples, post.frames.mean) if num_samples else None
         return post._replace(samples=None if samples is None else samples.unflatten(1, node_h.shape[:2]))
@@ -168,8 +167,8 @@ class MarkovMixture(MarkovStates):
         """log p(x) = log sum_z p(z) prod_t N(x_t | mu_z_t, Sigma_z_t) for paths x (S, B, T, n): (S, B)."""
         mix = potentials.mix
         node = -0.5 * torch.einsum("sbti,kij,sbtj->sbtk", x, mix.J, x) + x @ mix.h.mT + mix.const
-        within = None if mask is None or bool(mask[:, -1].all()) else chain_extent(mask)
-        return hmm_log_normalizer(potentials.log_init, *_cut(node, potentials.log_trans, within)[::-1])
+        node, log_trans = _cut(node, potentials.log_trans, chains_cut(mask))
+        return hmm_log_normalizer(potentials.log_init, log_trans, node)
 
     def forecast(self, post: MarkovMixturePosterior, horizon: int, num_samples: int) -> torch.Tensor:
         """z_T from q(z_T), then z_t+1 ~ E[Pi][z_t] and x_t ~ N(mu_z_t, Sigma_z_t) at the point estimate of the

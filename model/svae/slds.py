@@ -15,21 +15,11 @@ from model.registry import ARCHITECTURES
 from model.svae.ar_hmm import ARHMMFit, ARHMMPrior, StepMoments, fit_ar_hmm, pooled_dynamics_prior, step_features
 from model.svae.chain import dynamics_prior, dynamics_statistics, initial_state_prior, initial_state_statistics, \
     point_dynamics, simulate_dynamics
-from model.svae.discrete_states import MarkovStates, SegmentingSVAE
+from model.svae.discrete_states import MarkovStates, SegmentingSVAE, chains_cut
 from model.svae.graphical_model import MNIW, NIW
 from model.svae.hmm import hmm_log_normalizer
-from model.svae.kalman import METHODS, chain_extent, expected_lds_potentials, initial_log_potential
+from model.svae.kalman import METHODS, expected_lds_potentials, initial_log_potential
 from model.svae.slds_inference import SwitchingPosterior, SwitchingPotentials, switching_meanfield
-
-
-def chains_cut(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """`chain_extent` of a frame mask (B, T), or None when every sequence's last frame is real, so that no chain
-    is cut: then inference runs with one transition matrix for every step instead of one per step of each
-    chain (15% of a training step on full 30-frame windows), and gives the same. One host read per batch, as
-    the mean-field sweeps already make."""
-    if mask is None or bool(mask[:, -1].all()):
-        return None
-    return chain_extent(mask)
 
 
 class SwitchingStatistics(NamedTuple):
